@@ -1,0 +1,12 @@
+"""timm-fgfocus: "Learning to Focus and Discriminate for Fine-Grained Classification" as timm models.
+
+``import timm_fgfocus`` registers the ``fgfocus_*`` models with timm.
+"""
+from .fgfocus import FgFocus, FgFocusFeatures, FgFocusOutput, checkpoint_filter_fn
+from .loss import FgFocusLoss, fgfocus_loss_terms
+from .ops import (
+    attention_map, batched_box_iou, class_activation_maps, crop_and_zoom, propose_regions, region_anchors,
+    region_scores, smooth_attention, topk_nms,
+)
+
+__version__ = '0.1.0'

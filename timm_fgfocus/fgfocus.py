@@ -1,0 +1,432 @@
+"""FgFocus: learning to focus and discriminate for fine-grained classification.
+
+A PyTorch implementation of the model in
+
+    Zhicong Feng, Keren Fu, Qijun Zhao. "Learning to Focus and Discriminate for Fine-Grained
+    Classification". ICIP 2019.
+
+One timm backbone is shared by the whole image and by the regions it zooms into:
+
+1. image level: feature maps Z = backbone(x); F^I = GAP(Z); image logits = fc(F^I)
+2. attention: M = max_k sum_i W_ki Z_i over all classes (eq. 2), Gaussian smoothed
+3. proposals: one predefined region per cell of M, scored by M, greedy NMS, top m
+4. crop-and-zoom: the m regions cut from x and resized (``roi_align``), all B*m at once
+5. region level: F^R_r = GAP(backbone(crop_r)); region logits = region_fc(F^R_r) (shared)
+6. hybrid: logits = hybrid_fc([F^I, F^R_1, ..., F^R_l])
+
+Everything is batched and sync-free: see :mod:`timm_fgfocus.ops`.
+
+Departures from timm's usual model shape, chosen so timm's tools keep working:
+
+* ``num_features`` and ``head_hidden_size`` are both the size of the hybrid feature,
+  ``(l + 1) * n`` for a backbone of ``n`` channels: that is what ``num_classes=0`` returns.
+  The backbone's own width is ``backbone_num_features``.
+* ``forward_features`` returns an :class:`FgFocusFeatures` tuple (the unpooled image feature
+  map, the pooled region features, the regions), like timm's non-standard models do.
+* In train mode ``forward`` returns ``(hybrid [B, C], image [B, C], regions [B * m, C])``, the
+  logits :class:`~timm_fgfocus.loss.FgFocusLoss` needs; in eval mode the hybrid logits only.
+"""
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
+
+__all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput']
+
+HF_ORG = 'timm-fgfocus'
+
+
+class FgFocusFeatures(NamedTuple):
+    """What :meth:`FgFocus.forward_features` returns.
+
+    Attributes:
+        image_features: Tensor[B, n, h, w], the backbone's unpooled feature maps Z.
+        region_features: Tensor[B, k, n], pooled features of the first k regions.
+        boxes: Tensor[B, m, 4], ``(x0, y0, x1, y1)`` in input pixels, best first.
+        scores: Tensor[B, m], attention score of each box.
+        valid: Tensor[B, m] bool, False for boxes that only fill slots after NMS ran out.
+        attention: Tensor[B, h, w], the smoothed attention map M.
+    """
+    image_features: Tensor
+    region_features: Tensor
+    boxes: Tensor
+    scores: Tensor
+    valid: Tensor
+    attention: Tensor
+
+
+class FgFocusOutput(NamedTuple):
+    """What :meth:`FgFocus.forward_structured` returns.
+
+    Attributes:
+        logits: Tensor[B, C], hybrid logits (the model's prediction); with ``num_classes=0``
+            the pooled hybrid feature Tensor[B, (l + 1) * n].
+        image_logits: Tensor[B, C], image-level logits (``[B, n]`` features if ``num_classes=0``).
+        region_logits: Tensor[B, k, C], region-level logits of the first k regions
+            (``k = m`` unless asked for fewer).
+        boxes: Tensor[B, m, 4], ``(x0, y0, x1, y1)`` in input pixels, best first.
+        scores: Tensor[B, m].
+        valid: Tensor[B, m] bool.
+        attention: Tensor[B, h, w].
+    """
+    logits: Tensor
+    image_logits: Tensor
+    region_logits: Tensor
+    boxes: Tensor
+    scores: Tensor
+    valid: Tensor
+    attention: Tensor
+
+
+def _prefix_matcher(matcher: Union[str, Sequence], prefix: str) -> Union[str, list]:
+    """Re-root one of the backbone's ``group_matcher`` patterns under ``prefix``."""
+    if isinstance(matcher, str):
+        return f'^{prefix}(?:{matcher.lstrip("^")})'
+    return [(_prefix_matcher(pattern, prefix), ordinal) for pattern, ordinal in matcher]
+
+
+class FgFocus(nn.Module):
+    """Focus-and-discriminate classifier around any timm CNN backbone.
+
+    Args:
+        backbone: name of a timm model whose ``forward_features`` gives ``[B, n, h, w]``.
+        backbone_args: extra kwargs for the backbone's ``timm.create_model``.
+        num_classes: number of classes C; 0 gives a feature extractor.
+        in_chans: input channels.
+        global_pool: pooling of image and region feature maps (``'avg'`` as in the paper,
+            ``'max'``, ``'avgmax'``).
+        num_regions: m, regions proposed, cropped and classified per image in training.
+        num_hybrid_regions: l, regions whose features join the hybrid feature (``l <= m``).
+        region_scales: region sides relative to the input side (paper: 160 / 448).
+        region_ratios: region aspect ratios (width / height).
+        crop_size: side in pixels of the zoomed crops (paper: 224), fixed for any input size.
+        nms_iou: NMS IoU threshold, in (0, 1].
+        smooth_sigma: Gaussian smoothing of the attention map, in feature-map cells.
+        attention_mode: ``'max'`` (paper), ``'predicted'`` (Table 2's single-CAM ablation) or
+            ``'mean'`` (class agnostic). With ``num_classes=0`` there are no class weights and
+            ``'mean'`` is used whatever is set here.
+        region_score: ``'center'`` (paper) or ``'mean'``, see :func:`~timm_fgfocus.ops.region_scores`.
+        pre_nms_top_n: candidates kept before NMS (``None``: all).
+        crop_sampling_ratio: ``roi_align`` sampling points per output pixel and axis.
+        drop_rate: dropout before the classifiers.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet50',
+            backbone_args: Optional[Dict[str, Any]] = None,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            num_regions: int = 6,
+            num_hybrid_regions: int = 4,
+            region_scales: Sequence[float] = (160 / 448,),
+            region_ratios: Sequence[float] = (1.0,),
+            crop_size: int = 224,
+            nms_iou: float = 0.25,
+            smooth_sigma: float = 1.0,
+            attention_mode: str = 'max',
+            region_score: str = 'center',
+            pre_nms_top_n: Optional[int] = None,
+            crop_sampling_ratio: int = 1,
+            drop_rate: float = 0.,
+    ):
+        super().__init__()
+        _check_int('num_classes', num_classes, 0)
+        _check_int('in_chans', in_chans, 1)
+        _check_int('num_regions', num_regions, 1)
+        _check_int('num_hybrid_regions', num_hybrid_regions, 0)
+        _check_int('crop_size', crop_size, 1)
+        _check_int('crop_sampling_ratio', crop_sampling_ratio, 1)
+        if num_hybrid_regions > num_regions:
+            raise ValueError(
+                f'num_hybrid_regions (l={num_hybrid_regions}) must not exceed num_regions (m={num_regions})')
+        if not 0 < nms_iou <= 1:
+            raise ValueError(f'nms_iou must be in (0, 1], got {nms_iou}')
+        if smooth_sigma < 0:
+            raise ValueError(f'smooth_sigma must be >= 0, got {smooth_sigma}')
+        if attention_mode not in ATTENTION_MODES:
+            raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got {attention_mode!r}')
+        if region_score not in ('center', 'mean'):
+            raise ValueError(f"region_score must be 'center' or 'mean', got {region_score!r}")
+        if not region_scales or any(not 0 < s <= 1 for s in region_scales):
+            raise ValueError(f'region_scales must be non-empty, each in (0, 1], got {region_scales}')
+        if not region_ratios or any(r <= 0 for r in region_ratios):
+            raise ValueError(f'region_ratios must be non-empty and positive, got {region_ratios}')
+        if pre_nms_top_n is not None and pre_nms_top_n < num_regions:
+            raise ValueError(f'pre_nms_top_n ({pre_nms_top_n}) must be >= num_regions ({num_regions})')
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_regions = num_regions
+        self.num_hybrid_regions = num_hybrid_regions
+        self.region_scales = tuple(float(s) for s in region_scales)
+        self.region_ratios = tuple(float(r) for r in region_ratios)
+        self.crop_size = crop_size
+        self.nms_iou = nms_iou
+        self.smooth_sigma = smooth_sigma
+        self.attention_mode = attention_mode
+        self.region_score = region_score
+        self.pre_nms_top_n = pre_nms_top_n
+        self.crop_sampling_ratio = crop_sampling_ratio
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, **(backbone_args or {}))
+        self.backbone_num_features = self.backbone.num_features
+        self.feature_stride = self.backbone.feature_info[-1]['reduction']
+        self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
+        self.global_pool = self._make_pool(global_pool)
+        self.head_drop = nn.Dropout(drop_rate)
+        self._make_heads(num_classes)
+
+    @staticmethod
+    def _make_pool(global_pool: Optional[str]) -> SelectAdaptivePool2d:
+        global_pool = 'avg' if global_pool is None else global_pool
+        if global_pool not in ('avg', 'max', 'avgmax'):
+            raise ValueError(
+                f"global_pool must be 'avg', 'max' or 'avgmax' (fgfocus needs pooled image and region "
+                f"features), got {global_pool!r}")
+        return SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+
+    def _make_heads(self, num_classes: int) -> None:
+        n = self.backbone_num_features
+        self.fc = nn.Linear(n, num_classes) if num_classes else nn.Identity()
+        self.region_fc = nn.Linear(n, num_classes) if num_classes else nn.Identity()
+        self.hybrid_fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+
+    # --- timm model API -------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Backbone stem and blocks as in the backbone's own matcher; the three heads come last."""
+        matcher = self.backbone.group_matcher(coarse=coarse)
+        return {name: _prefix_matcher(pattern, r'backbone\.') for name, pattern in matcher.items()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.hybrid_fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace all three heads (image, region, hybrid) with fresh ones for ``num_classes``."""
+        _check_int('num_classes', num_classes, 0)
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = self._make_pool(global_pool)
+        device = next(self.backbone.parameters()).device
+        self._make_heads(num_classes)
+        self.to(device)
+
+    # --- forward --------------------------------------------------------------------------
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f'fgfocus input must be a Tensor[B, {self.in_chans}, H, W], got {type(x).__name__}')
+        if x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(
+                f'fgfocus input must be a 4-D floating tensor [B, {self.in_chans}, H, W], '
+                f'got shape {tuple(x.shape)} dtype {x.dtype}')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f'fgfocus input has {x.shape[1]} channels, the model expects in_chans={self.in_chans}')
+        H, W = x.shape[-2:]
+        h, w = H // self.feature_stride, W // self.feature_stride
+        num_candidates = h * w * len(self.region_scales) * len(self.region_ratios)
+        if h < 1 or w < 1 or num_candidates < self.num_regions:
+            raise ValueError(
+                f'fgfocus input {H}x{W} is too small: the backbone (stride {self.feature_stride}) gives a '
+                f'{h}x{w} attention map, {num_candidates} candidate regions for num_regions={self.num_regions}; '
+                f'use inputs of at least {self.min_input_size()}x{self.min_input_size()} pixels')
+
+    def min_input_size(self) -> int:
+        """Smallest square input side with enough candidate regions for ``num_regions``."""
+        per_cell = len(self.region_scales) * len(self.region_ratios)
+        side = 1
+        while side * side * per_cell < self.num_regions:
+            side += 1
+        return side * self.feature_stride
+
+    def _attention(self, features: Tensor, image_logits: Tensor) -> Tensor:
+        with torch.no_grad():
+            if not self.num_classes:
+                return attention_map(features.detach(), mode='mean', sigma=self.smooth_sigma)
+            class_index = image_logits.argmax(dim=1) if self.attention_mode == 'predicted' else None
+            return attention_map(
+                features.detach(), self.fc.weight.detach(), self.attention_mode, class_index, self.smooth_sigma)
+
+    def _focus(self, x: Tensor, num_crops: int) -> Tuple[FgFocusFeatures, Tensor]:
+        """Image pass, attention, proposals, crops of the first ``num_crops`` regions, region pass."""
+        self._check_input(x)
+        B = x.shape[0]
+        image_features = self.backbone.forward_features(x)
+        image_logits = self.fc(self.head_drop(self.global_pool(image_features)))
+        attention = self._attention(image_features, image_logits)
+        boxes, scores, valid = propose_regions(
+            attention, (x.shape[-2], x.shape[-1]), self.num_regions, self.region_scales, self.region_ratios,
+            self.nms_iou, self.region_score, self.pre_nms_top_n)
+        if num_crops:
+            crops = crop_and_zoom(
+                x, boxes[:, :num_crops], (self.crop_size, self.crop_size), self.crop_sampling_ratio)
+            region_features = self.global_pool(self.backbone.forward_features(crops)).reshape(B, num_crops, -1)
+        else:
+            region_features = image_features.new_zeros(B, 0, self.backbone_num_features)
+        feats = FgFocusFeatures(image_features, region_features, boxes, scores, valid, attention)
+        return feats, image_logits
+
+    def forward_features(self, x: Tensor) -> FgFocusFeatures:
+        """Everything up to the hybrid head: m regions in train mode, only the l needed in eval."""
+        return self._focus(x, self.num_regions if self.training else self.num_hybrid_regions)[0]
+
+    def forward_head(self, x: FgFocusFeatures, pre_logits: bool = False) -> Tensor:
+        """Hybrid feature ``[F^I, F^R_1, ..., F^R_l]`` -> hybrid logits (or the feature itself)."""
+        image_feature = self.global_pool(x.image_features)
+        regions = x.region_features[:, :self.num_hybrid_regions].flatten(1)
+        hybrid = self.head_drop(torch.cat([image_feature, regions], dim=1))
+        return hybrid if pre_logits else self.hybrid_fc(hybrid)
+
+    def forward_structured(self, x: Tensor, num_crops: Optional[int] = None) -> FgFocusOutput:
+        """Full output in any mode, for training losses and visualisation.
+
+        Args:
+            x: Tensor[B, C, H, W].
+            num_crops: regions to crop and classify (default m; at least l).
+        """
+        num_crops = self.num_regions if num_crops is None else num_crops
+        if not self.num_hybrid_regions <= num_crops <= self.num_regions:
+            raise ValueError(
+                f'num_crops must be in [l={self.num_hybrid_regions}, m={self.num_regions}], got {num_crops}')
+        feats, image_logits = self._focus(x, num_crops)
+        region_logits = self.region_fc(self.head_drop(feats.region_features))
+        return FgFocusOutput(
+            logits=self.forward_head(feats),
+            image_logits=image_logits,
+            region_logits=region_logits,
+            boxes=feats.boxes,
+            scores=feats.scores,
+            valid=feats.valid,
+            attention=feats.attention,
+        )
+
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor, Tensor]]:
+        if self.training and self.num_classes:
+            out = self.forward_structured(x)
+            return out.logits, out.image_logits, out.region_logits.flatten(0, 1)
+        return self.forward_head(self.forward_features(x))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
+    """Map weights onto an FgFocus model.
+
+    FgFocus checkpoints (keys under ``backbone.``) pass through unchanged. A plain timm
+    checkpoint of the backbone (e.g. ``timm/resnet50.a1_in1k``) goes into ``backbone.``; its
+    classifier becomes the image-level head ``fc`` when the shapes fit (the attention map then
+    starts from the ImageNet classes), and the region and hybrid heads keep their fresh
+    initialisation.
+    """
+    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = state_dict.get('model', state_dict)
+    if any(k.startswith('backbone.') for k in state_dict):
+        return state_dict
+    classifier = model.backbone.pretrained_cfg.get('classifier', 'fc')
+    own = model.state_dict()
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith(classifier + '.'):
+            head_key = 'fc.' + k[len(classifier) + 1:]
+            if head_key in own and own[head_key].shape == v.shape:
+                out[head_key] = v
+            continue
+        out['backbone.' + k] = v
+    for k, v in own.items():
+        if k.startswith(('fc.', 'region_fc.', 'hybrid_fc.')):
+            out.setdefault(k, v)
+    return out
+
+
+def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus:
+    return build_model_with_cfg(
+        FgFocus, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **kwargs,
+    )
+
+
+def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs) -> Dict[str, Any]:
+    return {
+        'hf_hub_id': backbone_hub_id,
+        'num_classes': 1000, 'input_size': (3, 448, 448), 'pool_size': (14, 14),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': first_conv, 'classifier': ('hybrid_fc', 'fc', 'region_fc'),
+        'license': 'apache-2.0',
+        'paper_ids': 'doi:10.1109/ICIP.2019.8803165',
+        'paper_name': 'Learning to Focus and Discriminate for Fine-Grained Classification',
+        **kwargs,
+    }
+
+
+# Tags ``*_in1k``: the backbone's ImageNet-1k weights from timm's own Hub repos, fresh heads.
+# They are each variant's default until fine-grained fgfocus weights are published under
+# ``timm-fgfocus/`` (see docs/hub.md).
+default_cfgs = generate_default_cfgs({
+    'fgfocus_resnet50.a1_in1k': _cfg('timm/resnet50.a1_in1k'),
+    'fgfocus_resnet101.a1h_in1k': _cfg('timm/resnet101.a1h_in1k'),
+    'fgfocus_resnet18.a1_in1k': _cfg('timm/resnet18.a1_in1k'),
+    'fgfocus_efficientnet_b0.ra_in1k': _cfg('timm/efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
+    'fgfocus_test.untrained': _cfg(
+        num_classes=10, input_size=(3, 128, 128), pool_size=(4, 4), first_conv='backbone.conv1.0'),
+})
+
+
+# Variants are data: backbone and hyperparameters, merged with the caller's kwargs.
+@register_model
+def fgfocus_resnet50(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a ResNet-50 backbone: the paper's model (448 input, m=6, l=4)."""
+    model_args = dict(backbone='resnet50')
+    return _create_fgfocus('fgfocus_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fgfocus_resnet101(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a ResNet-101 backbone."""
+    model_args = dict(backbone='resnet101')
+    return _create_fgfocus('fgfocus_resnet101', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fgfocus_resnet18(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a ResNet-18 backbone."""
+    model_args = dict(backbone='resnet18')
+    return _create_fgfocus('fgfocus_resnet18', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fgfocus_efficientnet_b0(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with an EfficientNet-B0 backbone (non-ResNet example)."""
+    model_args = dict(backbone='efficientnet_b0')
+    return _create_fgfocus('fgfocus_efficientnet_b0', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fgfocus_test(pretrained: bool = False, **kwargs) -> FgFocus:
+    """Tiny FgFocus for tests and the CPU demo: timm's ``test_resnet`` backbone, 64px crops."""
+    model_args = dict(backbone='test_resnet', crop_size=64)
+    return _create_fgfocus('fgfocus_test', pretrained, **dict(model_args, **kwargs))

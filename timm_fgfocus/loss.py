@@ -1,0 +1,96 @@
+"""Training loss of the paper (sec. 3.3): softmax losses of the image, region and hybrid heads."""
+from typing import Dict, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fgfocus import FgFocusOutput
+
+__all__ = ['FgFocusLoss', 'fgfocus_loss_terms']
+
+TrainOutput = Union[FgFocusOutput, Sequence[Tensor]]
+
+
+def _split(output: TrainOutput, batch_size: int):
+    if isinstance(output, FgFocusOutput):
+        return output.logits, output.image_logits, output.region_logits.flatten(0, 1)
+    if isinstance(output, Tensor) or len(output) != 3:
+        raise ValueError(
+            'FgFocusLoss needs the train-mode output (hybrid, image, region logits) or a FgFocusOutput; '
+            'got a single tensor: call model.train() or use model.forward_structured(x)')
+    hybrid, image, regions = output
+    if regions.shape[0] % batch_size:
+        raise ValueError(f'region logits {tuple(regions.shape)} do not hold a whole number of regions '
+                         f'per image for a batch of {batch_size}')
+    return hybrid, image, regions
+
+
+def fgfocus_loss_terms(
+        output: TrainOutput,
+        target: Tensor,
+        label_smoothing: float = 0.0,
+) -> Dict[str, Tensor]:
+    """Cross-entropy of each head, unweighted.
+
+    Args:
+        output: ``model(x)`` in train mode, ``(hybrid [B, C], image [B, C], regions [B * m, C])``,
+            or a :class:`~timm_fgfocus.fgfocus.FgFocusOutput`.
+        target: Tensor[B] class indices, or Tensor[B, C] soft targets (mixup / cutmix).
+        label_smoothing: as in ``F.cross_entropy`` (class-index targets only).
+
+    Returns:
+        ``{'hybrid', 'image', 'region'}`` scalar losses; ``'region'`` is the mean over all B * m
+        regions, each region labelled with its image's class.
+    """
+    batch_size = target.shape[0]
+    hybrid, image, regions = _split(output, batch_size)
+    num_classes = hybrid.shape[-1]
+    if target.ndim == 1 and target.numel():
+        bad = (target < 0) | (target >= num_classes)
+        # a check on device: raises through the CE kernel below on CUDA, here with a clear message on CPU
+        if target.device.type == 'cpu' and bool(bad.any()):
+            raise ValueError(f'targets must be class indices in [0, {num_classes}), got {target[bad].tolist()}')
+    m = regions.shape[0] // batch_size
+    region_target = target.repeat_interleave(m, dim=0)
+    ce = lambda logits, t: F.cross_entropy(logits.float(), t, label_smoothing=label_smoothing)  # noqa: E731
+    return {
+        'hybrid': ce(hybrid, target),
+        'image': ce(image, target),
+        'region': ce(regions, region_target),
+    }
+
+
+class FgFocusLoss(nn.Module):
+    """Sum of the softmax losses of the three heads (paper sec. 3.3).
+
+    ``loss = hybrid_weight * CE(hybrid) + image_weight * CE(image) + region_weight * mean_r CE(region_r)``
+
+    The paper trains all heads with softmax losses and equal weight; the region term averages
+    over the m regions (as NTS-Net, whose m and l the paper follows, does). A zero weight keeps
+    the head in the graph (its gradient is zero), which DDP needs; ``hybrid_weight=0`` is the
+    "image level only" ablation of Table 2.
+
+    Args:
+        label_smoothing: label smoothing of every term.
+        hybrid_weight, image_weight, region_weight: weights of the three terms.
+    """
+
+    def __init__(
+            self,
+            label_smoothing: float = 0.0,
+            hybrid_weight: float = 1.0,
+            image_weight: float = 1.0,
+            region_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.weights = {'hybrid': hybrid_weight, 'image': image_weight, 'region': region_weight}
+
+    def terms(self, output: TrainOutput, target: Tensor) -> Dict[str, Tensor]:
+        return fgfocus_loss_terms(output, target, self.label_smoothing)
+
+    def forward(self, output: TrainOutput, target: Tensor) -> Tensor:
+        terms = self.terms(output, target)
+        return sum(self.weights[k] * v for k, v in terms.items())

@@ -1,0 +1,331 @@
+"""Batched, sync-free ops of the focus-and-discriminate method.
+
+Every op here works on a whole batch at once, keeps fixed output shapes and never reads a
+value back to the host (no ``.item()``, ``.cpu()``, ``nonzero`` or boolean indexing), so the
+model that strings them together runs on GPU without host syncs, under ``torch.compile``
+(``fullgraph=True``) and under CUDA graphs.
+
+Conventions, named once and used everywhere:
+
+* Boxes are ``(x0, y0, x1, y1)`` in input-image pixels, continuous coordinates: pixel ``i``
+  covers ``[i, i + 1)``, so a box ``(0, 0, W, H)`` is the whole image. This is the meaning
+  ``torchvision.ops.roi_align(..., aligned=True)`` gives box coordinates, which is what
+  :func:`crop_and_zoom` uses.
+* Attention maps are ``Tensor[B, h, w]`` on the backbone's final feature grid; cell ``(i, j)``
+  is centred at ``((j + 0.5) * W / w, (i + 0.5) * H / h)`` in input pixels.
+* Candidate regions are enumerated cell-major: index ``(i * w + j) * A + a`` for anchor
+  shape ``a`` of ``A``.
+"""
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+from torchvision.transforms.v2.functional import gaussian_blur
+
+__all__ = [
+    'ATTENTION_MODES', 'class_activation_maps', 'attention_map', 'smooth_attention', 'region_anchors',
+    'region_scores', 'batched_box_iou', 'topk_nms', 'propose_regions', 'crop_and_zoom',
+]
+
+ATTENTION_MODES = ('max', 'predicted', 'mean')
+
+
+def class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
+    """Class activation maps ``M_k = sum_i W_ki Z_i`` (paper eq. 2, before the max).
+
+    Args:
+        features: Tensor[B, n, h, w], the backbone's unpooled feature maps Z.
+        weight: Tensor[C, n], the image-level classifier weights W.
+
+    Returns:
+        Tensor[B, C, h, w].
+    """
+    return torch.einsum('cn,bnhw->bchw', weight.to(features.dtype), features)
+
+
+def smooth_attention(attention: Tensor, sigma: float) -> Tensor:
+    """Gaussian smoothing of attention maps (paper sec. 3.2), reflect-padded, same shape.
+
+    The kernel spans ``+-3 sigma`` cells but never more than the map itself (reflect padding
+    needs ``pad < size``), so tiny maps from small inputs still work.
+
+    Args:
+        attention: Tensor[B, h, w].
+        sigma: standard deviation in attention-map cells; ``0`` disables smoothing.
+
+    Returns:
+        Tensor[B, h, w].
+    """
+    if sigma <= 0:
+        return attention
+    h, w = attention.shape[-2:]
+    radius = min(math.ceil(3 * sigma), h - 1, w - 1)
+    if radius < 1:
+        return attention
+    size = 2 * radius + 1
+    return gaussian_blur(attention.unsqueeze(1), [size, size], [sigma, sigma]).squeeze(1)
+
+
+def attention_map(
+        features: Tensor,
+        weight: Optional[Tensor] = None,
+        mode: str = 'max',
+        class_index: Optional[Tensor] = None,
+        sigma: float = 1.0,
+) -> Tensor:
+    """Attention map M from feature maps and classifier weights (paper eq. 2).
+
+    Args:
+        features: Tensor[B, n, h, w], unpooled feature maps Z.
+        weight: Tensor[C, n], image-level classifier weights W; required for ``'max'`` and
+            ``'predicted'``.
+        mode: ``'max'``: element-wise max over all C class activation maps (the paper);
+            ``'predicted'``: the single CAM of ``class_index`` (the "without max-pooling"
+            ablation of Table 2); ``'mean'``: class-agnostic mean activation over channels,
+            used when the model has no classifier (``num_classes=0``).
+        class_index: Tensor[B] (int64), the class whose CAM ``'predicted'`` uses.
+        sigma: Gaussian smoothing in cells, see :func:`smooth_attention`.
+
+    Returns:
+        Tensor[B, h, w] in the dtype of ``features``.
+    """
+    if mode == 'max':
+        if weight is None:
+            raise ValueError("attention mode 'max' needs the classifier weight")
+        attn = class_activation_maps(features, weight).amax(dim=1)
+    elif mode == 'predicted':
+        if weight is None or class_index is None:
+            raise ValueError("attention mode 'predicted' needs the classifier weight and class_index")
+        attn = torch.einsum('bn,bnhw->bhw', weight.to(features.dtype)[class_index], features)
+    elif mode == 'mean':
+        attn = features.mean(dim=1)
+    else:
+        raise ValueError(f'attention mode must be one of {ATTENTION_MODES}, got {mode!r}')
+    return smooth_attention(attn, sigma)
+
+
+def region_anchors(
+        feat_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        scales: Sequence[float],
+        ratios: Sequence[float] = (1.0,),
+        device: Optional[torch.device] = None,
+) -> Tensor:
+    """Predefined regions, one per attention-map cell and anchor shape (paper sec. 3.2).
+
+    A region of scale ``s`` and aspect ratio ``r`` (width / height) is
+    ``s * W * sqrt(r)`` wide and ``s * H / sqrt(r)`` tall, so the paper's 160x160 regions on a
+    448x448 input are ``scales=(160 / 448,)``. Each region is centred on its cell and then
+    shifted (not clipped) to lie inside the image, so every region keeps its size.
+
+    Args:
+        feat_size: (h, w) of the attention map.
+        image_size: (H, W) of the input in pixels.
+        scales: region sizes relative to the input side, each in (0, 1].
+        ratios: aspect ratios (width / height).
+        device: where to build the boxes.
+
+    Returns:
+        Tensor[h * w * A, 4] float32, ``(x0, y0, x1, y1)`` in input pixels, cell-major order,
+        ``A = len(scales) * len(ratios)``.
+    """
+    h, w = feat_size
+    H, W = image_size
+    sizes = [(s * W * math.sqrt(r), s * H / math.sqrt(r)) for s in scales for r in ratios]
+    bw = torch.tensor([min(sw, W) for sw, _ in sizes], dtype=torch.float32, device=device)  # [A]
+    bh = torch.tensor([min(sh, H) for _, sh in sizes], dtype=torch.float32, device=device)
+    cy = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (H / h)
+    cx = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (W / w)
+    cy, cx = torch.meshgrid(cy, cx, indexing='ij')
+    cx = cx.reshape(-1, 1)  # [h * w, 1]
+    cy = cy.reshape(-1, 1)
+    x0 = torch.minimum((cx - bw / 2).clamp(min=0), W - bw)  # shift inside, keep the size
+    y0 = torch.minimum((cy - bh / 2).clamp(min=0), H - bh)
+    boxes = torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1)  # [h * w, A, 4]
+    return boxes.reshape(-1, 4)
+
+
+def region_scores(
+        attention: Tensor,
+        anchors: Tensor,
+        image_size: Tuple[int, int],
+        num_anchor_shapes: int,
+        mode: str = 'center',
+) -> Tensor:
+    """Discriminativeness of each candidate region.
+
+    Args:
+        attention: Tensor[B, h, w].
+        anchors: Tensor[N, 4] from :func:`region_anchors`, ``N = h * w * A``.
+        image_size: (H, W) of the input in pixels.
+        num_anchor_shapes: A.
+        mode: ``'center'``: the attention value of the region's cell (the paper: "each pixel in
+            M corresponds to a region"); ``'mean'``: the mean of M over the region (bilinear,
+            via ``roi_align``), which ranks regions of different sizes fairly.
+
+    Returns:
+        Tensor[B, N] float32.
+    """
+    B, h, w = attention.shape
+    attention = attention.float()
+    if mode == 'center':
+        return attention.reshape(B, h * w, 1).expand(B, h * w, num_anchor_shapes).reshape(B, -1)
+    if mode == 'mean':
+        H, W = image_size
+        to_cells = torch.tensor([w / W, h / H, w / W, h / H], device=anchors.device)
+        boxes = (anchors * to_cells).unsqueeze(0).expand(B, -1, -1)
+        return crop_and_zoom(attention.unsqueeze(1), boxes, (1, 1), sampling_ratio=4).reshape(B, -1)
+    raise ValueError(f"region score mode must be 'center' or 'mean', got {mode!r}")
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU within each batch element.
+
+    ``torchvision.ops.box_iou`` handles one image at a time; this is its batched form, written
+    out because torchvision has no batched variant.
+
+    Args:
+        boxes1: Tensor[B, N, 4], ``(x0, y0, x1, y1)`` with ``x0 <= x1``, ``y0 <= y1``.
+        boxes2: Tensor[B, M, 4], same format.
+
+    Returns:
+        Tensor[B, N, M].
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, :, None] + area2[:, None, :] - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+@torch.no_grad()
+def topk_nms(
+        boxes: Tensor,
+        scores: Tensor,
+        k: int,
+        iou_threshold: float,
+        pre_nms_top_n: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """The first ``k`` boxes greedy NMS keeps, for a whole batch, with fixed shapes.
+
+    Equivalent to ``torchvision.ops.nms(boxes[b], scores[b], iou_threshold)[:k]`` for each
+    image (ties in score aside: equal scores are taken in index order), but without the
+    variable-length output and the host sync: candidates are sorted once, their IoU matrix is
+    computed once, and ``k`` rounds each take the best still-allowed candidate and suppress
+    those overlapping it with IoU > ``iou_threshold``.
+
+    When fewer than ``k`` boxes survive NMS, the remaining slots are filled with the
+    best-scoring candidates not yet taken (in score order), and ``valid`` is False for them.
+    So the output always has ``k`` distinct boxes, best first.
+
+    Args:
+        boxes: Tensor[B, N, 4], ``(x0, y0, x1, y1)``.
+        scores: Tensor[B, N].
+        k: number of boxes to return, ``1 <= k <= N``.
+        iou_threshold: suppress overlaps with IoU strictly above this, in (0, 1].
+        pre_nms_top_n: if set, only the best ``pre_nms_top_n`` candidates take part (bounds
+            the ``O(N^2)`` IoU matrix for large inputs).
+
+    Returns:
+        (indices Tensor[B, k] int64 into N, valid Tensor[B, k] bool).
+    """
+    B, N = scores.shape
+    if not 1 <= k <= N:
+        raise ValueError(f'topk_nms: k={k} must be in [1, {N}] (the number of candidates)')
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    if pre_nms_top_n is not None and pre_nms_top_n < N:
+        order = order[:, :max(pre_nms_top_n, k)]
+    P = order.shape[1]
+    sorted_boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, P, 4)).float()
+    overlaps = batched_box_iou(sorted_boxes, sorted_boxes) > iou_threshold  # [B, P, P]
+
+    # priority = 2P (still allowed) + P (not yet taken) + rank bonus: argmax is the best
+    # allowed candidate, or, once none is allowed, the best one not yet taken.
+    rank_bonus = torch.arange(P, 0, -1, device=scores.device)
+    allowed = torch.ones(B, P, dtype=torch.bool, device=scores.device)
+    taken = torch.zeros(B, P, dtype=torch.bool, device=scores.device)
+    picks, valid = [], []
+    for _ in range(k):
+        priority = allowed.long() * (2 * P) + (~taken).long() * P + rank_bonus
+        pick = priority.argmax(dim=1, keepdim=True)  # [B, 1]
+        picks.append(pick)
+        valid.append(allowed.gather(1, pick))
+        taken = taken.scatter(1, pick, True)
+        suppressed = overlaps.gather(1, pick.unsqueeze(-1).expand(B, 1, P)).squeeze(1)
+        allowed = allowed & ~suppressed & ~taken
+    picks = torch.cat(picks, dim=1)
+    return order.gather(1, picks), torch.cat(valid, dim=1)
+
+
+@torch.no_grad()
+def propose_regions(
+        attention: Tensor,
+        image_size: Tuple[int, int],
+        num_regions: int,
+        scales: Sequence[float],
+        ratios: Sequence[float] = (1.0,),
+        iou_threshold: float = 0.25,
+        score_mode: str = 'center',
+        pre_nms_top_n: Optional[int] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Top-``num_regions`` discriminative regions per image (paper sec. 3.2).
+
+    Candidates from :func:`region_anchors`, scored by :func:`region_scores`, reduced by
+    :func:`topk_nms`. Region selection is not differentiable (and needs no gradient).
+
+    Args:
+        attention: Tensor[B, h, w].
+        image_size: (H, W) of the input in pixels.
+        num_regions: m.
+        scales, ratios: anchor shapes, see :func:`region_anchors`.
+        iou_threshold: NMS threshold.
+        score_mode: ``'center'`` or ``'mean'``, see :func:`region_scores`.
+        pre_nms_top_n: see :func:`topk_nms`.
+
+    Returns:
+        (boxes Tensor[B, m, 4] float32 in input pixels, best first; scores Tensor[B, m] float32;
+        valid Tensor[B, m] bool, False where NMS ran out of boxes).
+    """
+    B, h, w = attention.shape
+    anchors = region_anchors((h, w), image_size, scales, ratios, device=attention.device)
+    scores = region_scores(attention, anchors, image_size, len(scales) * len(ratios), score_mode)
+    all_boxes = anchors.unsqueeze(0).expand(B, -1, -1)
+    idx, valid = topk_nms(all_boxes, scores, num_regions, iou_threshold, pre_nms_top_n)
+    boxes = anchors[idx]  # [B, m, 4]
+    return boxes, scores.gather(1, idx), valid
+
+
+def crop_and_zoom(
+        images: Tensor,
+        boxes: Tensor,
+        output_size: Tuple[int, int],
+        sampling_ratio: int = 1,
+) -> Tensor:
+    """Crop regions from a batch of images and resize them, all in one ``roi_align`` call.
+
+    Bilinear sampling on a regular grid of ``sampling_ratio**2`` points per output pixel
+    (``aligned=True``: box coordinates are continuous pixel coordinates, see module doc).
+    With ``sampling_ratio=1`` this equals slicing the box out and ``F.interpolate(...,
+    mode='bilinear', align_corners=False)`` on the interior; at the crop border roi_align reads
+    the true neighbouring pixels instead of clamping. A fixed ratio keeps the cost static
+    (``<= 0`` would be data dependent). Gradients flow to ``images`` (not to ``boxes``).
+
+    Args:
+        images: Tensor[B, C, H, W].
+        boxes: Tensor[B, k, 4], ``(x0, y0, x1, y1)`` in input pixels.
+        output_size: (height, width) of each crop.
+        sampling_ratio: sampling points per output pixel along each axis.
+
+    Returns:
+        Tensor[B * k, C, out_h, out_w], image-major (crop ``b * k + r`` is region r of image b).
+    """
+    B, k = boxes.shape[:2]
+    batch_index = torch.arange(B, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
+    rois = torch.cat([batch_index.unsqueeze(1), boxes.reshape(B * k, 4)], dim=1).to(images.dtype)
+    return roi_align(images, rois, output_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
