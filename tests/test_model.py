@@ -1,0 +1,310 @@
+"""The FgFocus model: timm integration, the forward contract, gradients, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import timm
+import timm_fgfocus
+from timm_fgfocus import FgFocusLoss, FgFocusOutput, fgfocus_loss_terms
+from timm_fgfocus.ops import class_activation_maps, crop_and_zoom, smooth_attention
+
+VARIANTS = ['fgfocus_resnet50', 'fgfocus_resnet101', 'fgfocus_resnet18', 'fgfocus_efficientnet_b0', 'fgfocus_test']
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    return timm.create_model('fgfocus_test', num_classes=7).eval()
+
+
+def x128(b=2, seed=0):
+    return torch.randn(b, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+
+
+# --- registry and timm API --------------------------------------------------------------------
+
+def test_all_variants_registered_with_default_cfgs():
+    assert set(VARIANTS) <= set(timm.list_models('fgfocus_*'))
+    pretrained = timm.list_pretrained('fgfocus_*')
+    for name in VARIANTS[:-1]:
+        assert any(p.startswith(name + '.') for p in pretrained), name
+        cfg = timm.get_pretrained_cfg(name)
+        assert cfg.input_size == (3, 448, 448) and cfg.pool_size == (14, 14)
+        assert '/' in cfg.hf_hub_id  # full repo id, not timm's 'timm/' shorthand on its own
+        assert cfg.classifier == ('hybrid_fc', 'fc', 'region_fc')
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_default_cfg_names_exist_in_state_dict(name):
+    model = timm.create_model(name, num_classes=5)
+    sd = model.state_dict()
+    cfg = model.pretrained_cfg
+    for c in cfg['classifier']:
+        assert c + '.weight' in sd
+    assert cfg['first_conv'] + '.weight' in sd
+    assert model.num_features == model.head_hidden_size == 5 * model.backbone_num_features
+
+
+def test_paper_defaults_and_kwargs_pass_through():
+    m = timm.create_model('fgfocus_resnet50', num_classes=200)
+    assert (m.num_regions, m.num_hybrid_regions, m.crop_size, m.nms_iou) == (6, 4, 224, 0.25)
+    assert m.region_scales == (160 / 448,) and m.attention_mode == 'max'
+    assert m.hybrid_fc.in_features == 5 * 2048 and m.fc.out_features == m.region_fc.out_features == 200
+    m = timm.create_model(
+        'fgfocus_test', num_regions=5, num_hybrid_regions=2, crop_size=32, nms_iou=0.5, smooth_sigma=0.5,
+        attention_mode='predicted', region_scales=(0.3, 0.5), region_ratios=(1.0, 2.0))
+    assert (m.num_regions, m.num_hybrid_regions, m.crop_size, m.nms_iou, m.smooth_sigma) == (5, 2, 32, 0.5, 0.5)
+    assert m.attention_mode == 'predicted' and m.region_scales == (0.3, 0.5) and m.region_ratios == (1.0, 2.0)
+    out = m.eval().forward_structured(x128(1))
+    assert out.boxes.shape == (1, 5, 4) and out.region_logits.shape == (1, 5, 10)
+
+
+def test_reset_classifier_resets_all_three_heads(tiny):
+    m = timm.create_model('fgfocus_test', num_classes=7)
+    m.reset_classifier(3)
+    assert m.num_classes == 3
+    assert m.fc.out_features == m.region_fc.out_features == m.hybrid_fc.out_features == 3
+    assert m.get_classifier() is m.hybrid_fc
+    m.reset_classifier(0)
+    assert m.eval()(x128(2)).shape == (2, m.num_features)
+    with pytest.raises(ValueError, match='global_pool'):
+        m.reset_classifier(0, '')
+
+
+def test_group_matcher_puts_backbone_first_heads_last():
+    from timm.models import group_parameters
+    m = timm.create_model('fgfocus_test', num_classes=4)
+    groups = group_parameters(m, m.group_matcher())
+    names = list(groups.values())
+    assert all(n.startswith('backbone.') for g in names[:-1] for n in g)
+    assert {n.split('.')[0] for n in names[-1]} >= {'fc', 'region_fc', 'hybrid_fc'}
+    assert sum(len(g) for g in names) == len(list(m.named_parameters()))
+
+
+# --- forward contract -------------------------------------------------------------------------
+
+def test_eval_returns_hybrid_logits_train_returns_all_logits(tiny):
+    x = x128(3)
+    y = tiny(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (3, 7)
+    tiny.train()
+    try:
+        hybrid, image, regions = tiny(x)
+    finally:
+        tiny.eval()
+    assert hybrid.shape == image.shape == (3, 7) and regions.shape == (3 * 6, 7)
+
+
+def test_structured_output_fields(tiny):
+    out = tiny.forward_structured(x128(2))
+    assert isinstance(out, FgFocusOutput)
+    assert out.logits.shape == out.image_logits.shape == (2, 7)
+    assert out.region_logits.shape == (2, 6, 7)
+    assert out.boxes.shape == (2, 6, 4) and out.scores.shape == (2, 6) and out.valid.shape == (2, 6)
+    assert out.attention.shape == (2, 4, 4)
+    b = out.boxes
+    assert (b[..., :2] >= 0).all() and (b[..., 2:] <= 128).all()
+    # region side is relative to the input: 160/448 of 128 px
+    torch.testing.assert_close(b[..., 2] - b[..., 0], torch.full((2, 6), 128 * 160 / 448))
+    # best first among the NMS survivors
+    s = torch.where(out.valid, out.scores, torch.tensor(float('-inf')))
+    assert (s[:, :-1] >= s[:, 1:]).all() or not out.valid.all()
+    # eval forward == structured hybrid logits
+    torch.testing.assert_close(tiny(x128(2)), out.logits)
+
+
+def test_forward_equals_independent_recomputation(tiny):
+    """Recompute every stage from the parts: image logits, attention, crops, region & hybrid logits."""
+    x = x128(2, seed=3)
+    out = tiny.forward_structured(x)
+    z = tiny.backbone.forward_features(x)
+    f_img = z.mean((2, 3))
+    torch.testing.assert_close(out.image_logits, F.linear(f_img, tiny.fc.weight, tiny.fc.bias))
+    attn = smooth_attention(class_activation_maps(z, tiny.fc.weight).amax(1), tiny.smooth_sigma)
+    torch.testing.assert_close(out.attention, attn)
+    crops = crop_and_zoom(x, out.boxes, (64, 64))
+    f_reg = tiny.backbone.forward_features(crops).mean((2, 3)).reshape(2, 6, -1)
+    torch.testing.assert_close(out.region_logits, F.linear(f_reg, tiny.region_fc.weight, tiny.region_fc.bias))
+    hybrid = torch.cat([f_img, f_reg[:, :4].flatten(1)], 1)
+    torch.testing.assert_close(out.logits, F.linear(hybrid, tiny.hybrid_fc.weight, tiny.hybrid_fc.bias))
+    # and the boxes sit on the attention peak: the top box is centred on the argmax cell
+    cell = attn.flatten(1).argmax(1)
+    cy, cx = (cell // 4 + 0.5) * 32, (cell % 4 + 0.5) * 32
+    half = 128 * 160 / 448 / 2
+    exp_x0 = (cx - half).clamp(0, 128 - 2 * half)
+    exp_y0 = (cy - half).clamp(0, 128 - 2 * half)
+    torch.testing.assert_close(out.boxes[:, 0, 0], exp_x0)
+    torch.testing.assert_close(out.boxes[:, 0, 1], exp_y0)
+
+
+def test_predicted_attention_mode_uses_the_predicted_class_cam():
+    torch.manual_seed(1)
+    m = timm.create_model('fgfocus_test', num_classes=5, attention_mode='predicted', smooth_sigma=0).eval()
+    x = x128(2, seed=4)
+    out = m.forward_structured(x)
+    z = m.backbone.forward_features(x)
+    cams = class_activation_maps(z, m.fc.weight)
+    pred = out.image_logits.argmax(1)
+    torch.testing.assert_close(out.attention, cams[torch.arange(2), pred])
+
+
+def test_num_classes_zero_is_a_feature_extractor_with_class_agnostic_attention():
+    torch.manual_seed(2)
+    m = timm.create_model('fgfocus_test', num_classes=0).eval()
+    x = x128(2)
+    y = m(x)
+    assert y.shape == (2, m.num_features) == (2, 5 * m.backbone_num_features)
+    out = m.forward_structured(x)
+    z = m.backbone.forward_features(x)
+    torch.testing.assert_close(out.attention, smooth_attention(z.mean(1), m.smooth_sigma))
+    torch.testing.assert_close(m.forward_head(m.forward_features(x), pre_logits=True), y)
+    m.train()
+    assert m(x).shape == (2, m.num_features)
+
+
+def test_eval_crops_only_l_regions_train_crops_m():
+    m = timm.create_model('fgfocus_test', num_classes=3)
+    seen = []
+    m.backbone.conv1.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    x = x128(2)
+    m.eval()(x)
+    assert seen == [2, 2 * 4]
+    seen.clear()
+    m.train()(x)
+    assert seen == [2, 2 * 6]
+    seen.clear()
+    m.eval().forward_structured(x)
+    assert seen == [2, 2 * 6]
+    seen.clear()
+    out = m.forward_structured(x, num_crops=4)
+    assert seen == [2, 2 * 4] and out.region_logits.shape == (2, 4, 3)
+
+
+def test_batch_independence(tiny):
+    x = x128(5, seed=7)
+    full = tiny.forward_structured(x)
+    for i in (0, 3):
+        one = tiny.forward_structured(x[i:i + 1])
+        for a, b in zip(full, one):
+            torch.testing.assert_close(a[i:i + 1], b, atol=1e-5, rtol=1e-5)
+
+
+def test_other_input_sizes_and_channels():
+    m = timm.create_model('fgfocus_test', num_classes=3, in_chans=1).eval()
+    assert m(torch.randn(1, 1, 96, 160)).shape == (1, 3)
+    out = m.forward_structured(torch.randn(1, 1, 96, 160))
+    w = out.boxes[..., 2] - out.boxes[..., 0]
+    h = out.boxes[..., 3] - out.boxes[..., 1]
+    torch.testing.assert_close(w, torch.full_like(w, 160 * 160 / 448))
+    torch.testing.assert_close(h, torch.full_like(h, 96 * 160 / 448))
+
+
+# --- gradients --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('term', ['hybrid', 'image', 'region'])
+def test_each_loss_sends_gradient_into_the_backbone(term):
+    torch.manual_seed(3)
+    m = timm.create_model('fgfocus_test', num_classes=4).train()
+    x, t = x128(2), torch.tensor([1, 3])
+    fgfocus_loss_terms(m(x), t)[term].backward()
+    g = [p.grad for n, p in m.named_parameters() if n.startswith('backbone.')]
+    assert all(v is not None for v in g)
+    assert sum(v.abs().sum() for v in g) > 0
+    head = {'hybrid': m.hybrid_fc, 'image': m.fc, 'region': m.region_fc}[term]
+    assert head.weight.grad.abs().sum() > 0
+
+
+def test_total_loss_gives_every_parameter_a_finite_gradient():
+    torch.manual_seed(4)
+    m = timm.create_model('fgfocus_test', num_classes=4).train()
+    loss = FgFocusLoss(label_smoothing=0.1)(m(x128(2)), torch.tensor([0, 2]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+def test_loss_is_the_sum_of_three_cross_entropies():
+    torch.manual_seed(5)
+    m = timm.create_model('fgfocus_test', num_classes=4).train()
+    x, t = x128(2), torch.tensor([0, 2])
+    out = m.forward_structured(x)
+    expect = (F.cross_entropy(out.logits, t) + F.cross_entropy(out.image_logits, t)
+              + sum(F.cross_entropy(out.region_logits[:, r], t) for r in range(6)) / 6)
+    torch.testing.assert_close(FgFocusLoss()(out, t), expect)
+    torch.testing.assert_close(
+        FgFocusLoss(hybrid_weight=0, region_weight=2)(out, t),
+        F.cross_entropy(out.image_logits, t) + 2 * sum(F.cross_entropy(out.region_logits[:, r], t) for r in range(6)) / 6)
+    with pytest.raises(ValueError, match='train-mode output'):
+        FgFocusLoss()(out.logits, t)
+    with pytest.raises(ValueError, match=r'class indices in \[0, 4\)'):
+        FgFocusLoss()(out, torch.tensor([0, 4]))
+
+
+def test_region_selection_is_not_differentiated_but_crops_carry_gradient_to_input():
+    m = timm.create_model('fgfocus_test', num_classes=3).train()
+    x = x128(1).requires_grad_()
+    out = m.forward_structured(x)
+    assert not out.boxes.requires_grad and not out.attention.requires_grad
+    out.region_logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('x, match', [
+    (torch.randn(3, 128, 128), r'4-D floating tensor .* got shape \(3, 128, 128\)'),
+    (torch.zeros(1, 3, 128, 128, dtype=torch.uint8), r'4-D floating tensor .* dtype torch.uint8'),
+    (torch.randn(1, 4, 128, 128), 'has 4 channels, the model expects in_chans=3'),
+    (torch.randn(1, 3, 64, 64), r'input 64x64 is too small: .* 2x2 attention map, 4 candidate regions .* at least 96x96'),
+    (torch.randn(1, 3, 16, 16), 'input 16x16 is too small'),
+])
+def test_bad_input_raises_value_error_naming_it(tiny, x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(x)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_regions=3, num_hybrid_regions=4), r'num_hybrid_regions \(l=4\) must not exceed num_regions \(m=3\)'),
+    (dict(nms_iou=0.0), r'nms_iou must be in \(0, 1\], got 0.0'),
+    (dict(nms_iou=1.5), r'nms_iou must be in \(0, 1\], got 1.5'),
+    (dict(num_classes=-1), 'num_classes must be an integer >= 0, got -1'),
+    (dict(attention_mode='avg'), "attention_mode must be one of .* got 'avg'"),
+    (dict(region_scales=(0.0,)), 'region_scales must be non-empty, each in'),
+    (dict(smooth_sigma=-1.0), 'smooth_sigma must be >= 0'),
+])
+def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('fgfocus_test', **kwargs)
+
+
+# --- compile / devices ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_compile_fullgraph_matches_eager_in_eval(tiny):
+    x = x128(2, seed=9)
+    compiled = torch.compile(tiny, fullgraph=True)  # fails on any graph break (host sync, data-dependent shape)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), tiny(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_forward_stays_on_device_without_host_sync():
+    m = timm.create_model('fgfocus_test', num_classes=5).cuda()
+    x = torch.randn(4, 3, 128, 128, device='cuda')
+    m(x)  # warm-up: cudnn / allocator setup may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        m.eval()
+        out = m.forward_structured(x)
+        m.train()
+        train_out = m(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(t.device.type == 'cuda' for t in out)
+    assert all(t.device.type == 'cuda' for t in train_out)
+    cpu = timm.create_model('fgfocus_test', num_classes=5)
+    cpu.load_state_dict(m.state_dict())
+    torch.testing.assert_close(cpu.eval()(x.cpu()), m.eval()(x).cpu(), atol=1e-3, rtol=1e-3)
