@@ -212,11 +212,11 @@ def attention_overlay(
     return Image.composite(Image.blend(base, heat, alpha), dim, mask)
 
 
-def _fit(image: Image.Image, boxes: Optional[np.ndarray], view_box, max_side: Optional[int]):
-    """Scale an image (and boxes, view box in its pixels) down so its longer side is ``max_side``."""
-    if not max_side or max(image.size) <= max_side:
+def _fit(image: Image.Image, boxes: Optional[np.ndarray], view_box, side: Optional[int]):
+    """Scale an image (and boxes, view box in its pixels) up or down so its longer side is ``side``."""
+    if not side or max(image.size) == side:
         return image, boxes, view_box
-    s = max_side / max(image.size)
+    s = side / max(image.size)
     size = (max(1, round(image.width * s)), max(1, round(image.height * s)))
     image = image.resize(size, Image.BILINEAR)
     boxes = boxes * s if boxes is not None else None
@@ -236,7 +236,7 @@ def region_figure(
         subtitle: Optional[str] = None,
         title_color: Color = (0, 0, 0),
         subtitle_color: Color = (0, 0, 0),
-        max_side: Optional[int] = None,
+        side: Optional[int] = None,
 ) -> Image.Image:
     """Regions panel and attention panel side by side, with up to two caption lines below.
 
@@ -248,18 +248,20 @@ def region_figure(
         attention, view_box: see :func:`attention_overlay`.
         title, subtitle: caption lines (e.g. the predicted and the true class).
         title_color, subtitle_color: their colours.
-        max_side: scale the image (and boxes) down to this longer side first.
+        side: scale the image (and boxes) up or down to this longer side first; default as is.
     """
     img = _to_pil(image)
     arr = _as_array(boxes)
-    img, arr, view_box = _fit(img, arr, view_box, max_side)
+    img, arr, view_box = _fit(img, arr, view_box, side)
     left = draw_regions(img, arr, valid, num_regions=num_regions)
     right = attention_overlay(img, attention, view_box=view_box)
     W, H = img.size
     lines = [(t, c) for t, c in ((title, title_color), (subtitle, subtitle_color)) if t]
-    font = _font(max(10, round(min(max(W, 128), 512) / 14)))
+    font = _font(max(10, round(min(max(W, H), 512) / 18)))
     line_h = font.getbbox('Ag')[3] + 4 if lines else 0
-    fig = Image.new('RGB', (2 * W + PANEL_GAP, H + (len(lines) * line_h + 4 if lines else 0)), BACKGROUND)
+    text_w = max((font.getbbox(t)[2] + 4 for t, _ in lines), default=0)
+    fig_w = max(2 * W + PANEL_GAP, text_w)
+    fig = Image.new('RGB', (fig_w, H + (len(lines) * line_h + 4 if lines else 0)), BACKGROUND)
     fig.paste(left, (0, 0))
     fig.paste(right, (W + PANEL_GAP, 0))
     draw = ImageDraw.Draw(fig)
@@ -311,7 +313,7 @@ def save_region_sheet(
         targets: Optional[Union[Tensor, Sequence[int]]] = None,
         num_regions: Optional[int] = None,
         ncols: Optional[int] = None,
-        max_side: Optional[int] = 256,
+        side: Optional[int] = 256,
 ) -> Path:
     """Run the model on a batch and save a contact sheet of region figures as a PNG.
 
@@ -329,7 +331,7 @@ def save_region_sheet(
         targets: Tensor[B] true class indices, optional.
         num_regions: regions to draw; default ``model.num_hybrid_regions`` (l).
         ncols: figures per row, see :func:`make_grid`.
-        max_side: scale images down to this side in the sheet.
+        side: longer side of each image in the sheet (scaled up or down; None: as is).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -358,7 +360,7 @@ def save_region_sheet(
             color = (0, 150, 0) if t == p else (210, 0, 0)
         figures.append(region_figure(
             denormalize(images[i], mean, std), out.boxes[i], out.attention[i], valid=out.valid[i],
-            num_regions=l, title=title, subtitle=subtitle, title_color=color, max_side=max_side))
+            num_regions=l, title=title, subtitle=subtitle, title_color=color, side=side))
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(figures, ncols).save(path)
     return path

@@ -1,0 +1,413 @@
+"""Classify images with an fgfocus model; print the top classes, the regions it looked at, and draw them.
+
+Usage::
+
+    fgfocus-predict IMAGES_OR_FOLDERS... --checkpoint output/train/best.pth [--json] [--save-regions DIR]
+    python -m timm_fgfocus.predict photos/ --model hf-hub:ORG/NAME --pretrained
+
+The model comes from a ``train_fg.py`` checkpoint (``--checkpoint``: architecture, its kwargs
+and class names are read from it) or from timm (``--model``: a registered name or
+``hf-hub:ORG/NAME``; class names from the Hub config's ``label_names``). Images are prepared
+with the model's eval transform (``resolve_data_config`` + ``create_transform``: resize, center
+crop, normalize), and the boxes are mapped back through that resize and crop into the
+ORIGINAL image's pixels (``x0, y0, x1, y1``, pixel ``i`` covering ``[i, i + 1)``; a box the crop
+padded beyond the image is clipped to it).
+
+Output: one line per image, or with ``--json`` one JSON object per line on stdout::
+
+    {"file": ..., "image_size": [W, H], "topk": [{"index": 3, "name": "...", "prob": 0.91}, ...],
+     "boxes": [[x0, y0, x1, y1], ...], "scores": [...], "valid": [...], "num_hybrid_regions": 4}
+
+``boxes`` holds all m proposed regions, best first; the first ``num_hybrid_regions`` (l) are
+the ones the prediction uses. Errors, the progress bar and the summary go to stderr.
+
+Exit status: 0 when every image was classified, 1 when some could not be read (each is
+named on stderr, the others are still classified), 2 for a usage error, a missing or broken
+checkpoint or model.
+"""
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+
+__all__ = ['InputGeometry', 'input_geometry', 'find_images', 'main']
+
+PROG = 'fgfocus-predict'
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+class PredictError(Exception):
+    """A problem that stops the whole command (reported as one line, exit status 2)."""
+
+
+# --- geometry: model input pixels <-> original image pixels ---------------------------------
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """Where the model input sits in the original image: ``input = original * scale - offset``.
+
+    Attributes:
+        scale: (sx, sy), input pixels per original pixel.
+        offset: (ox, oy), in input pixels (the crop's top-left corner in the resized image,
+            negative where the crop padded the image).
+        original_size: (W, H) of the original image.
+        input_size: (W, H) of the model input.
+    """
+    scale: Tuple[float, float]
+    offset: Tuple[float, float]
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+
+    def to_original(self, boxes: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Tensor[..., 4] boxes in input pixels -> original pixels (clipped to the image)."""
+        sx, sy = self.scale
+        ox, oy = self.offset
+        b = boxes.detach().double().cpu()
+        scale = b.new_tensor([sx, sy, sx, sy])
+        offset = b.new_tensor([ox, oy, ox, oy])
+        out = (b + offset) / scale
+        if clip:
+            W, H = self.original_size
+            out = torch.minimum(out.clamp(min=0), out.new_tensor([W, H, W, H]))
+        return out
+
+    def to_input(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Tensor[..., 4] boxes in original pixels -> input pixels."""
+        sx, sy = self.scale
+        ox, oy = self.offset
+        b = boxes.double()
+        return b * b.new_tensor([sx, sy, sx, sy]) - b.new_tensor([ox, oy, ox, oy])
+
+    def view_box(self) -> List[float]:
+        """The model input's extent ``(x0, y0, x1, y1)`` in original pixels (not clipped)."""
+        W, H = self.input_size
+        return self.to_original(torch.tensor([0.0, 0.0, W, H]), clip=False).tolist()
+
+
+def _resize_output_size(size, w: int, h: int, max_size: Optional[int]) -> Tuple[int, int]:
+    """(W, H) after torchvision ``Resize(size, max_size)`` (mirrors its rounding)."""
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_short, new_long) if w <= h else (new_long, new_short)
+
+
+_PIXEL_ONLY = {'ToTensor', 'MaybeToTensor', 'PILToTensor', 'MaybePILToTensor', 'Normalize', 'ConvertImageDtype',
+               'ToDtype', 'ColorJitter', 'Grayscale', 'ToNumpy'}
+
+
+def input_geometry(transform, original_size: Tuple[int, int]) -> InputGeometry:
+    """Follow an eval transform's resize / crop steps for an image of ``original_size`` (W, H).
+
+    Understands torchvision ``Resize``, ``CenterCrop`` and timm ``ResizeKeepRatio``,
+    ``CenterCropOrPad`` (the steps ``timm.data.create_transform(is_training=False)`` makes for
+    every ``crop_mode``); pixel-only steps are skipped.
+
+    Raises:
+        PredictError: for a geometric step it does not know (boxes could not be mapped back).
+    """
+    import torchvision.transforms as T
+    from timm.data.transforms import CenterCropOrPad, ResizeKeepRatio
+
+    steps = getattr(transform, 'transforms', [transform])
+    w, h = original_size
+    ax = ay = 1.0  # input = a * original + b
+    bx = by = 0.0
+    for t in steps:
+        if isinstance(t, ResizeKeepRatio):
+            th, tw = t.size
+            ratio_h, ratio_w = h / th, w / tw
+            ratio = max(ratio_h, ratio_w) * t.longest + min(ratio_h, ratio_w) * (1. - t.longest)
+            nh, nw = round(h / ratio), round(w / ratio)
+        elif isinstance(t, T.Resize):
+            nw, nh = _resize_output_size(t.size, w, h, t.max_size)
+        elif isinstance(t, (T.CenterCrop, CenterCropOrPad)):
+            size = (t.size, t.size) if isinstance(t.size, int) else tuple(t.size)
+            ch, cw = size if len(size) == 2 else (size[0], size[0])
+            if cw > w:  # both pad (floor on the left) and then crop a centred window
+                bx += (cw - w) // 2
+                w = cw
+            if ch > h:
+                by += (ch - h) // 2
+                h = ch
+            bx -= int(round((w - cw) / 2.0))
+            by -= int(round((h - ch) / 2.0))
+            w, h = cw, ch
+            continue
+        elif type(t).__name__ in _PIXEL_ONLY:
+            continue
+        else:
+            raise PredictError(f'cannot map boxes back through the transform step {t!r}')
+        sx, sy = nw / w, nh / h
+        ax, bx, ay, by = ax * sx, bx * sx, ay * sy, by * sy
+        w, h = nw, nh
+    return InputGeometry(scale=(ax, ay), offset=(-bx, -by), original_size=tuple(original_size), input_size=(w, h))
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+@dataclass
+class _Input:
+    path: Path
+    root: Optional[Path]  # the folder it was found in (for --save-regions names)
+
+
+def find_images(paths: Sequence[str]) -> Tuple[List[_Input], List[Tuple[str, str]], bool]:
+    """Expand files and folders (recursively, image extensions only, sorted).
+
+    Returns:
+        (inputs, [(path, error)] for paths that do not exist, whether any folder was given).
+    """
+    found, missing, any_folder = [], [], False
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            any_folder = True
+            for f in sorted(path.rglob('*')):
+                rel = f.relative_to(path)
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not any(
+                        part.startswith('.') for part in rel.parts):
+                    found.append(_Input(f, path))
+        elif path.is_file():
+            found.append(_Input(path, None))
+        else:
+            missing.append((p, 'no such file or folder'))
+    return found, missing, any_folder
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img.convert('RGB')
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def _read_class_names(path: str) -> List[str]:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise PredictError(f'cannot read class names file {path}: {e.strerror or e}') from None
+
+
+def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
+    """The model (eval, on ``args.device``) and its class names (or None)."""
+    import timm
+
+    import timm_fgfocus  # noqa: F401  registers the fgfocus models
+    from timm_fgfocus.checkpoint import CheckpointError, model_from_checkpoint
+
+    if args.checkpoint:
+        try:
+            model, ckpt = model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
+        except CheckpointError as e:
+            raise PredictError(str(e)) from None
+        class_names = ckpt.get('class_names')
+    else:
+        kwargs = {} if args.num_classes is None else dict(num_classes=args.num_classes)
+        try:
+            model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+        except Exception as e:  # unknown name, Hub not reachable, weights that do not fit, ...
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PredictError(f'cannot create model {args.model!r}: {msg}') from None
+        class_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if not hasattr(model, 'forward_structured'):
+        raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured)')
+    if not getattr(model, 'num_classes', 0):
+        raise PredictError('the model has no classifier (num_classes=0)')
+    if args.class_names:
+        class_names = _read_class_names(args.class_names)
+    if class_names is not None:
+        class_names = [str(n) for n in class_names]
+        if len(class_names) != model.num_classes:
+            raise PredictError(
+                f'{len(class_names)} class names for a model with {model.num_classes} classes')
+    try:
+        model = model.to(args.device).eval()
+    except (RuntimeError, AssertionError) as e:
+        raise PredictError(f'cannot use device {args.device!r}: {str(e).splitlines()[0]}') from None
+    return model, class_names
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def _figure_path(item: _Input, out_dir: Path, used: set) -> Path:
+    rel = item.path.relative_to(item.root) if item.root is not None else Path(item.path.name)
+    base = out_dir / rel.with_suffix('')
+    path, n = base.with_name(base.name + '.png'), 1
+    while path in used:
+        path, n = base.with_name(f'{base.name}_{n}.png'), n + 1
+    used.add(path)
+    return path
+
+
+def _label(index: int, class_names: Optional[List[str]]) -> Optional[str]:
+    return class_names[index] if class_names is not None else None
+
+
+def _format_text(file: str, topk: List[Dict]) -> str:
+    classes = ', '.join(f'{c["name"] if c["name"] is not None else c["index"]} {100 * c["prob"]:.1f}%' for c in topk)
+    return f'{file}: {classes}'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description='Classify images with an fgfocus model and show the regions it focused on.')
+    p.add_argument('inputs', nargs='+', metavar='IMAGE_OR_FOLDER',
+                   help='image files, or folders searched recursively for images')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--checkpoint', metavar='PATH', help='a train_fg.py checkpoint (last.pth / best.pth)')
+    src.add_argument('--model', metavar='NAME', help='timm model name or hf-hub:ORG/NAME')
+    p.add_argument('--pretrained', action='store_true', help='with --model: load its pretrained weights')
+    p.add_argument('--num-classes', type=int, default=None, help='with --model: number of classes')
+    p.add_argument('--use-ema', action='store_true', help='with --checkpoint: use its EMA weights')
+    p.add_argument('--class-names', metavar='FILE', help='class names, one per line (overrides the model\'s)')
+    p.add_argument('--topk', type=int, default=5, help='classes to report per image (default 5)')
+    p.add_argument('-b', '--batch-size', type=int, default=8, help='images per forward pass (default 8)')
+    p.add_argument('--device', default=None, help='torch device (default cuda if available, else cpu)')
+    p.add_argument('--json', action='store_true', help='one JSON object per image per line on stdout')
+    p.add_argument('--save-regions', metavar='DIR',
+                   help='write a figure per image (top regions + attention) and a contact sheet to DIR')
+    p.add_argument('--figure-size', type=int, default=512, help='longer side of each panel of the per-image figures (default 512)')
+    p.add_argument('--sheet-max', type=int, default=64, help='images on the contact sheet (default 64)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return p
+
+
+def _predict_batch(model, batch, geoms, topk: int):
+    """Run one batch; per image (probs topk, boxes in original pixels, scores, valid, attention)."""
+    x = torch.stack(batch).to(next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+    probs = out.logits.float().softmax(dim=-1).cpu()
+    top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+    results = []
+    for j, geom in enumerate(geoms):
+        results.append((top_p[j], top_i[j], geom.to_original(out.boxes[j]), out.scores[j].float().cpu(),
+                        out.valid[j].cpu(), out.attention[j].float().cpu()))
+    return results
+
+
+def run(args) -> int:
+    from timm.data import create_transform, resolve_data_config
+    from tqdm import tqdm
+
+    from timm_fgfocus import visualize
+
+    if args.topk < 1 or args.batch_size < 1 or args.figure_size < 16 or args.sheet_max < 0:
+        raise PredictError('--topk, --batch-size must be >= 1, --figure-size >= 16, --sheet-max >= 0')
+    if args.model is None and (args.pretrained or args.num_classes is not None):
+        raise PredictError('--pretrained and --num-classes go with --model (a checkpoint knows its own)')
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+
+    items, failures, any_folder = find_images(args.inputs)
+    for path, err in failures:
+        print(f'{PROG}: {path}: {err}', file=sys.stderr)
+    if not items:
+        raise PredictError('no images found in ' + ' '.join(args.inputs))
+
+    model, class_names = load_model(args)
+    data_config = resolve_data_config(model=model)
+    transform = create_transform(**data_config, is_training=False)
+    l = model.num_hybrid_regions
+
+    out_dir = Path(args.save_regions) if args.save_regions else None
+    used_names: set = set()
+    thumbs = []
+    n_ok = 0
+    bar = tqdm(total=len(items), unit='img', file=sys.stderr, disable=args.no_progress or not any_folder,
+               dynamic_ncols=True)
+
+    def report(msg: str) -> None:
+        tqdm.write(f'{PROG}: {msg}', file=sys.stderr)
+
+    def flush(pending) -> None:
+        nonlocal n_ok
+        if not pending:
+            return
+        results = _predict_batch(model, [p[2] for p in pending], [p[3] for p in pending], args.topk)
+        for (item, img, _, geom), (top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
+            topk = [dict(index=int(i), name=_label(int(i), class_names), prob=round(float(p), 6))
+                    for p, i in zip(top_p, top_i)]
+            if args.json:
+                print(json.dumps(dict(
+                    file=str(item.path), image_size=list(geom.original_size), topk=topk,
+                    boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
+                    scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
+                    num_hybrid_regions=l)), flush=True)
+            else:
+                print(_format_text(str(item.path), topk), flush=True)
+            if out_dir is not None:
+                best = topk[0]
+                title = f'{best["name"] if best["name"] is not None else "class " + str(best["index"])} ' \
+                        f'({100 * best["prob"]:.0f}%)'
+                fig_args = dict(valid=valid, num_regions=l, view_box=geom.view_box(), title=title)
+                path = _figure_path(item, out_dir, used_names)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    visualize.region_figure(img, boxes, attention, side=args.figure_size, **fig_args).save(path)
+                except OSError as e:
+                    raise PredictError(f'cannot write {path}: {e.strerror or e}') from None
+                if len(thumbs) < args.sheet_max:
+                    fig_args['title'] = f'{item.path.name}: {title}'
+                    thumbs.append(visualize.region_figure(img, boxes, attention, side=192, **fig_args))
+            n_ok += 1
+        bar.update(len(pending))
+
+    pending = []
+    try:
+        for item in items:
+            try:
+                img = _open_rgb(item.path)
+            except Exception as e:  # Pillow raises several types for broken / non-image files
+                failures.append((str(item.path), str(e)))
+                report(f'{item.path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+                bar.update(1)
+                continue
+            pending.append((item, img, transform(img), input_geometry(transform, img.size)))
+            if len(pending) == args.batch_size:
+                flush(pending)
+                pending = []
+        flush(pending)
+    finally:
+        bar.close()
+
+    if out_dir is not None and thumbs and (any_folder or len(thumbs) > 1):
+        sheet = out_dir / 'contact_sheet.png'
+        try:
+            visualize.make_grid(thumbs).save(sheet)
+        except OSError as e:
+            raise PredictError(f'cannot write {sheet}: {e.strerror or e}') from None
+    if failures:
+        print(f'{PROG}: {n_ok} image(s) classified, {len(failures)} failed: '
+              + ', '.join(p for p, _ in failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point ``fgfocus-predict``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except PredictError as e:
+        print(f'{PROG}: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'{PROG}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
