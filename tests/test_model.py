@@ -308,3 +308,23 @@ def test_cuda_forward_stays_on_device_without_host_sync():
     cpu = timm.create_model('fgfocus_test', num_classes=5)
     cpu.load_state_dict(m.state_dict())
     torch.testing.assert_close(cpu.eval()(x.cpu()), m.eval()(x).cpu(), atol=1e-3, rtol=1e-3)
+
+
+def test_factory_device_dtype_and_reset_keep_placement():
+    m = timm.create_model('fgfocus_test', device='meta', dtype=torch.float64).eval()
+    assert all(p.device.type == 'meta' and p.dtype == torch.float64 for p in m.parameters())
+    m.reset_classifier(3)
+    assert m.hybrid_fc.weight.device.type == 'meta' and m.hybrid_fc.weight.dtype == torch.float64
+    assert not any(mod.training for mod in m.modules())  # new heads follow the model's eval mode
+    with pytest.raises(TypeError):
+        timm.create_model('fgfocus_test', not_a_model_arg=1)
+
+
+def test_reduced_precision_model_keeps_its_dtype():
+    torch.manual_seed(6)
+    m = timm.create_model('fgfocus_test', num_classes=3).eval()
+    x = x128(1)
+    ref = m(x)
+    y = m.to(torch.bfloat16)(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, atol=0.15, rtol=0.1)

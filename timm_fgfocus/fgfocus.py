@@ -26,6 +26,7 @@ Departures from timm's usual model shape, chosen so timm's tools keep working:
 * In train mode ``forward`` returns ``(hybrid [B, C], image [B, C], regions [B * m, C])``, the
   logits :class:`~timm_fgfocus.loss.FgFocusLoss` needs; in eval mode the hybrid logits only.
 """
+from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -35,11 +36,11 @@ from torch import Tensor
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
 
-__all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput']
+__all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError']
 
 HF_ORG = 'timm-fgfocus'
 
@@ -117,6 +118,7 @@ class FgFocus(nn.Module):
         pre_nms_top_n: candidates kept before NMS (``None``: all).
         crop_sampling_ratio: ``roi_align`` sampling points per output pixel and axis.
         drop_rate: dropout before the classifiers.
+        device, dtype: where and in which dtype parameters are created (timm factory kwargs).
     """
 
     def __init__(
@@ -138,6 +140,8 @@ class FgFocus(nn.Module):
             pre_nms_top_n: Optional[int] = None,
             crop_sampling_ratio: int = 1,
             drop_rate: float = 0.,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         _check_int('num_classes', num_classes, 0)
@@ -181,13 +185,14 @@ class FgFocus(nn.Module):
         self.grad_checkpointing = False
 
         self.backbone = timm.create_model(
-            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, **(backbone_args or {}))
+            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans,
+            device=device, dtype=dtype, **(backbone_args or {}))
         self.backbone_num_features = self.backbone.num_features
         self.feature_stride = self.backbone.feature_info[-1]['reduction']
         self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
         self.global_pool = self._make_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
-        self._make_heads(num_classes)
+        self._make_heads(num_classes, device=device, dtype=dtype)
 
     @staticmethod
     def _make_pool(global_pool: Optional[str]) -> SelectAdaptivePool2d:
@@ -198,11 +203,12 @@ class FgFocus(nn.Module):
                 f"features), got {global_pool!r}")
         return SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
 
-    def _make_heads(self, num_classes: int) -> None:
+    def _make_heads(self, num_classes: int, device=None, dtype=None) -> None:
         n = self.backbone_num_features
-        self.fc = nn.Linear(n, num_classes) if num_classes else nn.Identity()
-        self.region_fc = nn.Linear(n, num_classes) if num_classes else nn.Identity()
-        self.hybrid_fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+        dd = dict(device=device, dtype=dtype)
+        self.fc = nn.Linear(n, num_classes, **dd) if num_classes else nn.Identity()
+        self.region_fc = nn.Linear(n, num_classes, **dd) if num_classes else nn.Identity()
+        self.hybrid_fc = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes else nn.Identity()
 
     # --- timm model API -------------------------------------------------------------------
 
@@ -227,9 +233,10 @@ class FgFocus(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = self._make_pool(global_pool)
-        device = next(self.backbone.parameters()).device
-        self._make_heads(num_classes)
-        self.to(device)
+        ref = next(self.backbone.parameters())
+        self._make_heads(num_classes, device=ref.device, dtype=ref.dtype)
+        for head in (self.fc, self.region_fc, self.hybrid_fc):
+            head.train(self.training)
 
     # --- forward --------------------------------------------------------------------------
 
@@ -332,18 +339,80 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights are missing, unreadable, or do not fit the model built for them."""
+
+
+# files timm's ``local-dir:`` loader looks for first, in its order
+_LOCAL_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+
+
+def _weights_source(cfg: Dict[str, Any]) -> str:
+    """Where timm's loader takes the weights of ``cfg`` from: repo or folder and file, for messages."""
+    if cfg.get('source') == 'local-dir':
+        folder = Path(cfg.get('file') or '')
+        found = next((name for name in _LOCAL_WEIGHT_FILES if (folder / name).is_file()), None)
+        return f'local-dir:{folder} (file {found or "none of " + ", ".join(_LOCAL_WEIGHT_FILES)})'
+    if cfg.get('state_dict') is not None:
+        return "the pretrained_cfg's state_dict"
+    if cfg.get('file'):
+        return f'file {cfg["file"]}'
+    if cfg.get('hf_hub_id'):
+        return f'hf-hub:{cfg["hf_hub_id"]} (file {cfg.get("hf_hub_filename") or "model.safetensors"})'
+    if cfg.get('url'):
+        return f'url {cfg["url"]}'
+    return 'nowhere (the pretrained cfg names no weights)'
+
+
+def _check_weights_fit(state_dict: Dict[str, Tensor], model: FgFocus) -> None:
+    """Raise unless ``state_dict`` fills every tensor of ``model`` with the right shape.
+
+    timm loads with ``strict=False`` when ``num_classes`` changes, so without this a checkpoint
+    that lacks backbone tensors would load partially and silently. The heads timm drops for a
+    new ``num_classes`` and the input conv it adapts for another ``in_chans`` are exempt.
+    """
+    cfg = model.pretrained_cfg
+    heads = cfg.get('classifier') or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    convs = cfg.get('first_conv') or ()
+    convs = (convs,) if isinstance(convs, str) else tuple(convs)
+    exempt = {f'{h}.{p}' for h in heads for p in ('weight', 'bias')} if model.num_classes != cfg.get('num_classes') else set()
+    adapted = {f'{c}.weight' for c in convs}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and k not in exempt]
+    unexpected = [k for k in state_dict if k not in own and k not in exempt]
+    shapes = [
+        f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in state_dict.items()
+        if k in own and k not in exempt and k not in adapted and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def some(keys):
+            return ', '.join(keys[:3]) + (', ...' if len(keys) > 3 else '')
+        problems = [f'{len(x)} tensors {what} ({some(x)})' for x, what in (
+            (missing, 'missing'), (unexpected, 'unexpected'), (shapes, 'with other shapes')) if x]
+        args = getattr(model, 'pretrained_model_args', None) or {}
+        raise PretrainedWeightsError(
+            f'{cfg.get("architecture")}: the weights in {_weights_source(cfg)} do not fit the model built'
+            f'{" with model_args " + str(args) if args else ""}: {"; ".join(problems)}. '
+            f'The architecture or model_args do not describe these weights; nothing was loaded.')
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
-    """Map weights onto an FgFocus model.
+    """Map weights onto an FgFocus model, and check that they fill all of it.
 
     FgFocus checkpoints (keys under ``backbone.``) pass through unchanged. A plain timm
     checkpoint of the backbone (e.g. ``timm/resnet50.a1_in1k``) goes into ``backbone.``; its
     classifier becomes the image-level head ``fc`` when the shapes fit (the attention map then
     starts from the ImageNet classes), and the region and hybrid heads keep their fresh
     initialisation.
+
+    Raises:
+        PretrainedWeightsError: naming the repo or folder and file, when a tensor the model needs
+            is missing, an extra one is present or a shape differs (never a silent partial load).
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = state_dict.get('model', state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
+        _check_weights_fit(state_dict, model)
         return state_dict
     classifier = model.backbone.pretrained_cfg.get('classifier', 'fc')
     own = model.state_dict()
@@ -358,15 +427,31 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[
     for k, v in own.items():
         if k.startswith(('fc.', 'region_fc.', 'hybrid_fc.')):
             out.setdefault(k, v)
+    _check_weights_fit(out, model)
     return out
 
 
 def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus:
-    return build_model_with_cfg(
-        FgFocus, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs,
-    )
+    try:
+        return build_model_with_cfg(
+            FgFocus, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            **kwargs,
+        )
+    except PretrainedWeightsError:
+        raise
+    except Exception as e:
+        if not pretrained:
+            raise
+        # name the repo / folder and file: a corrupt download, a missing file, a config whose
+        # model_args the class rejects all surface here with timm's or safetensors' bare message
+        try:
+            cfg = resolve_pretrained_cfg(
+                variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
+        except Exception:
+            cfg = {}
+        raise PretrainedWeightsError(
+            f'{variant}: cannot load pretrained weights from {_weights_source(cfg)}: {type(e).__name__}: {e}') from e
 
 
 def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs) -> Dict[str, Any]:

@@ -327,5 +327,13 @@ def crop_and_zoom(
     """
     B, k = boxes.shape[:2]
     batch_index = torch.arange(B, device=boxes.device, dtype=boxes.dtype).repeat_interleave(k)
-    rois = torch.cat([batch_index.unsqueeze(1), boxes.reshape(B * k, 4)], dim=1).to(images.dtype)
-    return roi_align(images, rois, output_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    rois = torch.cat([batch_index.unsqueeze(1), boxes.reshape(B * k, 4)], dim=1)
+    # torchvision's roi_align kernels lack bfloat16 (and float16 on CPU); its autocast rule runs them in
+    # float32, and so do we for models cast to reduced precision, then return the input's dtype.
+    compute_dtype = images.dtype
+    if images.dtype == torch.bfloat16 or (images.dtype == torch.float16 and images.device.type == 'cpu'):
+        compute_dtype = torch.float32
+    crops = roi_align(
+        images.to(compute_dtype), rois.to(compute_dtype), output_size,
+        spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    return crops.to(images.dtype)
