@@ -1,0 +1,632 @@
+"""Publish fgfocus models on the Hugging Face Hub in timm's own layout (``hf_upload``).
+
+A checkpoint written by ``train_fg.py`` (or a model in memory) becomes a Hub model repo that
+``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` loads after ``import timm_fgfocus``:
+
+* ``model.safetensors``: the weights (EMA weights with ``--ema``), never a pickle;
+* ``config.json``: written by timm's :func:`timm.models.save_for_hf`: ``architecture``,
+  ``num_classes``, ``num_features``, ``label_names`` (the training classes), ``model_args`` (every
+  constructor kwarg the training run set, plus any hyperparameter that differs from the
+  variant's defaults) and ``pretrained_cfg`` (input size, mean / std, crop settings), with
+  ``hf_hub_filename: model.safetensors`` so the loader reads exactly that file;
+* ``README.md``: a model card (front matter for the Hub, the method and paper, the training
+  recipe, the accuracy measured during training, a usage snippet, the citation).
+
+The folder is written first (``--dry-run DIR`` stops there, no network), loaded back with
+``timm.create_model('local-dir:DIR', pretrained=True)`` and compared tensor by tensor, then pushed
+with ``HfApi.create_repo`` + ``upload_folder`` (timm's ``push_to_hf_hub`` writes its own generic
+card, and only when the repo has none, so it is not used).
+
+The token comes from ``HF_TOKEN`` or ``hf auth login`` / ``huggingface-cli login``. It is never
+printed, logged or written: error messages are scrubbed of it and the written files are checked.
+
+Command line::
+
+    python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id timm-fgfocus/fgfocus_resnet50.cub200
+    python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/NAME --dry-run /tmp/repo
+"""
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+import timm
+from timm.models import save_for_hf
+
+from .checkpoint import CheckpointError, model_from_checkpoint
+from .fgfocus import HF_ORG
+
+__all__ = [
+    'HubUploadError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub', 'push_checkpoint_to_hub',
+    'export_model_args', 'model_card', 'read_summary', 'main',
+]
+
+WEIGHTS_NAME = 'model.safetensors'
+CARD_TAGS = ('image-classification', 'timm', 'fine-grained-classification', 'fgfocus')
+PAPER_TITLE = 'Learning to Focus and Discriminate for Fine-Grained Classification'
+PAPER_URL = 'https://doi.org/10.1109/ICIP.2019.8803165'
+CITATION = """@inproceedings{feng2019learning,
+  title={Learning to Focus and Discriminate for Fine-Grained Classification},
+  author={Feng, Zhicong and Fu, Keren and Zhao, Qijun},
+  booktitle={2019 IEEE International Conference on Image Processing (ICIP)},
+  year={2019},
+  doi={10.1109/ICIP.2019.8803165}
+}"""
+# ``--dataset`` names of train_fg.py -> (title, Hub front matter ``datasets`` entry)
+_DATASETS = {
+    'cub200': ('CUB-200-2011', 'cub-200-2011'),
+    'aircraft': ('FGVC-Aircraft (variants)', 'fgvc-aircraft'),
+    'cars': ('Stanford Cars', 'stanford-cars'),
+}
+# FgFocus hyperparameters compared with the variant's defaults by :func:`export_model_args`
+_HPARAMS = (
+    'num_regions', 'num_hybrid_regions', 'region_scales', 'region_ratios', 'crop_size', 'nms_iou',
+    'smooth_sigma', 'attention_mode', 'region_score', 'pre_nms_top_n', 'crop_sampling_ratio',
+)
+# training args shown first in the card's recipe, in this order
+_RECIPE_KEYS = (
+    'model', 'pretrained', 'dataset', 'num_classes', 'epochs', 'batch_size', 'opt', 'momentum', 'lr',
+    'backbone_lr_scale', 'weight_decay', 'sched', 'decay_epochs', 'decay_rate', 'warmup_epochs',
+    'img_size', 'input_size', 'train_crop', 'crop_pct', 'hflip', 'color_jitter', 'interpolation',
+    'model_kwargs', 'loss_weights', 'label_smoothing', 'amp', 'model_ema', 'model_ema_decay', 'seed',
+)
+# args that describe the machine or the invocation, not the recipe; secret-like names never shown
+_NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
+                         r'eval_only|pin_mem|no_prefetcher|dist|config)($|_)')
+_SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
+
+
+class HubUploadError(RuntimeError):
+    """Publishing failed for a reason the user can act on; the message is one clear line."""
+
+
+# --- config.json: the model args ------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Constructor kwargs that rebuild ``model`` from its registered ``arch``.
+
+    Starts from the kwargs the model was created with (``recorded``, else what
+    ``timm.create_model`` recorded on it) and adds every hyperparameter of the model whose value
+    differs from the variant's default (built on the meta device, no memory, no weights), so a
+    kwarg the training run forgot to record still reaches ``config.json``. The model's actual
+    value wins over a recorded one.
+    """
+    args = dict(recorded if recorded is not None else getattr(model, '_model_args', {}))
+    for k in list(args):  # loading options and training-only rates (timm's exports drop those too)
+        if k in ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
+                 'device', 'dtype', 'pretrained_model_args', 'drop_rate', 'drop_path_rate', 'drop_block_rate') \
+                or k.endswith('_drop_rate'):
+            del args[k]
+    with torch.device('meta'):
+        reference = timm.create_model(arch, pretrained=False)
+    for name in _HPARAMS:
+        value = getattr(model, name)
+        if _plain(value) != _plain(getattr(reference, name)) or name in args:
+            args[name] = value
+    backbone = model.backbone.pretrained_cfg.get('architecture')
+    if backbone and backbone != reference.backbone.pretrained_cfg.get('architecture'):
+        args.setdefault('backbone', backbone)
+    args['num_classes'] = model.num_classes
+    if model.in_chans != reference.in_chans:
+        args['in_chans'] = model.in_chans
+    return _plain(args)
+
+
+# --- README.md: the model card --------------------------------------------------------------------
+
+def read_summary(path: Union[str, Path]) -> List[Dict[str, str]]:
+    """Rows of a ``summary.csv`` written by ``train_fg.py`` (empty list if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline='') as f:
+        return [row for row in csv.DictReader(f) if row.get('epoch', '') != '']
+
+
+def _num(value: Any) -> Optional[float]:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pct(value: Any) -> str:
+    x = _num(value)
+    return '' if x is None else f'{x:.2f}'
+
+
+def _epoch(value: Any) -> str:
+    x = _num(value)  # train_fg.py counts epochs from 0 and prints them from 1
+    return '' if x is None else str(int(x) + 1)
+
+
+def _cell(value: Any) -> str:
+    x = _num(value)
+    return '' if x is None else f'{x:.4g}'
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, '***')
+    return text
+
+
+def _recipe_rows(train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
+    def shown(k, v):
+        return not _SECRET.search(k) and not _NOT_RECIPE.search(k) and v not in (None, '', [], {})
+
+    keys = [k for k in _RECIPE_KEYS if k in train_args and shown(k, train_args[k])]
+    keys += sorted(k for k, v in train_args.items() if k not in keys and shown(k, v)
+                   and isinstance(v, (bool, int, float, str, list, tuple, dict)))
+    return [(k, f'`{_plain(train_args[k])}`') for k in keys]
+
+
+def model_card(
+        repo_id: str,
+        arch: str,
+        config: Dict[str, Any],
+        *,
+        metrics: Optional[Dict[str, Any]] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: str = 'apache-2.0',
+        num_params: Optional[int] = None,
+) -> str:
+    """The README.md of a published fgfocus model (Hub front matter + markdown).
+
+    Accuracy comes only from ``metrics`` (the checkpoint's) and ``summary`` (the training log):
+    nothing is reported that was not measured.
+    """
+    metrics, train_args, summary = dict(metrics or {}), dict(train_args or {}), list(summary or [])
+    pcfg = config.get('pretrained_cfg', {})
+    model_args = config.get('model_args', {})
+    num_classes = config.get('num_classes')
+    labels = config.get('label_names') or []
+    dataset = str(train_args.get('dataset') or '')
+    title, dataset_id = _DATASETS.get(dataset, (dataset, ''))
+    pretrained_backbone = bool(train_args.get('pretrained'))
+    name = repo_id.split('/')[-1]
+    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
+    with torch.device('meta'):
+        model = timm.create_model(arch, pretrained=False, **model_args)
+    backbone = model.backbone.pretrained_cfg.get('architecture', '?')
+    size = 'x'.join(str(s) for s in pcfg.get('input_size', ())[1:])
+
+    front = ['---', 'tags:'] + [f'- {t}' for t in CARD_TAGS] + [
+        'library_name: timm', f'license: {license}', 'pipeline_tag: image-classification']
+    datasets = [d for d in (dataset_id, 'imagenet-1k' if pretrained_backbone else '') if d]
+    if datasets:
+        front += ['datasets:'] + [f'- {d}' for d in datasets]
+    front += ['---', '']
+
+    out = front + [f'# Model card for {name}', '']
+    out += [
+        f'An FgFocus fine-grained image classifier (`{arch}`, {backbone} backbone)'
+        + (f' trained on {title}' if title else '') + '. '
+        f'It implements "{PAPER_TITLE}" (Feng, Fu and Zhao, ICIP 2019): one backbone looks at the whole '
+        'image; the maximum over all classes of its class activation maps says where the discriminative '
+        f'parts are; the top {model.num_regions} regions after NMS are cropped, zoomed to '
+        f'{model.crop_size}x{model.crop_size} and passed through the same backbone; the prediction comes '
+        f'from a hybrid head on the image feature and the features of the best {model.num_hybrid_regions} '
+        'regions. The image-level and region-level heads are trained with it and kept in the checkpoint.',
+        '',
+        f'These are the {"EMA (exponential moving average)" if ema else "raw (non-EMA)"} weights'
+        + (f' of epoch {_epoch(metrics.get("epoch"))}' if _num(metrics.get('epoch')) is not None else '')
+        + (f' of {train_args["epochs"]}' if _num(train_args.get('epochs')) is not None and
+           _num(metrics.get('epoch')) is not None else '') + '.',
+        '',
+        '## Model Details',
+        '- **Model Type:** fine-grained image classification',
+        f'- **Architecture:** `{arch}` (timm-fgfocus), backbone `{backbone}`, '
+        f'{model.num_regions} proposed regions, {model.num_hybrid_regions} in the hybrid head, '
+        f'{model.crop_size} px zoomed crops',
+    ]
+    if num_params:
+        out.append(f'- **Params (M):** {num_params / 1e6:.1f}')
+    out += [
+        f'- **Image size:** {size}' + (f', crop_pct {pcfg["crop_pct"]}' if 'crop_pct' in pcfg else '')
+        + (f', {pcfg["interpolation"]} interpolation' if 'interpolation' in pcfg else ''),
+        f'- **Classes:** {num_classes}' + (' (names in `config.json` `label_names`)' if labels else
+                                           ' (no class names were stored with the checkpoint)'),
+        f'- **Dataset:** {title or "not recorded"}',
+    ]
+    if pretrained_backbone:
+        out.append('- **Pretrain dataset:** ImageNet-1k (the backbone, timm weights)')
+    out += [
+        f'- **Papers:** [{PAPER_TITLE}]({PAPER_URL})',
+        '- **Code:** timm-fgfocus, a timm plugin: `import timm_fgfocus` registers the architectures',
+        '- **Constructor kwargs (`model_args`):** ' + ', '.join(f'`{k}={v}`' for k, v in model_args.items()),
+        '',
+    ]
+
+    out += ['## Training Recipe', '']
+    rows = _recipe_rows(train_args)
+    if rows:
+        out += ['Trained with `train_fg.py`; the resolved arguments stored in the checkpoint:', '',
+                '| argument | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows] + ['']
+    else:
+        out += ['The checkpoint stores no training arguments.', '']
+
+    out += ['## Results', '']
+    evaluated = [('eval_top1', 'top-1, hybrid head (the prediction)'), ('eval_top5', 'top-5, hybrid head'),
+                 ('eval_top1_image', 'top-1, image-level head only'), ('eval_top5_image', 'top-5, image-level head'),
+                 ('eval_top1_ema', 'top-1 of the EMA weights, hybrid head')]
+    measured = [(label, _pct(metrics[k])) for k, label in evaluated if _pct(metrics.get(k))]
+    split = train_args.get('val_split')
+    where = (f'the {split} split of ' if split else '') + (title or 'the evaluation set')
+    if measured:
+        n = metrics.get('eval_samples')
+        out += [f'Accuracy (%) on {where}' + (f' ({int(n)} images)' if _num(n) else '')
+                + (f', measured after epoch {_epoch(metrics["epoch"])}' if _num(metrics.get('epoch')) is not None else '')
+                + ' by `train_fg.py`:', '', '| metric | value |', '|---|---|']
+        out += [f'| {label} | {v} |' for label, v in measured]
+        if ema and _pct(metrics.get('eval_top1_ema')):
+            out += ['', 'The weights published here are the EMA weights: theirs is the EMA row; the other '
+                        'rows were measured on the raw weights of the same epoch.']
+        elif ema:
+            out += ['', 'These numbers were measured on the raw weights; the EMA weights published here '
+                        'were not evaluated separately.']
+        elif _pct(metrics.get('eval_top1_ema')):
+            out += ['', 'The weights published here are the raw ones (the hybrid-head rows), not the EMA ones.']
+        out.append('')
+    else:
+        out += ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
+    if summary:
+        scored = [r for r in summary if _num(r.get('eval_top1')) is not None]
+        if scored:
+            best = max(scored, key=lambda r: _num(r['eval_top1']))
+            last = scored[-1]
+            out += [f'Training log (`summary.csv`, {len(summary)} epochs): best hybrid top-1 '
+                    f'{_pct(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
+                    f'{_epoch(last["epoch"])}: {_pct(last["eval_top1"])} %.', '']
+        cols = [c for c in ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image',
+                            'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)]
+        out += ['<details><summary>Per-epoch log</summary>', '', '| ' + ' | '.join(cols) + ' |',
+                '|' + '---|' * len(cols)]
+        for r in summary:
+            out.append('| ' + ' | '.join(_epoch(r.get(c)) if c == 'epoch' else _cell(r.get(c)) for c in cols) + ' |')
+        out += ['', '</details>', '']
+
+    out += ['## Model Usage', '', '### Image Classification', '', '```python', usage_snippet(model_id), '```', '']
+    out += [
+        'Fine-tune on another data set: `timm.create_model("' + model_id + '", pretrained=True, '
+        'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
+        'first convolution as timm does.', '',
+        '## Citation', '', '```bibtex', CITATION, '```', '',
+    ]
+    return '\n'.join(out)
+
+
+def usage_snippet(model_id: str) -> str:
+    """Python code that loads ``model_id`` and classifies one image; it runs as written."""
+    return f'''import timm
+import timm_fgfocus  # registers the fgfocus architectures with timm
+import torch
+from PIL import Image
+
+model = timm.create_model('{model_id}', pretrained=True).eval()
+
+# the preprocessing the model was trained and evaluated with
+data_config = timm.data.resolve_model_data_config(model)
+transform = timm.data.create_transform(**data_config, is_training=False)
+
+img = Image.new('RGB', (600, 450), (120, 90, 60))  # your image: Image.open('bird.jpg').convert('RGB')
+with torch.no_grad():
+    probs = model(transform(img).unsqueeze(0)).softmax(dim=-1)
+
+labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+top = probs.topk(min(5, model.num_classes))
+for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):
+    print(f'{{labels[i]}}: {{100 * p:.1f}}%')'''
+
+
+# --- writing the folder ---------------------------------------------------------------------------
+
+def _repo_tag(repo_id: str) -> Optional[str]:
+    name = repo_id.split('/')[-1]
+    return name.split('.', 1)[1] if '.' in name else None
+
+
+def save_for_hub(
+        model: torch.nn.Module,
+        save_directory: Union[str, Path],
+        repo_id: str,
+        *,
+        arch: Optional[str] = None,
+        class_names: Optional[Sequence[str]] = None,
+        model_args: Optional[Dict[str, Any]] = None,
+        metrics: Optional[Dict[str, Any]] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: Optional[str] = None,
+        verify: bool = True,
+) -> Path:
+    """Write an fgfocus model as a Hub repo folder: model.safetensors, config.json, README.md.
+
+    Args:
+        model: an fgfocus model made by ``timm.create_model`` (or :func:`model_from_checkpoint`).
+        save_directory: folder to write (created; existing files of the same names are replaced).
+        repo_id: ``ORG/NAME`` the folder is meant for (the card's usage snippet loads it).
+        arch: registered architecture (default: the model's ``pretrained_cfg['architecture']``).
+        class_names: one name per class, stored as ``label_names``.
+        model_args: the kwargs the model was created with (default: what timm recorded).
+        metrics, train_args, summary: the checkpoint's metrics and args and the ``summary.csv``
+            rows, for the card.
+        ema: the weights are EMA weights (said in the card).
+        revision: branch the folder will be pushed to (the snippet loads ``ORG/NAME@revision``).
+        license: license of the weights (default: the pretrained cfg's, else apache-2.0).
+        verify: load the folder back with ``local-dir:`` and require identical tensors.
+
+    Returns:
+        The folder.
+    """
+    save_directory = Path(save_directory)
+    arch = arch or model.pretrained_cfg.get('architecture')
+    if not arch or not arch.startswith('fgfocus_'):
+        raise HubUploadError(f'hf_upload publishes fgfocus models; got architecture {arch!r}')
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise HubUploadError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
+    export_args = export_model_args(model, arch, model_args)
+    license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
+
+    model_config: Dict[str, Any] = {
+        'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME, 'license': license},
+    }
+    if class_names is not None:
+        model_config['label_names'] = [str(c) for c in class_names]
+    source_cfg = model.pretrained_cfg
+    # the source tag (e.g. a1_in1k: the ImageNet backbone the training started from) does not
+    # describe these weights; the repo name's tag does, if it has one
+    model.pretrained_cfg = {k: v for k, v in source_cfg.items() if k not in ('tag', 'hf_hub_id', 'url', 'file')}
+    if _repo_tag(repo_id):
+        model.pretrained_cfg['tag'] = _repo_tag(repo_id)
+    model.pretrained_cfg['architecture'] = arch
+    try:
+        save_for_hf(model, save_directory, model_config=model_config, model_args=export_args, safe_serialization=True)
+    finally:
+        model.pretrained_cfg = source_cfg
+    for stale in ('pytorch_model.bin',):  # a folder reused from an older export must not keep a pickle
+        (save_directory / stale).unlink(missing_ok=True)
+
+    config = json.loads((save_directory / 'config.json').read_text())
+    card = model_card(
+        repo_id, arch, config, metrics=metrics, train_args=train_args, summary=summary, ema=ema,
+        revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()))
+    (save_directory / 'README.md').write_text(card, encoding='utf-8')
+    if verify:
+        _verify_folder(save_directory, model)
+    return save_directory
+
+
+def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
+    """Load ``folder`` the way users will and require the same tensors and hyperparameters."""
+    try:
+        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    except Exception as e:
+        raise HubUploadError(f'the written folder {folder} does not load back: {type(e).__name__}: {e}') from e
+    theirs, ours = loaded.state_dict(), model.state_dict()
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+        raise HubUploadError(f'the written folder {folder} loads other weights than the model (model_args?)')
+    for name in _HPARAMS + ('num_classes', 'in_chans'):
+        if _plain(getattr(loaded, name)) != _plain(getattr(model, name)):
+            raise HubUploadError(
+                f'the written folder {folder} rebuilds {name}={getattr(loaded, name)!r}, the model has '
+                f'{getattr(model, name)!r}: config.json model_args are incomplete')
+
+
+def save_checkpoint_for_hub(
+        checkpoint: Union[str, Path],
+        save_directory: Union[str, Path],
+        repo_id: str,
+        *,
+        use_ema: bool = False,
+        summary_csv: Optional[Union[str, Path]] = None,
+        revision: Optional[str] = None,
+        license: Optional[str] = None,
+) -> Tuple[Path, Dict[str, Any]]:
+    """Write the Hub folder of a ``train_fg.py`` checkpoint; returns (folder, checkpoint dict).
+
+    ``summary_csv`` defaults to the ``summary.csv`` beside the checkpoint.
+    """
+    checkpoint = Path(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint, use_ema=use_ema)
+    summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv')
+    folder = save_for_hub(
+        model, save_directory, repo_id, arch=ckpt['arch'], class_names=ckpt.get('class_names'),
+        model_args=ckpt['model_args'], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
+        summary=summary, ema=use_ema, revision=revision, license=license)
+    return folder, ckpt
+
+
+# --- pushing --------------------------------------------------------------------------------------
+
+def _token(token: Optional[str]) -> str:
+    from huggingface_hub import get_token
+    token = token or get_token()
+    if not token:
+        raise HubUploadError(
+            'no Hugging Face token found: set HF_TOKEN or run `hf auth login` (`huggingface-cli login`); '
+            'or write the folder only with --dry-run DIR')
+    return token
+
+
+def _hub_error(e: Exception, repo_id: str, endpoint: str, token: str) -> HubUploadError:
+    """One clear line for an error talking to the Hub, without the token."""
+    response = getattr(e, 'response', None)
+    status = getattr(response, 'status_code', None) if response is not None else None
+    server = (getattr(e, 'server_message', None) or '').strip().splitlines()
+    detail = f': {server[0]}' if server else ''
+    if status == 401:
+        msg = (f'the Hugging Face token was rejected by {endpoint} (401 Unauthorized{detail}); '
+               'set a valid HF_TOKEN or run `hf auth login` again')
+    elif status == 403:
+        msg = f'the Hugging Face token may not write to {repo_id} (403 Forbidden{detail}); use a token with write access'
+    else:
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else ''
+        msg = f'pushing to {repo_id} on {endpoint} failed: {type(e).__name__}: {first}{detail}'
+    return HubUploadError(_scrub(msg, [token]))
+
+
+def _upload_folder(
+        folder: Path, repo_id: str, *, token: str, private: bool, revision: Optional[str],
+        commit_message: str,
+) -> Any:
+    from huggingface_hub import HfApi
+    api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
+    try:
+        api.whoami(token=token)  # a rejected token fails here, before anything is created
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True, token=token).repo_id
+        if revision and revision != 'main':
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message, token=token,
+            allow_patterns=['README.md', 'config.json', WEIGHTS_NAME])
+    except Exception as e:  # HTTP errors, connection errors: one line, never the token
+        raise _hub_error(e, repo_id, api.endpoint, token) from None
+
+
+def _check_no_secret(folder: Path, token: str) -> None:
+    needle = token.encode()
+    for path in folder.iterdir():
+        if path.is_file() and needle in path.read_bytes():
+            raise HubUploadError(f'{path.name} would publish the Hugging Face token; nothing was pushed')
+
+
+def push_to_hub(
+        model: torch.nn.Module,
+        repo_id: str,
+        *,
+        token: Optional[str] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        commit_message: Optional[str] = None,
+        **save_kwargs: Any,
+) -> Any:
+    """Write ``model`` as in :func:`save_for_hub` into a temporary folder and push it.
+
+    Returns:
+        ``huggingface_hub.CommitInfo`` of the commit.
+    """
+    token = _token(token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_for_hub(model, tmp, repo_id, revision=revision, **save_kwargs)
+        _check_no_secret(folder, token)
+        return _upload_folder(
+            folder, repo_id, token=token, private=private, revision=revision,
+            commit_message=commit_message or f'Add {model.pretrained_cfg.get("architecture")} weights (hf_upload)')
+
+
+def push_checkpoint_to_hub(
+        checkpoint: Union[str, Path],
+        repo_id: str,
+        *,
+        token: Optional[str] = None,
+        private: bool = False,
+        revision: Optional[str] = None,
+        commit_message: Optional[str] = None,
+        use_ema: bool = False,
+        summary_csv: Optional[Union[str, Path]] = None,
+        license: Optional[str] = None,
+) -> Any:
+    """Publish a ``train_fg.py`` checkpoint as ``repo_id``; returns the ``CommitInfo``."""
+    token = _token(token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, ckpt = save_checkpoint_for_hub(
+            checkpoint, tmp, repo_id, use_ema=use_ema, summary_csv=summary_csv, revision=revision, license=license)
+        _check_no_secret(folder, token)
+        return _upload_folder(
+            folder, repo_id, token=token, private=private, revision=revision,
+            commit_message=commit_message or _default_message(ckpt, use_ema))
+
+
+def _default_message(ckpt: Dict[str, Any], use_ema: bool) -> str:
+    epoch = _epoch((ckpt.get('metrics') or {}).get('epoch', ckpt.get('epoch')))
+    return f'Add {ckpt["arch"]} {"EMA " if use_ema else ""}weights' + (f' (epoch {epoch})' if epoch else '') + ' with hf_upload'
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _size(n: int) -> str:
+    for unit in ('B', 'kB', 'MB', 'GB'):
+        if n < 1000 or unit == 'GB':
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1000
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='hf_upload',
+        description='Publish a train_fg.py checkpoint on the Hugging Face Hub in timm\'s layout '
+                    '(model.safetensors, config.json, README.md model card).')
+    p.add_argument('--checkpoint', required=True, help='checkpoint written by train_fg.py (best.pth / last.pth)')
+    p.add_argument('--repo-id', required=True, help=f'ORG/NAME, e.g. {HF_ORG}/fgfocus_resnet50.cub200')
+    p.add_argument('--private', action='store_true', help='create the repo private (an existing repo keeps its visibility)')
+    p.add_argument('--revision', '--branch', dest='revision', default=None, help='branch to push to (created if needed)')
+    p.add_argument('--commit-message', default=None)
+    p.add_argument('--dry-run', metavar='DIR', default=None,
+                   help='write the repo folder into DIR and list what would be pushed; no network, no token')
+    p.add_argument('--ema', action='store_true', help="publish the checkpoint's EMA weights")
+    p.add_argument('--summary', default=None, help='training log for the card (default: summary.csv beside the checkpoint)')
+    p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``hf_upload`` / ``python -m hf_upload``; returns the exit status (0 ok, 1 error, 2 usage)."""
+    args = _parser().parse_args(argv)
+    if args.repo_id.count('/') != 1 or not all(args.repo_id.split('/')):
+        print(f'hf_upload: --repo-id must be ORG/NAME, got {args.repo_id!r}', file=sys.stderr)
+        return 2
+    import timm_fgfocus  # noqa: F401  registers the fgfocus models
+    token = None
+    try:
+        if args.dry_run:
+            folder, ckpt = save_checkpoint_for_hub(
+                args.checkpoint, args.dry_run, args.repo_id, use_ema=args.ema, summary_csv=args.summary,
+                revision=args.revision, license=args.license)
+            where = args.repo_id + (f'@{args.revision}' if args.revision else '')
+            print(f'hf_upload: dry run, nothing pushed. {folder} holds what would be pushed to {where}:')
+            for name in ('README.md', 'config.json', WEIGHTS_NAME):
+                print(f'  {name:<20} {_size((Path(folder) / name).stat().st_size):>10}')
+            print(f"hf_upload: load it with timm.create_model('local-dir:{folder}', pretrained=True)")
+            return 0
+        token = _token(None)
+        info = push_checkpoint_to_hub(
+            args.checkpoint, args.repo_id, token=token, private=args.private, revision=args.revision,
+            commit_message=args.commit_message, use_ema=args.ema, summary_csv=args.summary, license=args.license)
+        rev = f'@{args.revision}' if args.revision and args.revision != 'main' else ''
+        print(f'hf_upload: pushed README.md, config.json, {WEIGHTS_NAME} to {args.repo_id}{rev} '
+              f'(commit {getattr(info, "oid", "?")}): {getattr(info, "commit_url", "")}')
+        print(f"hf_upload: load it with timm.create_model('hf-hub:{args.repo_id}{rev}', pretrained=True)")
+        return 0
+    except (HubUploadError, CheckpointError) as e:
+        print(f'hf_upload: {_scrub(str(e), [token or ""])}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
