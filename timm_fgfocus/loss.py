@@ -47,10 +47,11 @@ def fgfocus_loss_terms(
     batch_size = target.shape[0]
     hybrid, image, regions = _split(output, batch_size)
     num_classes = hybrid.shape[-1]
-    if target.ndim == 1 and target.numel():
+    # a clear message for bad class indices on CPU in eager mode; on CUDA (and under torch.compile,
+    # where reading the check back would be a graph break) the CE kernel below checks them
+    if target.ndim == 1 and target.numel() and target.device.type == 'cpu' and not torch.compiler.is_compiling():
         bad = (target < 0) | (target >= num_classes)
-        # a check on device: raises through the CE kernel below on CUDA, here with a clear message on CPU
-        if target.device.type == 'cpu' and bool(bad.any()):
+        if bool(bad.any()):
             raise ValueError(f'targets must be class indices in [0, {num_classes}), got {target[bad].tolist()}')
     m = regions.shape[0] // batch_size
     region_target = target.repeat_interleave(m, dim=0)
