@@ -144,7 +144,7 @@ def draw_regions(
     keep = _as_array(valid, dtype=bool) if valid is not None else np.ones(len(arr), dtype=bool)
     n = len(arr) if num_regions is None else min(num_regions, len(arr))
     width = width or max(2, round(min(W, H) / 100))
-    font = _font(max(8, round(min(W, H) / 22)))
+    font = _font(max(10, round(min(W, H) / 16)))
     draw = ImageDraw.Draw(out)
     for rank in reversed(range(n)):  # rank 1 last: on top
         color = colors[rank % len(colors)]
