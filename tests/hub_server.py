@@ -2,7 +2,7 @@
 
 It answers, on 127.0.0.1 only, the endpoints that ``huggingface_hub`` calls to create a repo,
 upload a folder and download files (``HfApi.create_repo``, ``create_branch``, ``whoami``,
-``upload_folder`` through ``preupload`` + ``commit``, ``hf_hub_download`` through HEAD/GET
+``upload_folder`` through ``validate-yaml`` (the card's front matter) + ``preupload`` + ``commit``, ``hf_hub_download`` through HEAD/GET
 ``resolve``, ``model_info``). Repos live in memory as git-like commits: each commit is a full
 ``{path: bytes}`` snapshot with a 40-hex id. Every upload is answered ``uploadMode: regular`` so
 the client inlines file contents in the commit (no LFS / Xet storage needed).
@@ -13,6 +13,7 @@ to be read. Errors carry the ``X-Error-Code`` headers the client maps to its exc
 import base64
 import hashlib
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
@@ -192,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._create_repo()
             if method == 'GET' and parts[:2] == ['api', 'whoami-v2']:
                 return self._whoami()
+            if method == 'POST' and parts[:2] == ['api', 'validate-yaml']:
+                return self._validate_yaml()
             if len(parts) >= 4 and parts[:2] == ['api', 'models']:
                 repo_id, rest = '/'.join(parts[2:4]), parts[4:]
                 if method == 'GET' and not rest:
@@ -229,6 +232,29 @@ class _Handler(BaseHTTPRequestHandler):
             'orgs': [{'name': o, 'type': 'org'} for o in self.hub.orgs],
             'auth': {'type': 'access_token', 'accessToken': {'displayName': 'tests', 'role': 'write'}},
         })
+
+    def _validate_yaml(self) -> None:
+        """The model card's front matter: YAML mapping, list-valued tags / datasets, string license."""
+        import yaml
+        content = json.loads(self._body() or b'{}').get('content', '')
+        match = re.match(r'^---\n(.*?)\n---\n', content, re.S)
+        if not match:
+            return self._json(200, {'errors': [], 'warnings': [{'message': 'empty or missing yaml metadata'}]})
+        errors = []
+        try:
+            meta = yaml.safe_load(match.group(1))
+        except yaml.YAMLError as e:
+            meta, errors = None, [{'message': f'invalid YAML: {e}'}]
+        if not errors and not isinstance(meta, dict):
+            errors.append({'message': 'metadata must be a YAML mapping'})
+        elif not errors:
+            for key in ('tags', 'datasets'):
+                if key in meta and not (isinstance(meta[key], list) and all(isinstance(v, str) for v in meta[key])):
+                    errors.append({'message': f'"{key}" must be a list of strings'})
+            for key in ('license', 'library_name', 'pipeline_tag'):
+                if key in meta and not isinstance(meta[key], str):
+                    errors.append({'message': f'"{key}" must be a string'})
+        self._json(400 if errors else 200, {'errors': errors, 'warnings': []})
 
     def _create_repo(self) -> None:
         payload = json.loads(self._body() or b'{}')
