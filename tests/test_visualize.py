@@ -9,7 +9,7 @@ from PIL import Image
 import timm
 import timm_fgfocus  # noqa: F401
 from timm_fgfocus.visualize import (
-    PANEL_GAP, REGION_COLORS, SHEET_PAD, attention_overlay, box_pixels, denormalize, draw_regions, make_grid,
+    PANEL_GAP, REGION_COLORS, SHEET_PAD, attention_overlay, denormalize, draw_regions, make_grid,
     region_figure, save_region_sheet,
 )
 

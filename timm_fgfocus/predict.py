@@ -27,7 +27,6 @@ checkpoint or model.
 """
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 __all__ = [
-    'REGION_COLORS', 'region_color', 'denormalize', 'draw_regions', 'attention_overlay', 'region_figure',
+    'REGION_COLORS', 'region_color', 'box_pixels', 'denormalize', 'draw_regions', 'attention_overlay', 'region_figure',
     'make_grid', 'save_region_sheet',
 ]
 
