@@ -187,3 +187,29 @@ def test_module_entry_point_json_stdout_clean(checkpoint, folder):
     assert sorted(os.path.basename(r['file']) for r in records) == ['tall.png', 'wide.jpg']
     assert 'broken.jpg' in proc.stderr and 'Traceback' not in proc.stderr
     assert 'img' in proc.stderr  # tqdm's bar for a folder
+
+
+def test_hub_layout_label_names(folder, tmp_path, capsys):
+    """A model in the Hub's layout (config.json with label_names, safetensors), via timm's ``local-dir:``:
+    the same path as ``hf-hub:ORG/NAME`` after download. Names and the config's crop come from it."""
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    save_file(model.state_dict(), tmp_path / 'model.safetensors')
+    (tmp_path / 'config.json').write_text(json.dumps(dict(
+        architecture='fgfocus_test', num_classes=3, label_names=['x', 'y', 'z'],
+        pretrained_cfg=dict(input_size=[3, 128, 128], mean=[0.5] * 3, std=[0.5] * 3, crop_pct=1.0,
+                            interpolation='bilinear'))))
+    rc, (rec,), err = run_json(capsys, [str(folder / 'wide.jpg'), '--model', f'local-dir:{tmp_path}', '--pretrained'])
+    assert rc == 0, err
+    assert all(c['name'] == 'xyz'[c['index']] for c in rec['topk'])
+    # crop_pct 1.0: 200x120 -> 213x128, crop 128 at x = 42 (round(42.5)); the model saw x in [35.2, 155.4]
+    sx = 213 / 200
+    xs = np.array(rec['boxes'])[:, [0, 2]]
+    assert xs.min() >= 42 / sx - 0.01 and xs.max() <= 170 / sx + 0.01
+    x = create_transform(input_size=(3, 128, 128), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0,
+                         interpolation='bilinear')(Image.open(folder / 'wide.jpg').convert('RGB'))
+    with torch.no_grad():
+        boxes = model.eval().forward_structured(x[None]).boxes[0].double()
+    expected = (boxes + torch.tensor([42, 0, 42, 0])) / torch.tensor([sx, 128 / 120, sx, 128 / 120])
+    np.testing.assert_allclose(np.array(rec['boxes']), expected.numpy(), atol=0.006)
