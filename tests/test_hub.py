@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load as load_weights, load_file, save
 
 import timm
 import timm_fgfocus  # noqa: F401
@@ -374,9 +374,8 @@ def test_truncated_local_dir_names_folder_and_file(hub_env, run_dir, tmp_path):
 @pytest.mark.parametrize('change', [
     {'architecture': 'fgfocus_resnet18'},
     {'model_args': {'num_hybrid_regions': 3}},
-    {'model_args': {'num_hybrid_regions': 3}, 'num_classes': 9},  # non-strict timm load: still refused
     {'model_args': {'not_a_kwarg': 1}},
-], ids=['architecture', 'model_args', 'model_args-new-num-classes', 'unknown-kwarg'])
+], ids=['architecture', 'model_args', 'unknown-kwarg'])
 def test_config_that_does_not_describe_the_weights(published, hub_env, change):
     repo = f'timm-fgfocus/mismatch-{len(hub_env.repos)}'
 
@@ -386,9 +385,22 @@ def test_config_that_does_not_describe_the_weights(published, hub_env, change):
             config[k] = dict(config[k], **v) if isinstance(v, dict) else v
         files['config.json'] = json.dumps(config).encode()
     _publish_variant(hub_env, repo, edit)
-    kwargs = {'num_classes': 9} if 'num_classes' in change else {}
     with pytest.raises(PretrainedWeightsError, match=re.escape(f'hf-hub:{repo} (file model.safetensors)')):
-        timm.create_model(f'hf-hub:{repo}', pretrained=True, **kwargs)
+        timm.create_model(f'hf-hub:{repo}', pretrained=True)
+
+
+@pytest.mark.parametrize('num_classes', [None, 3], ids=['strict', 'new-num-classes'])
+def test_weights_missing_tensors_never_load_partially(published, hub_env, num_classes):
+    """timm loads non-strictly when num_classes changes; the filter still refuses missing tensors."""
+    repo = f'timm-fgfocus/partial-{num_classes}'
+
+    def drop_layer4(files):
+        sd = {k: v for k, v in load_weights(files['model.safetensors']).items() if '.layer4.' not in k}
+        files['model.safetensors'] = save(sd)
+    _publish_variant(hub_env, repo, drop_layer4)
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'hf-hub:{repo} (file model.safetensors)')
+                       + r'.*tensors missing \(backbone\.layer4'):
+        timm.create_model(f'hf-hub:{repo}', pretrained=True, num_classes=num_classes)
 
 
 # --- library functions ----------------------------------------------------------------------------
