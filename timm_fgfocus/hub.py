@@ -79,7 +79,7 @@ _RECIPE_KEYS = (
 )
 # args that describe the machine or the invocation, not the recipe; secret-like names never shown
 _NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
-                         r'eval_only|pin_mem|no_prefetcher|dist|config)($|_)')
+                         r'eval_only|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
 _SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
 
 
@@ -172,12 +172,19 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 
 def _recipe_rows(train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
     def shown(k, v):
-        return not _SECRET.search(k) and not _NOT_RECIPE.search(k) and v not in (None, '', [], {})
+        if _SECRET.search(k) or _NOT_RECIPE.search(k) or v in (None, '', [], {}):
+            return False
+        # file system paths say where the run was, not how it was trained
+        return not (isinstance(v, str) and ('/' in v or '\\' in v) and k not in ('dataset', 'model'))
 
     keys = [k for k in _RECIPE_KEYS if k in train_args and shown(k, train_args[k])]
     keys += sorted(k for k, v in train_args.items() if k not in keys and shown(k, v)
                    and isinstance(v, (bool, int, float, str, list, tuple, dict)))
-    return [(k, f'`{_plain(train_args[k])}`') for k in keys]
+    rows = [(k, f'`{_plain(train_args[k])}`') for k in keys]
+    start = train_args.get('initial_checkpoint')
+    if isinstance(start, str) and start:  # where the weights started matters; its folder does not
+        rows.insert(2, ('initial_checkpoint', f'`{Path(start).name}`'))
+    return rows
 
 
 def model_card(
@@ -205,6 +212,8 @@ def model_card(
     labels = config.get('label_names') or []
     dataset = str(train_args.get('dataset') or '')
     title, dataset_id = _DATASETS.get(dataset, (dataset, ''))
+    if not title and train_args.get('demo'):
+        title = 'the generated fgfocus demo data set (`train_fg.py --demo`)'
     pretrained_backbone = bool(train_args.get('pretrained'))
     name = repo_id.split('/')[-1]
     model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
