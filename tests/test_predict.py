@@ -213,3 +213,14 @@ def test_hub_layout_label_names(folder, tmp_path, capsys):
         boxes = model.eval().forward_structured(x[None]).boxes[0].double()
     expected = (boxes + torch.tensor([42, 0, 42, 0])) / torch.tensor([sx, 128 / 120, sx, 128 / 120])
     np.testing.assert_allclose(np.array(rec['boxes']), expected.numpy(), atol=0.006)
+
+
+def test_draw_regions_option(checkpoint, folder, tmp_path, capsys):
+    out_dir = tmp_path / 'one'
+    assert main([str(folder / 'wide.jpg'), '--checkpoint', str(checkpoint), '--save-regions', str(out_dir),
+                 '--figure-size', '100', '--draw-regions', '1']) == 0
+    left = np.asarray(Image.open(out_dir / 'wide.png').convert('RGB'))[:60, :100]
+    assert (left == REGION_COLORS[0]).all(axis=-1).any()
+    assert not any((left == c).all(axis=-1).any() for c in REGION_COLORS[1:4])
+    assert main([str(folder / 'wide.jpg'), '--checkpoint', str(checkpoint), '--draw-regions', '7']) == 2
+    assert '--draw-regions must be in [1, m=6]' in capsys.readouterr().err

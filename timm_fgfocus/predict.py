@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='one JSON object per image per line on stdout')
     p.add_argument('--save-regions', metavar='DIR',
                    help='write a figure per image (top regions + attention) and a contact sheet to DIR')
+    p.add_argument('--draw-regions', type=int, default=None, metavar='N',
+                   help='regions drawn per figure (default l, those the prediction uses; at most m)')
     p.add_argument('--figure-size', type=int, default=512, help='longer side of each panel of the per-image figures (default 512)')
     p.add_argument('--sheet-max', type=int, default=64, help='images on the contact sheet (default 64)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -320,6 +322,9 @@ def run(args) -> int:
     data_config = resolve_data_config(model=model)
     transform = create_transform(**data_config, is_training=False)
     l = model.num_hybrid_regions
+    num_draw = l if args.draw_regions is None else args.draw_regions
+    if not 1 <= num_draw <= model.num_regions:
+        raise PredictError(f'--draw-regions must be in [1, m={model.num_regions}], got {num_draw}')
 
     out_dir = Path(args.save_regions) if args.save_regions else None
     used_names: set = set()
@@ -351,7 +356,7 @@ def run(args) -> int:
                 best = topk[0]
                 title = f'{best["name"] if best["name"] is not None else "class " + str(best["index"])} ' \
                         f'({100 * best["prob"]:.0f}%)'
-                fig_args = dict(valid=valid, num_regions=l, view_box=geom.view_box(), title=title)
+                fig_args = dict(valid=valid, num_regions=num_draw, view_box=geom.view_box(), title=title)
                 path = _figure_path(item, out_dir, used_names)
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,7 @@ def draw_regions(
             pad = max(1, width // 2)
             tag = (c0, r0, min(c0 + tx1 - tx0 + 2 * pad + width, c1), min(r0 + ty1 - ty0 + 2 * pad + width, r1))
             draw.rectangle(tag, fill=color)
-            ink = (0, 0, 0) if sum(color) > 300 else (255, 255, 255)
+            ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 128 else (255, 255, 255)
             draw.text((c0 + width + pad - tx0, r0 + width + pad - ty0), text, fill=ink, font=font)
     return out
 
