@@ -397,22 +397,17 @@ def _check_weights_fit(state_dict: Dict[str, Tensor], model: FgFocus) -> None:
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
-    """Map weights onto an FgFocus model, and check that they fill all of it.
+    """Map weights onto an FgFocus model.
 
     FgFocus checkpoints (keys under ``backbone.``) pass through unchanged. A plain timm
     checkpoint of the backbone (e.g. ``timm/resnet50.a1_in1k``) goes into ``backbone.``; its
     classifier becomes the image-level head ``fc`` when the shapes fit (the attention map then
     starts from the ImageNet classes), and the region and hybrid heads keep their fresh
     initialisation.
-
-    Raises:
-        PretrainedWeightsError: naming the repo or folder and file, when a tensor the model needs
-            is missing, an extra one is present or a shape differs (never a silent partial load).
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = state_dict.get('model', state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
-        _check_weights_fit(state_dict, model)
         return state_dict
     classifier = model.backbone.pretrained_cfg.get('classifier', 'fc')
     own = model.state_dict()
@@ -427,15 +422,26 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[
     for k, v in own.items():
         if k.startswith(('fc.', 'region_fc.', 'hybrid_fc.')):
             out.setdefault(k, v)
-    _check_weights_fit(out, model)
     return out
+
+
+def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
+    """timm's ``pretrained_filter_fn``: :func:`checkpoint_filter_fn`, then the weights must fill the model.
+
+    Raises:
+        PretrainedWeightsError: naming the repo or folder and file, when a tensor the model needs
+            is missing, an extra one is present or a shape differs (never a silent partial load).
+    """
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    _check_weights_fit(state_dict, model)
+    return state_dict
 
 
 def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus:
     try:
         return build_model_with_cfg(
             FgFocus, variant, pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_filter_fn=_pretrained_filter_fn,
             **kwargs,
         )
     except PretrainedWeightsError:
