@@ -2,8 +2,8 @@
 
 It answers, on 127.0.0.1 only, the endpoints that ``huggingface_hub`` calls to create a repo,
 upload a folder and download files (``HfApi.create_repo``, ``create_branch``, ``whoami``,
-``upload_folder`` through ``validate-yaml`` (the card's front matter) + ``preupload`` + ``commit``, ``hf_hub_download`` through HEAD/GET
-``resolve``, ``model_info``). Repos live in memory as git-like commits: each commit is a full
+``upload_folder`` through ``validate-yaml`` (the card's front matter) + ``preupload`` + ``commit``,
+``hf_hub_download`` through HEAD/GET ``resolve``, ``model_info``). Repos live in memory as git-like commits: each commit is a full
 ``{path: bytes}`` snapshot with a 40-hex id. Every upload is answered ``uploadMode: regular`` so
 the client inlines file contents in the commit (no LFS / Xet storage needed).
 
@@ -273,8 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
                                   {'X-Error-Message': message})
             private = payload.get('visibility') == 'private' or bool(payload.get('private'))
             repo = self.hub.repos[repo_id] = _Repo(private)
-            repo.branches['main'] = repo.commit({'.gitattributes': b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n'},
-                                                'initial commit', None)
+            attributes = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n'
+            repo.branches['main'] = repo.commit({'.gitattributes': attributes}, 'initial commit', None)
         self._json(200, {'url': f'{self.hub.url}/{repo_id}', 'name': repo_id, 'id': repo_id})
 
     def _model_info(self, repo_id: str, revision: str) -> None:

@@ -287,7 +287,8 @@ def model_card(
     if measured:
         n = metrics.get('eval_samples')
         out += [f'Accuracy (%) on {where}' + (f' ({int(n)} images)' if _num(n) else '')
-                + (f', measured after epoch {_epoch(metrics["epoch"])}' if _num(metrics.get('epoch')) is not None else '')
+                + (f', measured after epoch {_epoch(metrics["epoch"])}'
+                   if _num(metrics.get('epoch')) is not None else '')
                 + ' by `train_fg.py`:', '', '| metric | value |', '|---|---|']
         out += [f'| {label} | {v} |' for label, v in measured]
         if ema and _pct(metrics.get('eval_top1_ema')):
@@ -492,7 +493,8 @@ def _hub_error(e: Exception, repo_id: str, endpoint: str, token: str) -> HubUplo
         msg = (f'the Hugging Face token was rejected by {endpoint} (401 Unauthorized{detail}); '
                'set a valid HF_TOKEN or run `hf auth login` again')
     elif status == 403:
-        msg = f'the Hugging Face token may not write to {repo_id} (403 Forbidden{detail}); use a token with write access'
+        msg = (f'the Hugging Face token may not write to {repo_id} (403 Forbidden{detail}); '
+               'use a token with write access')
     else:
         text = str(e).strip()
         first = text.splitlines()[0] if text else ''
@@ -574,7 +576,8 @@ def push_checkpoint_to_hub(
 
 def _default_message(ckpt: Dict[str, Any], use_ema: bool) -> str:
     epoch = _epoch((ckpt.get('metrics') or {}).get('epoch', ckpt.get('epoch')))
-    return f'Add {ckpt["arch"]} {"EMA " if use_ema else ""}weights' + (f' (epoch {epoch})' if epoch else '') + ' with hf_upload'
+    return (f'Add {ckpt["arch"]} {"EMA " if use_ema else ""}weights'
+            + (f' (epoch {epoch})' if epoch else '') + ' with hf_upload')
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -593,13 +596,16 @@ def _parser() -> argparse.ArgumentParser:
                     '(model.safetensors, config.json, README.md model card).')
     p.add_argument('--checkpoint', required=True, help='checkpoint written by train_fg.py (best.pth / last.pth)')
     p.add_argument('--repo-id', required=True, help=f'ORG/NAME, e.g. {HF_ORG}/fgfocus_resnet50.cub200')
-    p.add_argument('--private', action='store_true', help='create the repo private (an existing repo keeps its visibility)')
-    p.add_argument('--revision', '--branch', dest='revision', default=None, help='branch to push to (created if needed)')
+    p.add_argument('--private', action='store_true',
+                   help='create the repo private (an existing repo keeps its visibility)')
+    p.add_argument('--revision', '--branch', dest='revision', default=None,
+                   help='branch to push to (created if needed)')
     p.add_argument('--commit-message', default=None)
     p.add_argument('--dry-run', metavar='DIR', default=None,
                    help='write the repo folder into DIR and list what would be pushed; no network, no token')
     p.add_argument('--ema', action='store_true', help="publish the checkpoint's EMA weights")
-    p.add_argument('--summary', default=None, help='training log for the card (default: summary.csv beside the checkpoint)')
+    p.add_argument('--summary', default=None,
+                   help='training log for the card (default: summary.csv beside the checkpoint)')
     p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
     return p
 
