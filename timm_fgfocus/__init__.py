@@ -2,7 +2,7 @@
 
 ``import timm_fgfocus`` registers the ``fgfocus_*`` models with timm.
 """
-from .fgfocus import FgFocus, FgFocusFeatures, FgFocusOutput, checkpoint_filter_fn
+from .fgfocus import FgFocus, FgFocusFeatures, FgFocusOutput, PretrainedWeightsError, checkpoint_filter_fn
 from .loss import FgFocusLoss, fgfocus_loss_terms
 from .ops import (
     attention_map, batched_box_iou, class_activation_maps, crop_and_zoom, propose_regions, region_anchors,
