@@ -20,7 +20,7 @@ TABLE_RECIPES = {  # recipe: (data set, head reported, attention mode, paper's t
 }
 
 PAPER = dict(  # sec. 4.2
-    model='fgfocus_resnet50', pretrained=True, input_size=[3, 448, 448], epochs=100,
+    model='fgfocus_resnet50.tv_in1k', pretrained=True, input_size=[3, 448, 448], epochs=100,
     lr=0.01, momentum=0.9, weight_decay=5e-4, sched='step', decay_epochs=40, decay_rate=0.1,
     backbone_lr_scale=0.1, warmup_epochs=0,
 )

@@ -479,6 +479,8 @@ def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs
 # ``timm-fgfocus/`` (see docs/hub.md).
 default_cfgs = generate_default_cfgs({
     'fgfocus_resnet50.a1_in1k': _cfg('timm/resnet50.a1_in1k'),
+    # torchvision's original ResNet-50 weights, the backbone the paper and NTS-Net fine-tune
+    'fgfocus_resnet50.tv_in1k': _cfg('timm/resnet50.tv_in1k'),
     'fgfocus_resnet101.a1h_in1k': _cfg('timm/resnet101.a1h_in1k'),
     'fgfocus_resnet18.a1_in1k': _cfg('timm/resnet18.a1_in1k'),
     'fgfocus_efficientnet_b0.ra_in1k': _cfg('timm/efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),

@@ -395,6 +395,8 @@ def save_for_hub(
     """
     save_directory = Path(save_directory)
     arch = arch or model.pretrained_cfg.get('architecture')
+    if arch:  # a weights tag ('fgfocus_resnet50.tv_in1k') names the start point, not the architecture
+        arch = timm.models.split_model_name_tag(arch)[0]
     if not arch or not arch.startswith('fgfocus_'):
         raise HubUploadError(f'hf_upload publishes fgfocus models; got architecture {arch!r}')
     if class_names is not None and len(class_names) != model.num_classes:
