@@ -19,8 +19,17 @@ from timm_fgfocus.recipes import RecipeError, load_recipe
 REPO = Path(__file__).resolve().parents[1]
 
 # a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress',
+TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
         '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU two threads can be tens of times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope='module')
@@ -130,13 +139,13 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
 
     ckpt = load_checkpoint(full / 'last.pth')
     assert ckpt['epoch'] == 2 and ckpt['arch'] == 'fgfocus_test'
-    assert ckpt['class_names'] == list(CLASSES[:3])
+    assert ckpt['class_names'] == sorted(CLASSES[:3])  # class folders, sorted
     assert ckpt['model_args']['num_classes'] == 3 and ckpt['model_args']['crop_size'] == 32
     assert ckpt['pretrained_cfg']['input_size'] == [3, 64, 64]
     for key in ('optimizer', 'scheduler', 'metrics', 'args'):
         assert ckpt[key] is not None, key
     best = load_checkpoint(full / 'best.pth')
-    assert best['metrics']['eval_top1'] == max(float(r['eval_top1']) for r in rows)
+    assert best['metrics']['eval_top1'] == pytest.approx(max(float(r['eval_top1']) for r in rows), abs=1e-3)
     model, _ = model_from_checkpoint(full / 'last.pth')
     assert model.num_classes == 3 and model.crop_size == 32
     assert result['metrics']['eval_top1'] == pytest.approx(float(rows[-1]['eval_top1']), abs=1e-3)
@@ -144,7 +153,7 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
     # --eval-only reproduces the logged metrics of the saved model
     capsys.readouterr()
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(full / 'last.pth'), '--data-dir', str(data),
-                              '--workers', '0', '--no-progress', '-b', '4'])
+                              '--workers', '0', '--no-progress', '-b', '6'])
     assert metrics['eval_top1'] == pytest.approx(float(rows[-1]['eval_top1']), abs=1e-3)
     assert metrics['eval_top1_image'] == pytest.approx(float(rows[-1]['eval_top1_image']), abs=1e-3)
     assert 'hybrid' in capsys.readouterr().out
@@ -217,8 +226,11 @@ def test_torchrun_two_processes(data, tmp_path):
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(out / 'last.pth'), '--data-dir', str(data),
                               '--workers', '0', '--no-progress'])
     assert metrics['eval_samples'] == 9
-    assert metrics['eval_top1'] == pytest.approx(float(rows[0]['eval_top1']), abs=1e-3)
-    assert metrics['eval_top1_image'] == pytest.approx(float(rows[0]['eval_top1_image']), abs=1e-3)
+    # other batch compositions change the last bits of the logits: near-ties of a barely trained
+    # model may flip, so accuracies may differ by one image of 9; the summed loss may not
+    assert metrics['eval_loss'] == pytest.approx(float(rows[0]['eval_loss']), rel=1e-3)
+    assert metrics['eval_top1'] == pytest.approx(float(rows[0]['eval_top1']), abs=100 / 9 + 1e-3)
+    assert metrics['eval_top1_image'] == pytest.approx(float(rows[0]['eval_top1_image']), abs=100 / 9 + 1e-3)
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -270,7 +282,7 @@ def test_corrupt_images_skipped_or_fatal(data, trained, tmp_path, capsys):
     before = snapshot(run)
     line = run_error(['--resume', str(run / 'last.pth'), '--data-dir', str(root), '--epochs', '2',
                       '--bad-images', 'error', '--no-progress'], capsys)
-    assert 'cannot read image' in line and CLASSES[1] in line or CLASSES[2] in line
+    assert 'cannot read image' in line and (str(broken) in line or str(truncated) in line)
     assert '--bad-images skip' in line
     after = snapshot(run)
     for name in ('last.pth', 'best.pth', 'summary.csv'):
@@ -316,8 +328,10 @@ def test_existing_output_folder_kept(data, trained, capsys):
 
 def test_pretrained_offline_message(data, tmp_path, capsys, monkeypatch):
     """No network: the message says how to provide weights or how to train from scratch."""
+    import huggingface_hub.constants as hf_constants
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))  # an empty cache
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)  # read at import time
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))  # an empty cache
     line = run_error(TINY + ['--data-dir', str(data), '--model', 'fgfocus_resnet18', '--pretrained',
                              '--output', str(tmp_path / 'o')], capsys)
     assert 'resnet18' in line and '--pretrained-path' in line and '--no-pretrained' in line

@@ -46,7 +46,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, init_distributed_device, reduce_tensor
+from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, init_distributed_device, random_seed
 
 from .checkpoint import CheckpointError, atomic_save, checkpoint_dict, load_checkpoint
 from .loss import FgFocusLoss
@@ -65,7 +65,7 @@ SUMMARY_COLUMNS = (
 )
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 _INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
-                    'dist_backend', 'progress', 'config', 'workers')
+                    'dist_backend', 'progress', 'config', 'threads')
 
 
 class TrainError(Exception):
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--interpolation', default='', help='bilinear, bicubic, ...')
     g.add_argument('--crop-pct', type=float, default=None, help='eval resize = size / crop_pct, then center crop')
+    g.add_argument('--crop-mode', default=None, choices=('center', 'squash', 'border'),
+                   help="eval crop (timm): 'center' keeps the aspect ratio, 'squash' resizes both sides")
     g.add_argument('--train-crop', default='resize_crop', choices=('resize_crop', 'rrc'),
                    help='train crop: resize to size/crop_pct + random crop, or random-resized-crop')
     g.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0], help='rrc area range')
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--resume', default='', metavar='FILE', help='last.pth of a run to continue')
     g.add_argument('--eval-only', action='store_true', help='evaluate --checkpoint on the val split and exit')
     g.add_argument('--checkpoint', default='', metavar='FILE', help='checkpoint for --eval-only')
+    g.add_argument('--threads', type=int, default=0,
+                   help='CPU threads for torch (0: torch default); 1 is much faster on a busy shared CPU')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     g.add_argument('--dist-backend', default=None)
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar')
@@ -180,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Command line over resumed-checkpoint args over recipe over parser defaults."""
+    """Command line over the args of a resumed (or ``--eval-only``) checkpoint over the recipe over
+    the parser's defaults."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     dests = {a.dest for a in parser._actions}
@@ -194,11 +199,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                           f'(e.g. lr, batch_size, model_kwargs)')
     parser.set_defaults(**recipe)
 
-    if pre.resume:
+    # a resumed or evaluated checkpoint brings the settings of its run (input size, crop, splits, ...)
+    source, flag = (pre.resume, '--resume') if pre.resume else (pre.checkpoint if pre.eval_only else '', '--checkpoint')
+    if source:
         try:
-            ckpt = load_checkpoint(pre.resume)
+            ckpt = load_checkpoint(source)
         except CheckpointError as e:
-            raise TrainError(f'--resume: {e}; pass the last.pth of an earlier run') from None
+            raise TrainError(f'{flag}: {e}; pass the last.pth or best.pth of an earlier run') from None
         saved = {k: v for k, v in (ckpt.get('args') or {}).items() if k in dests and k not in _INVOCATION_ARGS}
         parser.set_defaults(**saved)
 
@@ -696,7 +703,7 @@ def _prepare_output(args) -> Path:
 
 
 def _data_config(args, model) -> Dict[str, Any]:
-    cfg = {k: getattr(args, k) for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')
+    cfg = {k: getattr(args, k) for k in ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
            if getattr(args, k) not in (None, '')}
     data_config = resolve_data_config(cfg, model=model)
     data_config['input_size'] = tuple(data_config['input_size'])
@@ -718,7 +725,7 @@ def run_eval_only(args, device) -> Dict[str, float]:
         raise TrainError(str(e)) from None
     model.to(device)
     cfg = dict(ckpt.get('pretrained_cfg') or {})
-    for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
+    for k in ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation'):
         if getattr(args, k) in (None, '') and cfg.get(k) is not None:
             setattr(args, k, cfg[k])
     data_config = _data_config(args, model)
@@ -755,6 +762,7 @@ def train(args, device) -> Dict[str, Any]:
     if ckpt is not None:
         _check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
 
+    random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
     data_config = _data_config(args, model)
     train_tf, eval_tf = build_transforms(args, data_config)
@@ -880,6 +888,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
         args = parse_args(argv)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
         device = init_distributed_device(args)
         if args.distributed and args.rank != 0:
             args.progress = False
