@@ -275,6 +275,10 @@ def test_corrupt_images_skipped_or_fatal(data, trained, tmp_path, capsys):
     assert f'skipping unreadable image {broken}' in err
     assert f'skipping unreadable image {truncated}' in err
     assert len(read_summary(tmp_path / 'skip' / 'summary.csv')) == 1
+    line = run_error(TINY + ['--data-dir', str(root), '--epochs', '1', '--output', str(tmp_path / 'fresh'),
+                             '--bad-images', 'error', '--workers', '1'], capsys)  # raised in a loader worker
+    assert 'cannot read image' in line and (str(broken) in line or str(truncated) in line)
+    assert not (tmp_path / 'fresh').exists()  # a run failing in its first epoch leaves no folder behind
 
     # --bad-images error: stops naming the file; a run being resumed keeps what it had written
     run = tmp_path / 'run'

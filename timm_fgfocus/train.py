@@ -747,6 +747,8 @@ def run_eval_only(args, device) -> Dict[str, float]:
 def train(args, device) -> Dict[str, Any]:
     """The training run; returns the final metrics and paths."""
     out = _prepare_output(args)  # before anything is created, on every rank (same answer)
+    if args.distributed:
+        torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
     ckpt = None
     if args.resume:
         try:
@@ -812,11 +814,9 @@ def train(args, device) -> Dict[str, Any]:
         sampler = None
     eval_loader = _eval_loader(val_ds, args, device)
 
+    # nothing is written before the first epoch completes: a run that fails early leaves no folder
+    summary_rows = [r for r in _read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
     if args.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / 'args.yaml', yaml.safe_dump(_args_dict(args), sort_keys=True))
-        rows = [r for r in _read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
-        _write_summary(out / 'summary.csv', rows)
         n_back = sum(p.numel() for p in model.backbone.parameters())
         print(f'train_fg: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, backbone '
               f'{n_back / 1e6:.2f}M) on {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, '
@@ -851,8 +851,11 @@ def train(args, device) -> Dict[str, Any]:
         metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
                        lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
         if args.rank == 0:
-            rows = _read_summary(out / 'summary.csv') + [{k: _fmt(v) for k, v in metrics.items()}]
-            _write_summary(out / 'summary.csv', rows)
+            out.mkdir(parents=True, exist_ok=True)
+            if epoch == start_epoch:
+                _atomic_write_text(out / 'args.yaml', yaml.safe_dump(_args_dict(args), sort_keys=True))
+            summary_rows.append({k: _fmt(v) for k, v in metrics.items()})
+            _write_summary(out / 'summary.csv', summary_rows)
             state = checkpoint_dict(
                 model, args.model, model_args, classes,
                 pretrained_cfg=None, state_dict_ema=ema.module.state_dict() if ema is not None else None,
