@@ -233,6 +233,20 @@ def test_torchrun_two_processes(data, tmp_path):
     assert metrics['eval_top1_image'] == pytest.approx(float(rows[0]['eval_top1_image']), abs=100 / 9 + 1e-3)
 
 
+def test_options_amp_ema_accum_clip_channels_last(data, tmp_path):
+    """bf16 autocast, EMA, gradient accumulation, clipping and channels_last run and are logged."""
+    out = tmp_path / 'opts'
+    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out), '--amp', '--amp-dtype',
+                           'bfloat16', '--model-ema', '--model-ema-decay', '0.5', '--grad-accum-steps', '2',
+                           '--clip-grad', '1.0', '--channels-last', '--smoothing', '0.1'])
+    row = read_summary(out / 'summary.csv')[0]
+    assert float(row['eval_top1_ema']) >= 0 and float(row['train_loss']) > 0
+    ckpt = load_checkpoint(out / 'last.pth')
+    assert ckpt['state_dict_ema'] is not None and ckpt['num_updates'] == 2  # 3 batches, 2 optimizer steps
+    ema, _ = model_from_checkpoint(out / 'last.pth', use_ema=True)
+    assert ema.num_classes == 3
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 def test_missing_data_folder(tmp_path, capsys):
