@@ -353,11 +353,19 @@ def test_pretrained_offline_message(data, tmp_path, capsys, monkeypatch):
     line = run_error(TINY + ['--data-dir', str(data), '--model', 'fgfocus_resnet18', '--pretrained',
                              '--output', str(tmp_path / 'o')], capsys)
     assert 'resnet18' in line and '--pretrained-path' in line and '--no-pretrained' in line
+    line = run_error(TINY + ['--data-dir', str(data), '--pretrained', '--output', str(tmp_path / 'o')], capsys)
+    assert 'fgfocus_test has no pretrained weights' in line and '--no-pretrained' in line
+    assert not (tmp_path / 'o').exists()
 
 
-def test_initial_checkpoint_other_class_count(trained, tmp_path):
-    """Weights of a 3-class run start a 5-class model: backbone copied, heads fresh."""
-    args = train_mod.parse_args(TINY + ['--initial-checkpoint', str(trained / 'last.pth')])
+def test_initial_checkpoint_other_class_count(trained, tmp_path, monkeypatch):
+    """Weights of a 3-class run start a 5-class model: backbone copied, heads fresh; a weights
+    file replaces the pretrained download (no network needed)."""
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
+    args = train_mod.parse_args(TINY + ['--pretrained', '--pretrained-path', str(trained / 'last.pth')])
+    assert args.pretrained and args.initial_checkpoint == str(trained / 'last.pth')
     model, model_args = train_mod.create_fg_model(args, num_classes=5)
     sd = load_checkpoint(trained / 'last.pth')['state_dict']
     torch.testing.assert_close(model.state_dict()['backbone.conv1.0.weight'], sd['backbone.conv1.0.weight'])

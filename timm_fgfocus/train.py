@@ -464,10 +464,17 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
 def create_fg_model(args, num_classes: int):
     """``timm.create_model`` with the run's model args; returns (model, model_args)."""
     model_args = dict(num_classes=num_classes, **(args.model_kwargs or {}))
-    if args.model not in timm.list_models(args.model):
+    if not timm.is_model(_arch(args.model)):
         raise TrainError(f'unknown model {args.model!r}: fgfocus models are {timm.list_models("fgfocus_*")}')
+    # a weights file given on the command line replaces timm's pretrained download
+    pretrained = bool(args.pretrained) and not args.initial_checkpoint
+    if pretrained:
+        cfg = timm.models.get_pretrained_cfg(args.model)
+        if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+            raise TrainError(f'{args.model} has no pretrained weights: train from scratch with --no-pretrained, '
+                             f'or start from a file with --pretrained-path FILE')
     try:
-        model = timm.create_model(args.model, pretrained=bool(args.pretrained), **model_args)
+        model = timm.create_model(args.model, pretrained=pretrained, **model_args)
     except (TypeError, ValueError) as e:
         raise TrainError(f'cannot build {args.model} with {model_args}: {e}') from None
     except Exception as e:  # network / hub errors from timm's pretrained loading
@@ -482,8 +489,14 @@ def create_fg_model(args, num_classes: int):
     return model, model_args
 
 
+def _arch(model_name: str) -> str:
+    """``fgfocus_resnet50.tv_in1k`` -> ``fgfocus_resnet50``: the weight tag only says where the
+    starting weights came from; checkpoints record the architecture."""
+    return timm.models.split_model_name_tag(model_name)[0]
+
+
 def _check_checkpoint_fits(ckpt: Dict[str, Any], path: str, model: str, num_classes: int, what: str) -> None:
-    if ckpt['arch'] != model:
+    if _arch(ckpt['arch']) != _arch(model):
         raise TrainError(f'{what} {path} holds a {ckpt["arch"]} model, not {model}: '
                          f'pass --model {ckpt["arch"]} or a checkpoint of {model}')
     n = ckpt['model_args'].get('num_classes')
@@ -857,7 +870,7 @@ def train(args, device) -> Dict[str, Any]:
             summary_rows.append({k: _fmt(v) for k, v in metrics.items()})
             _write_summary(out / 'summary.csv', summary_rows)
             state = checkpoint_dict(
-                model, args.model, model_args, classes,
+                model, _arch(args.model), model_args, classes,
                 pretrained_cfg=None, state_dict_ema=ema.module.state_dict() if ema is not None else None,
                 epoch=epoch, num_updates=num_updates, metrics=_plain(metrics),
                 best_metric=best_metric, best_epoch=best_epoch, args=_args_dict(args),
