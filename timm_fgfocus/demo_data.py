@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -238,9 +238,9 @@ def run_demo(args, device) -> Dict[str, Any]:
     rows = _read_summary(out / 'summary.csv')
     last = rows[-1] if rows else {}
     elapsed = time.time() - t0
-    print(f'demo: {len(rows)} epochs in {elapsed / 60:.1f} min; last epoch top1 {float(last.get("eval_top1", "nan")):.1f}% '
-          f'(hybrid: image + zoomed regions) vs {float(last.get("eval_top1_image", "nan")):.1f}% (image-level head alone)',
-          flush=True)
+    hybrid, image = (float(last.get(k, 'nan')) for k in ('eval_top1', 'eval_top1_image'))
+    print(f'demo: {len(rows)} epochs in {elapsed / 60:.1f} min; last epoch top1 {hybrid:.1f}% '
+          f'(hybrid: image + zoomed regions) vs {image:.1f}% (image-level head alone)', flush=True)
     result['sheet'] = save_demo_sheet(out / 'best.pth', root, out / 'regions.png', result['data_config'])
     result['seconds'] = elapsed
     return result

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', default='', metavar='DIR', help='data root (ImageFolder: DIR/train/<class>/)')
-    g.add_argument('--dataset', default='', help="'' (image folders / timm create_dataset name) or cub200|aircraft|cars")
+    g.add_argument('--dataset', default='',
+                   help="'' (image folders), a timm create_dataset name, or cub200|aircraft|cars")
     g.add_argument('--train-split', default='train')
     g.add_argument('--val-split', default=None, help="default 'val' for folders, 'test' for cub200/aircraft/cars")
     g.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
@@ -335,7 +336,8 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
             except (OSError, ValueError, RuntimeError) as e:
                 raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
     elif args.dataset and not args.dataset.startswith(('folder', 'imagefolder')):
-        made = {split: create_dataset(args.dataset, root=args.data_dir, split=split, is_training=split == args.train_split)
+        made = {split: create_dataset(args.dataset, root=args.data_dir, split=split,
+                                      is_training=split == args.train_split)
                 for split in splits}
     else:
         if not args.data_dir:
@@ -457,8 +459,10 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(tuple(h + '.' for h in HEADS))]
     if missing or unexpected:
-        raise TrainError(f'weights {p} do not fit {type(model).__name__} backbone {getattr(model, "backbone", model).__class__.__name__}: '
-                         f'{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})')
+        backbone = type(getattr(model, 'backbone', model)).__name__
+        raise TrainError(f'weights {p} do not fit {type(model).__name__} (backbone {backbone}): '
+                         f'{len(missing)} missing (e.g. {missing[:2]}), '
+                         f'{len(unexpected)} unexpected (e.g. {unexpected[:2]})')
 
 
 def create_fg_model(args, num_classes: int):
@@ -481,9 +485,11 @@ def create_fg_model(args, num_classes: int):
         cfg = timm.models.get_pretrained_cfg(args.model)
         src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
         raise TrainError(
-            f'cannot get the pretrained weights of {args.model} ({src}): {type(e).__name__}: {str(e).splitlines()[0][:200]}. '
+            f'cannot get the pretrained weights of {args.model} ({src}): '
+            f'{type(e).__name__}: {str(e).splitlines()[0][:200]}. '
             f'Offline? Put them in the Hugging Face cache (then HF_HUB_OFFLINE=1), or pass --pretrained-path FILE '
-            f'(a timm checkpoint of the backbone, .pth or .safetensors), or train from scratch with --no-pretrained') from None
+            f'(a timm checkpoint of the backbone, .pth or .safetensors), '
+            f'or train from scratch with --no-pretrained') from None
     if args.initial_checkpoint:
         load_initial_weights(model, args.initial_checkpoint)
     return model, model_args
@@ -787,7 +793,8 @@ def train(args, device) -> Dict[str, Any]:
         model.to(memory_format=torch.channels_last)
 
     optimizer, scheduler, num_epochs = create_optimizer_and_scheduler(model, args)
-    scaler = NativeScaler(device=device.type) if args.amp and args.amp_dtype == 'float16' and device.type == 'cuda' else None
+    use_scaler = args.amp and args.amp_dtype == 'float16' and device.type == 'cuda'  # bf16 needs none
+    scaler = NativeScaler(device=device.type) if use_scaler else None
     loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
 
     start_epoch, num_updates, best_metric, best_epoch = 0, 0, None, None
