@@ -70,7 +70,7 @@ def test_rows_differ_only_where_the_paper_says():
 def test_crop_pct_gives_ntsnet_600_resize():
     # train_fg and timm both resize to floor(448 / crop_pct); NTS-Net resizes to 600x600.
     crop_pct = load_recipe('cub200')['crop_pct']
-    assert math.floor(448 / crop_pct) == 600
+    assert math.floor(448 / crop_pct) == 600 and load_recipe('cub200')['crop_mode'] == 'squash'
     img = Image.frombytes('RGB', (50, 40), bytes(range(256)) * 23 + bytes(range(112)))
     img = img.resize((500, 375))
     timm_tf = timm.data.create_transform(
