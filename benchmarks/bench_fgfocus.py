@@ -288,16 +288,22 @@ def time_case(case: Case, variants: List[str], device: torch.device, repeats: in
         sync(device)
         compile_s[v] = time.perf_counter() - t0
     times = {v: [] for v in variants}
-    for _ in range(repeats):
-        for v in variants:  # round robin: background load hits every variant alike
+    cpu_times = {v: [] for v in variants}
+    for i in range(repeats):
+        # round robin, reversed every other time: background load and position hit all variants alike
+        for v in (variants if i % 2 == 0 else variants[::-1]):
             sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fns[v]()
             sync(device)
             times[v].append(time.perf_counter() - t0)
+            cpu_times[v].append(time.process_time() - c0)
     res = {
         'time_s': {v: statistics.median(ts) for v, ts in times.items()},
         'time_min_s': {v: min(ts) for v, ts in times.items()},
+        # CPU time of this process (all its threads): not inflated while it waits for a core
+        'cpu_time_s': {v: statistics.median(ts) for v, ts in cpu_times.items()},
+        'cpu_time_all_s': cpu_times,
         'time_all_s': times,
         'warmup_s': compile_s,
     }
@@ -332,6 +338,7 @@ def memory_job(spec: Dict) -> Dict:
     device = torch.device('cpu')
     model = build_model(case, device)
     fn = build_variant(case, spec['variant'], model, device, None)
+    fn()  # warm-up: lazily loaded code, oneDNN caches, optimizer state join the baseline
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset the peak RSS (VmHWM) to the current RSS
     base = _status_kib('VmRSS')
@@ -339,14 +346,23 @@ def memory_job(spec: Dict) -> Dict:
         fn()
     peak = _status_kib('VmHWM')
     return {'peak_mib': peak / 1024, 'working_mib': (peak - base) / 1024, 'baseline_mib': base / 1024,
-            'method': 'fresh subprocess, VmHWM after 2 steps minus VmRSS before them'}
+            'method': MEMORY_METHOD}
+
+
+MEMORY_METHOD = ('fresh subprocess, glibc malloc with a fixed mmap threshold; one warm-up step, '
+                 'then VmHWM over 2 steps minus VmRSS before them')
+# Every block above 128 KiB is mmap-ed and unmapped on free, so RSS follows the live tensors
+# (by default glibc raises its threshold to 32 MiB and keeps freed blocks: the peak of a second
+# step would hide in memory the first step left behind).
+MALLOC_ENV = {'MALLOC_MMAP_THRESHOLD_': '131072', 'MALLOC_TRIM_THRESHOLD_': '131072'}
 
 
 def cpu_memory(case: Case, variant: str) -> Dict:
     spec = json.dumps({'case': asdict(case), 'variant': variant})
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), '--_memory-job', spec],
-        capture_output=True, text=True, check=False)
+        [sys.executable, os.path.abspath(__file__), '--_memory-job', spec]
+        + (['--threads', str(torch.get_num_threads())]),
+        capture_output=True, text=True, check=False, env=dict(os.environ, **MALLOC_ENV))
     if proc.returncode:
         return {'error': proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f'rc={proc.returncode}'}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -429,19 +445,28 @@ def summarize(rec: Dict) -> Dict:
         'fgfocus_ms': t['fgfocus'] * 1e3, 'lower_ms': t['lower'] * 1e3, 'reference_ms': t['reference'] * 1e3,
         'fgfocus_over_lower': ratio(t['fgfocus'], t['lower']),
         'fgfocus_over_lower_min': ratio(rec['time_min_s']['fgfocus'], rec['time_min_s']['lower']),
+        'fgfocus_over_lower_cpu': ratio(rec['cpu_time_s']['fgfocus'], rec['cpu_time_s']['lower'])
+        if 'cpu_time_s' in rec else None,
         'reference_over_fgfocus': ratio(t['reference'], t['fgfocus']),
         'images_per_s': rec['case']['batch'] / t['fgfocus'],
     }
+    c = rec.get('cpu_time_s', {})
     if 'fgfocus_m' in t:
         s['fgfocus_m_ms'] = t['fgfocus_m'] * 1e3
         s['eval_m_over_l'] = ratio(t['fgfocus_m'], t['fgfocus'])
+        if c:
+            s['eval_m_over_l_cpu'] = ratio(c['fgfocus_m'], c['fgfocus'])
+            s['lower_m_over_l_cpu'] = ratio(c['lower_m'], c['lower'])
     if 'fgfocus_ckpt' in t:
         s['fgfocus_ckpt_ms'] = t['fgfocus_ckpt'] * 1e3
+        if c:
+            s['ckpt_over_fgfocus_cpu'] = ratio(c['fgfocus_ckpt'], c['fgfocus'])
     mem = rec.get('memory') or {}
     if 'fgfocus' in mem and 'lower' in mem and 'error' not in mem['fgfocus'] and 'error' not in mem['lower']:
         s['mem_fgfocus_mib'] = mem['fgfocus']['working_mib']
         s['mem_lower_mib'] = mem['lower']['working_mib']
         s['mem_fgfocus_over_lower'] = ratio(mem['fgfocus']['working_mib'], mem['lower']['working_mib'])
+        s['mem_peak_fgfocus_over_lower'] = ratio(mem['fgfocus']['peak_mib'], mem['lower']['peak_mib'])
         if 'fgfocus_ckpt' in mem and 'error' not in mem['fgfocus_ckpt']:
             s['mem_fgfocus_ckpt_mib'] = mem['fgfocus_ckpt']['working_mib']
         if 'reference' in mem and 'error' not in mem['reference']:
@@ -460,40 +485,52 @@ def markdown(results: Dict) -> str:
         f"# fgfocus benchmark: {dev} ({meta['device']})", '',
         f"torch {meta['torch']}, timm {meta['timm']}, {meta['torch_threads']} threads, {meta['date']}; "
         f"load average at start {fmt_load(meta.get('load_start'))}, at end {fmt_load(meta.get('load_end'))}.", '',
+    ]
+    for part in meta.get('parts', []):
+        lines.append(f"- part `{' '.join(part.get('argv', []))}`: {part['torch_threads']} threads, "
+                     f"load {fmt_load(part.get('load_start'))} -> {fmt_load(part.get('load_end'))}, "
+                     f"{part.get('total_s', 0):.0f} s")
+    lines += [
+        '',
         'Times are medians; `fg/lower` is fgfocus over its lower bound (backbone only, same shapes), '
-        '`fg/lower (min)` the same from the fastest repeat of each (less sensitive to a shared machine), '
+        '`fg/lower (min)` the same from the fastest repeat of each and `fg/lower (CPU time)` from the '
+        'process CPU time (both less sensitive to a shared machine), '
         '`ref/fg` the per-image reference over fgfocus. Memory is the working memory (peak minus baseline, '
         'see the method in docs/benchmarks.md), in MiB.', '',
-        '| case | fgfocus ms | lower ms | reference ms | fg/lower | fg/lower (min) | ref/fg | img/s '
-        '| mem fg | mem lower | mem fg/lower |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| case | fgfocus ms | lower ms | reference ms | fg/lower | fg/lower (min) | fg/lower (CPU time) | ref/fg '
+        '| img/s | mem fg | mem lower | mem fg/lower | peak fg/lower |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for rec in results['cases']:
         s = rec['summary']
         lines.append(
             f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['lower_ms'], '.1f')} | "
             f"{fmt(s['reference_ms'], '.1f')} | {fmt(s['fgfocus_over_lower'], '.3f')} | "
-            f"{fmt(s['fgfocus_over_lower_min'], '.3f')} | "
+            f"{fmt(s.get('fgfocus_over_lower_min'), '.3f')} | {fmt(s.get('fgfocus_over_lower_cpu'), '.3f')} | "
             f"{fmt(s['reference_over_fgfocus'], '.3f')} | {fmt(s['images_per_s'], '.2f')} | "
             f"{fmt(s.get('mem_fgfocus_mib'), '.0f')} | {fmt(s.get('mem_lower_mib'), '.0f')} | "
-            f"{fmt(s.get('mem_fgfocus_over_lower'), '.3f')} |")
+            f"{fmt(s.get('mem_fgfocus_over_lower'), '.3f')} | {fmt(s.get('mem_peak_fgfocus_over_lower'), '.3f')} |")
     evals = [r for r in results['cases'] if 'eval_m_over_l' in r['summary']]
     if evals:
         lines += ['', '## Eval: l crops instead of m', '',
-                  '| case | fgfocus (l crops) ms | all m crops ms | m / l |', '|---|---:|---:|---:|']
+                  '| case | fgfocus (l crops) ms | all m crops ms | m / l | m / l (CPU time) | lower bound m / l (CPU time) |',
+                  '|---|---:|---:|---:|---:|---:|']
         for rec in evals:
             s = rec['summary']
             lines.append(f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_m_ms'], '.1f')} | "
-                         f"{fmt(s['eval_m_over_l'], '.3f')} |")
+                         f"{fmt(s['eval_m_over_l'], '.3f')} | {fmt(s.get('eval_m_over_l_cpu'), '.3f')} | "
+                         f"{fmt(s.get('lower_m_over_l_cpu'), '.3f')} |")
     ckpts = [r for r in results['cases'] if 'fgfocus_ckpt_ms' in r['summary']]
     if ckpts:
         lines += ['', '## Training with gradient checkpointing of the backbone', '',
-                  '| case | step ms | with checkpointing ms | mem MiB | with checkpointing MiB | mem lower MiB |',
-                  '|---|---:|---:|---:|---:|---:|']
+                  '| case | step ms | with checkpointing ms | time ratio (CPU time) | mem MiB | with checkpointing MiB '
+                  '| mem lower MiB |',
+                  '|---|---:|---:|---:|---:|---:|---:|']
         for rec in ckpts:
             s = rec['summary']
             lines.append(
                 f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_ckpt_ms'], '.1f')} | "
+                f"{fmt(s.get('ckpt_over_fgfocus_cpu'), '.3f')} | "
                 f"{fmt(s.get('mem_fgfocus_mib'), '.0f')} | {fmt(s.get('mem_fgfocus_ckpt_mib'), '.0f')} | "
                 f"{fmt(s.get('mem_lower_mib'), '.0f')} |")
     compiled = [r for r in results['cases'] if r['case']['compile']]
@@ -525,8 +562,9 @@ def plot(results: Dict, path: str) -> None:
         c = rec['case']
         if c['compile'] or c['channels_last'] or c['dtype'] != 'fp32':
             continue
-        groups.setdefault((c['model'], c['img_size'], c['mode']), []).append(rec)
-    groups = {k: sorted(v, key=lambda r: r['case']['batch']) for k, v in groups.items() if len(v) > 1}
+        group = groups.setdefault((c['model'], c['img_size'], c['mode']), {})
+        group.setdefault(c['batch'], rec)  # the first of repeated measurements
+    groups = {k: [v[b] for b in sorted(v)] for k, v in groups.items() if len(v) > 1}
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
@@ -573,8 +611,20 @@ def main(argv=None):
     p.add_argument('--no-eval-m', action='store_true', help='skip the eval-with-all-m-crops variants')
     p.add_argument('--threads', type=int, help='torch.set_num_threads (default: torch\'s)')
     p.add_argument('--out', default='benchmarks/results/bench', help='output path prefix (.json, .md, .png)')
+    p.add_argument('--from-json', nargs='+', metavar='JSON',
+                   help='run nothing: merge these result files into --out (.json, .md, .png)')
     p.add_argument('--_memory-job', dest='memory_job', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.from_json:
+        parts = [json.load(open(path)) for path in args.from_json]
+        results = {'meta': dict(parts[0]['meta'], parts=[pt['meta'] for pt in parts]),
+                   'cases': [c for pt in parts for c in pt['cases']],
+                   'failed': [c for pt in parts for c in pt.get('failed', [])]}
+        results['meta']['load_end'] = parts[-1]['meta'].get('load_end')
+        for rec in results['cases']:
+            rec['summary'] = summarize(rec)
+        write_outputs(results, args.out)
+        return
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -624,13 +674,17 @@ def main(argv=None):
     results['meta']['load_end'] = load_avg()
     results['meta']['total_s'] = time.perf_counter() - t_start
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + '.json', 'w') as f:
-        json.dump(results, f, indent=1)
-    with open(args.out + '.md', 'w') as f:
-        f.write(markdown(results))
-    plot(results, args.out + '.png')
+    write_outputs(results, args.out)
     print(f"wrote {args.out}.json, .md, .png in {results['meta']['total_s']:.0f} s")
+
+
+def write_outputs(results: Dict, out: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + '.json', 'w') as f:
+        json.dump(results, f, indent=1)
+    with open(out + '.md', 'w') as f:
+        f.write(markdown(results))
+    plot(results, out + '.png')
 
 
 if __name__ == '__main__':
