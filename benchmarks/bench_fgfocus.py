@@ -474,6 +474,10 @@ def summarize(rec: Dict) -> Dict:
     return s
 
 
+def row_label(rec: Dict) -> str:
+    return rec['label'] + (f" ({rec['threads']} thr)" if 'threads' in rec else '')
+
+
 def fmt(v, spec='.2f'):
     return '' if v is None else format(v, spec)
 
@@ -483,7 +487,8 @@ def markdown(results: Dict) -> str:
     dev = meta.get('gpu') or meta['cpu']
     lines = [
         f"# fgfocus benchmark: {dev} ({meta['device']})", '',
-        f"torch {meta['torch']}, timm {meta['timm']}, {meta['torch_threads']} threads, {meta['date']}; "
+        f"torch {meta['torch']}, timm {meta['timm']}, "
+        + ('' if meta.get('parts') else f"{meta['torch_threads']} threads, ") + f"{meta['date']}; "
         f"load average at start {fmt_load(meta.get('load_start'))}, at end {fmt_load(meta.get('load_end'))}.", '',
     ]
     for part in meta.get('parts', []):
@@ -504,7 +509,7 @@ def markdown(results: Dict) -> str:
     for rec in results['cases']:
         s = rec['summary']
         lines.append(
-            f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['lower_ms'], '.1f')} | "
+            f"| {row_label(rec)} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['lower_ms'], '.1f')} | "
             f"{fmt(s['reference_ms'], '.1f')} | {fmt(s['fgfocus_over_lower'], '.3f')} | "
             f"{fmt(s.get('fgfocus_over_lower_min'), '.3f')} | {fmt(s.get('fgfocus_over_lower_cpu'), '.3f')} | "
             f"{fmt(s['reference_over_fgfocus'], '.3f')} | {fmt(s['images_per_s'], '.2f')} | "
@@ -517,7 +522,7 @@ def markdown(results: Dict) -> str:
                   '|---|---:|---:|---:|---:|---:|']
         for rec in evals:
             s = rec['summary']
-            lines.append(f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_m_ms'], '.1f')} | "
+            lines.append(f"| {row_label(rec)} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_m_ms'], '.1f')} | "
                          f"{fmt(s['eval_m_over_l'], '.3f')} | {fmt(s.get('eval_m_over_l_cpu'), '.3f')} | "
                          f"{fmt(s.get('lower_m_over_l_cpu'), '.3f')} |")
     ckpts = [r for r in results['cases'] if 'fgfocus_ckpt_ms' in r['summary']]
@@ -529,7 +534,7 @@ def markdown(results: Dict) -> str:
         for rec in ckpts:
             s = rec['summary']
             lines.append(
-                f"| {rec['label']} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_ckpt_ms'], '.1f')} | "
+                f"| {row_label(rec)} | {fmt(s['fgfocus_ms'], '.1f')} | {fmt(s['fgfocus_ckpt_ms'], '.1f')} | "
                 f"{fmt(s.get('ckpt_over_fgfocus_cpu'), '.3f')} | "
                 f"{fmt(s.get('mem_fgfocus_mib'), '.0f')} | {fmt(s.get('mem_fgfocus_ckpt_mib'), '.0f')} | "
                 f"{fmt(s.get('mem_lower_mib'), '.0f')} |")
@@ -538,13 +543,13 @@ def markdown(results: Dict) -> str:
         lines += ['', '## Warm-up (compile) time', '', '| case | fgfocus s | lower s |', '|---|---:|---:|']
         for rec in compiled:
             w = rec['warmup_s']
-            lines.append(f"| {rec['label']} | {w['fgfocus']:.1f} | {w['lower']:.1f} |")
+            lines.append(f"| {row_label(rec)} | {w['fgfocus']:.1f} | {w['lower']:.1f} |")
     for rec in results.get('failed', []):
-        lines.append(f"\nFailed: {rec['label']}: `{rec['error'][:300]}`")
+        lines.append(f"\nFailed: {row_label(rec)}: `{rec['error'][:300]}`")
     checks = [r for r in results['cases'] if not r['reference_check']['boxes_match']]
     lines += ['', f"Reference check: the per-image reference picked the same boxes as fgfocus in "
               f"{len(results['cases']) - len(checks)} of {len(results['cases'])} cases"
-              + (f" (not in: {', '.join(r['label'] for r in checks)})" if checks else '') + '.']
+              + (f" (not in: {', '.join(row_label(r) for r in checks)})" if checks else '') + '.']
     return '\n'.join(lines) + '\n'
 
 
@@ -558,9 +563,10 @@ def plot(results: Dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = {}
+    threads = results['cases'][0].get('threads') if results['cases'] else None
     for rec in results['cases']:
         c = rec['case']
-        if c['compile'] or c['channels_last'] or c['dtype'] != 'fp32':
+        if c['compile'] or c['channels_last'] or c['dtype'] != 'fp32' or rec.get('threads') != threads:
             continue
         group = groups.setdefault((c['model'], c['img_size'], c['mode']), {})
         group.setdefault(c['batch'], rec)  # the first of repeated measurements
@@ -570,23 +576,26 @@ def plot(results: Dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
     for ax, ((model, size, mode), recs) in zip(axes[0], sorted(groups.items())):
         bs = [r['case']['batch'] for r in recs]
+        # process CPU time where recorded: on a shared machine it is not inflated by waiting for a core
+        field = 'cpu_time_s' if all('cpu_time_s' in r for r in recs) else 'time_s'
         for key, style, name in (('fgfocus', 'o-', 'fgfocus'), ('lower', 's--', 'lower bound (backbone only)'),
                                  ('reference', '^:', 'per-image reference'),
                                  ('fgfocus_m', 'x-.', 'eval with all m crops')):
             if key in recs[0]['time_s']:
-                ax.plot(bs, [r['time_s'][key] * 1e3 for r in recs], style, label=name)
+                ax.plot(bs, [r[field][key] * 1e3 for r in recs], style, label=name)
         ax.set_xscale('log', base=2)
         ax.set_yscale('log')
         ax.set_xticks(bs, [str(b) for b in bs])
         ax.set_xlabel('batch size')
-        ax.set_ylabel('ms per ' + ('forward' if mode == 'eval' else 'training step'))
+        ax.set_ylabel(('CPU ' if field == 'cpu_time_s' else '') + 'ms per '
+                      + ('forward' if mode == 'eval' else 'training step'))
         ax.set_title(f'{model}@{size} {mode}, fp32', fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     meta = results['meta']
-    fig.suptitle(f"{meta.get('gpu') or meta['cpu']}, {meta['torch_threads']} threads", fontsize=9)
+    fig.suptitle(f"{meta.get('gpu') or meta['cpu']}, {threads or meta['torch_threads']} threads", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -618,7 +627,8 @@ def main(argv=None):
     if args.from_json:
         parts = [json.load(open(path)) for path in args.from_json]
         results = {'meta': dict(parts[0]['meta'], parts=[pt['meta'] for pt in parts]),
-                   'cases': [c for pt in parts for c in pt['cases']],
+                   'cases': [dict(c, threads=c.get('threads', pt['meta']['torch_threads']))
+                             for pt in parts for c in pt['cases']],
                    'failed': [c for pt in parts for c in pt.get('failed', [])]}
         results['meta']['load_end'] = parts[-1]['meta'].get('load_end')
         for rec in results['cases']:
@@ -651,7 +661,7 @@ def main(argv=None):
         for case in cases:
             variants = variants_of(case, not args.no_grad_ckpt, not args.no_eval_m)
             t0 = time.perf_counter()
-            rec = {'label': case.label, 'case': asdict(case)}
+            rec = {'label': case.label, 'case': asdict(case), 'threads': torch.get_num_threads()}
             try:
                 rec.update(time_case(case, variants, device, args.repeats, args.warmup, args.compile_mode))
             except Exception as e:  # keep the other cases of a long run
