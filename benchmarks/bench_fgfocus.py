@@ -384,7 +384,7 @@ def grid(models, modes, batch_sizes, dtypes, channels_last, compiles, train_batc
 
 
 def preset(name: str) -> List[Tuple[List[Case], bool]]:
-    """(cases, measure memory) groups. ``cpu`` is sized for ~15 min on 2 idle CPU cores."""
+    """(cases, measure memory) groups. ``cpu`` took 986 s on 2 lightly loaded CPU cores."""
     if name == 'cpu':
         r50, r18 = ['fgfocus_resnet50:448'], ['fgfocus_resnet18:224:112']
         return [
