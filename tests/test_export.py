@@ -50,30 +50,13 @@ def test_torch_export_eval_matches_eager_with_dynamic_batch(tiny):
 
 # --- ONNX -------------------------------------------------------------------------------------
 
-def _sort_stable(self, stable: bool = False, dim: int = -1, descending: bool = False):
-    """``aten.sort.stable`` as ONNX ``TopK`` over the whole axis.
-
-    The dynamo ONNX exporter has no translation for the stable sort that ``topk_nms`` uses to
-    order candidates. ``TopK`` is stable by specification ("the element with the lower index
-    will appear first" among equal values), so ``k = size of the axis`` is exactly a stable sort.
-    """
-    from onnxscript import opset18 as op
-    k = op.Shape(self, start=dim, end=dim + 1) if dim != -1 else op.Shape(self, start=-1)
-    values, indices = op.TopK(self, k, axis=dim, largest=descending, sorted=True)
-    return values, indices
-
-
 def test_onnx_export_runs_in_onnxruntime_and_matches(tiny, tmp_path):
     onnx = pytest.importorskip('onnx')
     ort = pytest.importorskip('onnxruntime')
     pytest.importorskip('onnxscript')
-    x = _images(2)
-    batch = torch.export.Dim('batch', min=1, max=64)
-    program = torch.onnx.export(
-        tiny, (x,), dynamo=True, opset_version=18, dynamic_shapes=({0: batch},),
-        custom_translation_table={torch.ops.aten.sort.stable: _sort_stable}, verbose=False)
+    from timm_fgfocus.export import export_onnx
     path = tmp_path / 'fgfocus_test.onnx'
-    program.save(str(path))
+    export_onnx(tiny, _images(2), path)
 
     graph = onnx.load(str(path)).graph
     roi_aligns = [n for n in graph.node if n.op_type == 'RoiAlign']
