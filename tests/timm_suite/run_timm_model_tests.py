@@ -51,6 +51,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     test_file = fetch_test_file(workdir)
     cmd = [sys.executable, '-m', 'pytest', str(test_file), '-p', 'no:cacheprovider', '-q',
+           '-W', 'ignore::pytest.PytestUnknownMarkWarning',
            '-k', f'fgfocus and ({TESTS}) and not ({EXCLUDE})', '--rootdir', str(workdir), *pytest_args]
     print('timm', timm.__version__, ':', ' '.join(cmd), flush=True)
     return subprocess.call(cmd, cwd=workdir)
