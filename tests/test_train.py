@@ -370,3 +370,11 @@ def test_initial_checkpoint_other_class_count(trained, tmp_path, monkeypatch):
     sd = load_checkpoint(trained / 'last.pth')['state_dict']
     torch.testing.assert_close(model.state_dict()['backbone.conv1.0.weight'], sd['backbone.conv1.0.weight'])
     assert model.fc.weight.shape[0] == 5 and model_args['num_classes'] == 5
+
+
+def test_diverging_loss_stops_with_one_line_and_writes_nothing(data, tmp_path, capsys):
+    # an absurd lr sends the loss to inf/nan within a few steps; the run stops with one clear line
+    out = tmp_path / 'diverged'
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--lr', '1e12', '--output', str(out)], capsys)
+    assert 'loss is not finite at epoch 1' in line and '--lr' in line
+    assert not (out / 'last.pth').exists()

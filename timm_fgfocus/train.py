@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--eval-head', default='hybrid', choices=('hybrid', 'image'),
                    help="head whose top-1 picks best.pth ('image': the image-level-only ablation)")
     g.add_argument('--clip-grad', type=float, default=None)
+    g.add_argument('--log-interval', type=int, default=50,
+                   help='on GPU, read losses back to the host (progress bar, NaN check) every N steps only')
     g.add_argument('--clip-mode', default='norm')
     g.add_argument('--grad-accum-steps', '--accum-steps', dest='accum_steps', type=int, default=1)
     g.add_argument('--grad-accum', type=int, default=None, help='alias of --grad-accum-steps')
@@ -550,7 +552,8 @@ def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scal
     """One epoch; returns (metrics dict averaged over ranks, num_updates)."""
     model.train()
     accum = max(1, args.accum_steps)
-    totals = torch.zeros(5, dtype=torch.float64)  # loss, hybrid, image, region (x samples), correct
+    # running sums stay on the device: loss, hybrid, image, region (x samples), correct
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
     seen = 0
     t0 = time.time()
     optimizer.zero_grad(set_to_none=True)
@@ -567,9 +570,6 @@ def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scal
                 out = model(x)
                 terms = loss_fn.terms(out, y)
                 loss = sum(loss_fn.weights[k] * v for k, v in terms.items())
-            if not torch.isfinite(loss):
-                raise TrainError(f'loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}: lower --lr '
-                                 f'or set --clip-grad')
             if scaler is not None:
                 scaler(loss / accum, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
                        parameters=model.parameters(), need_update=need_update)
@@ -587,13 +587,20 @@ def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scal
         b = y.shape[0]
         seen += b
         with torch.no_grad():
-            totals += torch.tensor([loss.item() * b, terms['hybrid'].item() * b, terms['image'].item() * b,
-                                    terms['region'].item() * b, (out[0].argmax(1) == y).sum().item()],
-                                   dtype=torch.float64)
-        if bar is not loader:
-            bar.set_postfix(loss=f'{totals[0] / seen:.3f}', acc=f'{100 * totals[4] / seen:.1f}',
-                            img_s=f'{seen * args.world_size / (time.time() - t0):.1f}')
-    counts = torch.cat([totals, torch.tensor([seen], dtype=torch.float64)])
+            step = torch.stack([loss, terms['hybrid'], terms['image'], terms['region']]).detach().double() * b
+            totals[:4] += step
+            totals[4] += (out[0].argmax(1) == y).sum()
+        # reading values back waits for the device: on GPU only every --log-interval steps (and at the
+        # end of the epoch), so the loop never syncs the host per step; on CPU it costs nothing
+        if device.type == 'cpu' or (i + 1) % max(1, args.log_interval) == 0 or i + 1 == n_batches:
+            host = totals.tolist()
+            if not math.isfinite(host[0]):
+                raise TrainError(f'loss is not finite at epoch {epoch + 1} (by batch {i + 1}): lower --lr '
+                                 f'or set --clip-grad')
+            if bar is not loader:
+                bar.set_postfix(loss=f'{host[0] / seen:.3f}', acc=f'{100 * host[4] / seen:.1f}',
+                                img_s=f'{seen * args.world_size / (time.time() - t0):.1f}')
+    counts = torch.cat([totals, torch.tensor([seen], dtype=torch.float64, device=device)])
     if args.distributed:
         torch.distributed.all_reduce(counts)
     totals, seen = counts[:5], counts[5].item()
@@ -615,7 +622,7 @@ def evaluate(model, loader, args, device, desc='eval') -> Dict[str, float]:
     model.eval()
     num_classes = model.num_classes
     k = min(5, num_classes)
-    sums = torch.zeros(6, dtype=torch.float64)  # loss, h1, h5, i1, i5, n
+    sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, h1, h5, i1, i5, n (on the device)
     for x, y in _progress(loader, args, len(loader), desc):
         x, y = x.to(device), y.to(device)
         if args.channels_last:
@@ -625,9 +632,8 @@ def evaluate(model, loader, args, device, desc='eval') -> Dict[str, float]:
         hybrid, image = out.logits.float(), out.image_logits.float()
         top_h = hybrid.topk(k, dim=1).indices == y[:, None]
         top_i = image.topk(k, dim=1).indices == y[:, None]
-        sums += torch.tensor([F.cross_entropy(hybrid, y, reduction='sum').item(),
-                              top_h[:, 0].sum().item(), top_h.any(1).sum().item(),
-                              top_i[:, 0].sum().item(), top_i.any(1).sum().item(), y.shape[0]], dtype=torch.float64)
+        sums += torch.stack([F.cross_entropy(hybrid, y, reduction='sum'), top_h[:, 0].sum(), top_h.any(1).sum(),
+                             top_i[:, 0].sum(), top_i.any(1).sum(), y.new_tensor(y.shape[0])]).double()
     if args.distributed:
         torch.distributed.all_reduce(sums)
     model.train(was_training)
