@@ -184,9 +184,11 @@ class FgFocus(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
+        # device/dtype only when asked for: timm releases before the factory kwargs do not take them
+        dd = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
         self.backbone = timm.create_model(
             backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans,
-            device=device, dtype=dtype, **(backbone_args or {}))
+            **dd, **(backbone_args or {}))
         self.backbone_num_features = self.backbone.num_features
         self.feature_stride = self.backbone.feature_info[-1]['reduction']
         self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
