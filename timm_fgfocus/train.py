@@ -399,16 +399,14 @@ def param_groups(model: nn.Module, backbone_lr_scale: float = 0.1) -> List[Dict[
     the model's ``group_matcher`` (the backbone, pretrained in the paper) with
     ``lr_scale=backbone_lr_scale``, and the rest (the three heads) with ``lr_scale=1``.
     timm's schedulers multiply each group's lr by its ``lr_scale``."""
-    import re
-    patterns = []
-    for spec in model.group_matcher(coarse=True).values():
-        if spec is not None:
-            patterns += [re.compile(spec)] if isinstance(spec, str) else [re.compile(s[0]) for s in spec]
+    from timm.models import group_parameters
+    # timm puts parameters no matcher claims (the heads) in the last group
+    *matched, unmatched = group_parameters(model, model.group_matcher(coarse=True)).values()
+    backbone_names = {n for names in matched for n in names}
     backbone, heads = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (backbone if any(p.match(name) for p in patterns) else heads).append(param)
+        if param.requires_grad:
+            (backbone if name in backbone_names else heads).append(param)
     return [
         {'params': backbone, 'lr_scale': backbone_lr_scale, 'name': 'backbone'},
         {'params': heads, 'lr_scale': 1.0, 'name': 'heads'},
