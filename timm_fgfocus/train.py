@@ -882,12 +882,11 @@ def train(args, device) -> Dict[str, Any]:
             _write_summary(out / 'summary.csv', summary_rows)
             state = checkpoint_dict(
                 model, _arch(args.model), model_args, classes,
-                pretrained_cfg=None, state_dict_ema=ema.module.state_dict() if ema is not None else None,
+                pretrained_cfg=_pretrained_cfg(data_config), state_dict_ema=ema.module.state_dict() if ema is not None else None,
                 epoch=epoch, num_updates=num_updates, metrics=_plain(metrics),
                 best_metric=best_metric, best_epoch=best_epoch, args=_args_dict(args),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None)
-            state['pretrained_cfg'] = _pretrained_cfg(data_config)
             atomic_save(state, out / 'last.pth')
             if is_best:
                 atomic_save(state, out / 'best.pth')
