@@ -59,11 +59,13 @@ def test_onnx_export_runs_in_onnxruntime_and_matches(tiny, tmp_path):
     export_onnx(tiny, _images(2), path)
 
     graph = onnx.load(str(path)).graph
-    roi_aligns = [n for n in graph.node if n.op_type == 'RoiAlign']
-    assert len(roi_aligns) == 1  # the crops are one batched RoiAlign, not a loop
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in roi_aligns[0].attribute}
-    assert attrs.get('coordinate_transformation_mode', b'half_pixel') == b'half_pixel'  # aligned=True
-    assert attrs['sampling_ratio'] == tiny.crop_sampling_ratio
+    ops = [n.op_type for n in graph.node]
+    assert 'RoiAlign' not in ops and 'Loop' not in ops
+    samplers = [n for n in graph.node if n.op_type == 'GridSample']
+    assert len(samplers) == 1  # the crops are one batched GridSample, not a loop
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in samplers[0].attribute}
+    assert attrs.get('align_corners', 0) == 0 and attrs['padding_mode'] == b'border'
+    assert attrs['mode'] in (b'bilinear', b'linear')  # named 'linear' from opset 20
 
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou, nms, roi_align
 
 from timm_fgfocus.ops import (
     attention_map, batched_box_iou, class_activation_maps, crop_and_zoom, propose_regions, region_anchors,
@@ -45,10 +45,10 @@ def ref_gaussian(m: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def ref_bilinear_crop(img: np.ndarray, box, out_h: int, out_w: int) -> np.ndarray:
-    """roi_align(aligned=True, sampling_ratio=1) by hand: one bilinear sample at each bin centre.
+    """Crop-and-zoom with one sample per output pixel, by hand: a bilinear sample at each bin centre.
 
-    Box in continuous pixel coordinates; pixel i has its centre at i + 0.5.
-    Samples outside [-1, size] are 0, inside they are clamped to the border (roi_align's rule).
+    Box in continuous pixel coordinates; pixel i has its centre at i + 0.5. Sample positions
+    outside the image are clamped to its border (the nearest edge pixel).
     """
     C, H, W = img.shape
     x0, y0, x1, y1 = box
@@ -58,8 +58,6 @@ def ref_bilinear_crop(img: np.ndarray, box, out_h: int, out_w: int) -> np.ndarra
         for ox in range(out_w):
             sy = y0 + (oy + 0.5) * bh - 0.5  # sample position in pixel-centre coordinates
             sx = x0 + (ox + 0.5) * bw - 0.5
-            if sy < -1 or sy > H or sx < -1 or sx > W:
-                continue
             sy, sx = min(max(sy, 0), H - 1), min(max(sx, 0), W - 1)
             ylo, xlo = int(math.floor(sy)), int(math.floor(sx))
             yhi, xhi = min(ylo + 1, H - 1), min(xlo + 1, W - 1)
@@ -273,12 +271,53 @@ def test_crop_and_zoom_matches_bilinear_reference_everywhere():
             np.testing.assert_allclose(crops[b * 2 + r].numpy(), ref, atol=1e-10)
 
 
+def test_crop_and_zoom_clamps_samples_outside_the_image_to_the_edge():
+    g = torch.Generator().manual_seed(14)
+    img = torch.randn(1, 2, 10, 12, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[[-6.0, -3.0, 8.0, 5.0], [7.0, 6.0, 19.0, 14.0]]], dtype=torch.float64)
+    crops = crop_and_zoom(img, boxes, (6, 5))
+    for r in range(2):
+        ref = ref_bilinear_crop(img[0].numpy(), boxes[0, r].tolist(), 6, 5)
+        np.testing.assert_allclose(crops[r].numpy(), ref, atol=1e-10)
+    # a box wholly left of the image: every sample is the image's first column
+    left = crop_and_zoom(img, torch.tensor([[[-9.0, 0.0, -4.0, 10.0]]], dtype=torch.float64), (10, 3))
+    torch.testing.assert_close(left, img[:, :, :, :1].expand(-1, -1, -1, 3))
+
+
+@pytest.mark.parametrize('sampling_ratio', [1, 2, 3])
+def test_crop_and_zoom_equals_torchvision_roi_align_inside_the_image(sampling_ratio):
+    """roi_align(aligned=True) has the same sampling rule; for boxes inside the image the two agree."""
+    g = torch.Generator().manual_seed(15 + sampling_ratio)
+    img = torch.randn(3, 4, 37, 45, generator=g, dtype=torch.float64)
+    xy0 = torch.rand(3, 5, 2, generator=g, dtype=torch.float64) * torch.tensor([25.0, 20.0], dtype=torch.float64)
+    wh = 3 + torch.rand(3, 5, 2, generator=g, dtype=torch.float64) * 16
+    boxes = torch.cat([xy0, xy0 + wh], dim=-1)
+    assert (boxes[..., 2] <= 45).all() and (boxes[..., 3] <= 37).all()
+    crops = crop_and_zoom(img, boxes, (6, 8), sampling_ratio)
+    rois = torch.cat([torch.arange(3, dtype=torch.float64).repeat_interleave(5)[:, None], boxes.reshape(-1, 4)], 1)
+    ref = roi_align(img, rois, (6, 8), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    torch.testing.assert_close(crops, ref, atol=1e-10, rtol=0)
+
+
+def test_crop_and_zoom_layouts_dtypes_and_errors():
+    g = torch.Generator().manual_seed(16)
+    img = torch.randn(2, 3, 32, 32, generator=g)
+    boxes = torch.tensor([[[1.0, 2.0, 20.0, 25.0]], [[8.0, 4.0, 30.0, 31.0]]])
+    ref = crop_and_zoom(img, boxes, (16, 16))
+    torch.testing.assert_close(crop_and_zoom(img.contiguous(memory_format=torch.channels_last), boxes, (16, 16)), ref)
+    half = crop_and_zoom(img.bfloat16(), boxes, (16, 16))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), crop_and_zoom(img.bfloat16().float(), boxes, (16, 16)), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match='sampling_ratio must be >= 1, got 0'):
+        crop_and_zoom(img, boxes, (16, 16), sampling_ratio=0)
+
+
 @pytest.mark.parametrize('size', [(32, 32), (11, 17)])
 def test_crop_and_zoom_matches_slicing_and_interpolate(size):
     """Against per-image slicing + F.interpolate (bilinear, align_corners=False), loop over images.
 
     The two agree on every output pixel whose sample lies inside the crop; on the outer ring
-    F.interpolate clamps to the crop's edge while roi_align reads the true neighbour pixel, so the
+    F.interpolate clamps to the crop's edge while crop_and_zoom reads the true neighbour pixel, so the
     reference is the crop sliced with a one-pixel margin and resized at the matching scale.
     """
     g = torch.Generator().manual_seed(5)

@@ -33,13 +33,13 @@ def export_onnx(
         opset_version: int = 18,
         dynamic_batch: bool = True,
 ):
-    """Export the eval model (hybrid logits) to an ONNX file with one batched ``RoiAlign``.
+    """Export the eval model (hybrid logits) to an ONNX file with one batched ``GridSample``.
 
     Args:
         model: an fgfocus model; it is put in eval mode.
         example: an input batch, Tensor[B, C, H, W], fixing the image size.
         path: the ``.onnx`` file to write.
-        opset_version: ONNX opset (>= 16 for ``RoiAlign`` with ``half_pixel``, i.e. ``aligned=True``).
+        opset_version: ONNX opset (>= 16, the first with ``GridSample``).
         dynamic_batch: export with a symbolic batch size.
 
     Returns:

@@ -10,7 +10,7 @@ One timm backbone is shared by the whole image and by the regions it zooms into:
 1. image level: feature maps Z = backbone(x); F^I = GAP(Z); image logits = fc(F^I)
 2. attention: M = max_k sum_i W_ki Z_i over all classes (eq. 2), Gaussian smoothed
 3. proposals: one predefined region per cell of M, scored by M, greedy NMS, top m
-4. crop-and-zoom: the m regions cut from x and resized (``roi_align``), all B*m at once
+4. crop-and-zoom: the m regions cut from x and resized (one ``grid_sample``), all B*m at once
 5. region level: F^R_r = GAP(backbone(crop_r)); region logits = region_fc(F^R_r) (shared)
 6. hybrid: logits = hybrid_fc([F^I, F^R_1, ..., F^R_l])
 
@@ -116,7 +116,7 @@ class FgFocus(nn.Module):
             ``'mean'`` is used whatever is set here.
         region_score: ``'center'`` (paper) or ``'mean'``, see :func:`~timm_fgfocus.ops.region_scores`.
         pre_nms_top_n: candidates kept before NMS (``None``: all).
-        crop_sampling_ratio: ``roi_align`` sampling points per output pixel and axis.
+        crop_sampling_ratio: bilinear sampling points per output pixel and axis.
         drop_rate: dropout before the classifiers.
         device, dtype: where and in which dtype parameters are created (timm factory kwargs).
     """
