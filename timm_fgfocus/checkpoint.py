@@ -19,15 +19,16 @@ Files are written atomically: a temporary file in the same folder, flushed, then
 the target, so a crash never leaves a half-written checkpoint behind.
 """
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
 import timm
 
-__all__ = ['CheckpointError', 'atomic_save', 'checkpoint_dict', 'load_checkpoint', 'model_from_checkpoint', 'CHECKPOINT_FORMAT']
+__all__ = ['CheckpointError', 'atomic_write', 'atomic_save', 'atomic_copy', 'checkpoint_dict', 'load_checkpoint', 'model_from_checkpoint', 'CHECKPOINT_FORMAT']
 
 CHECKPOINT_FORMAT = 'timm_fgfocus.checkpoint'
 CHECKPOINT_VERSION = 1
@@ -39,14 +40,18 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model asked for."""
 
 
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over ``path``."""
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
+
+    Readers see the old file or the new one, never a half-written one; on any error the temp file
+    is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +60,19 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (see :func:`atomic_write`)."""
+    def write(f: BinaryIO) -> None:
+        with open(src, 'rb') as s:
+            shutil.copyfileobj(s, f, length=16 * 1024 * 1024)
+    return atomic_write(dst, write)
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cpu') -> Dict[str, Any]:

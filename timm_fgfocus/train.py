@@ -26,7 +26,6 @@ import csv
 import io
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -48,7 +47,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, init_distributed_device, random_seed
 
-from .checkpoint import CheckpointError, atomic_save, checkpoint_dict, load_checkpoint
+from .checkpoint import CheckpointError, atomic_copy, atomic_save, atomic_write, checkpoint_dict, load_checkpoint
 from .loss import FgFocusLoss
 from .recipes import RecipeError, load_recipe
 
@@ -683,9 +682,7 @@ def _args_dict(args) -> Dict[str, Any]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def _read_summary(path: Path) -> List[Dict[str, str]]:
@@ -889,7 +886,7 @@ def train(args, device) -> Dict[str, Any]:
                 scaler=scaler.state_dict() if scaler is not None else None)
             atomic_save(state, out / 'last.pth')
             if is_best:
-                atomic_save(state, out / 'best.pth')
+                atomic_copy(out / 'last.pth', out / 'best.pth')
             ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
             print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
                   f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
