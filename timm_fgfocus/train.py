@@ -433,6 +433,11 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     """Weights to start from: an fgfocus checkpoint or a plain timm backbone state dict.
 
     Heads whose shapes do not fit (another class count) keep their fresh initialisation.
+
+    Not timm's ``pretrained_cfg_overlay=dict(file=...)`` path: its ``load_state_dict`` takes
+    ``state_dict_ema`` over ``state_dict`` when a checkpoint has both, so the EMA weights of a
+    ``--model-ema`` run would silently replace the trained ones; and its errors name neither the
+    file nor the tensors. The mapping itself is the model's ``checkpoint_filter_fn``.
     """
     from .fgfocus import checkpoint_filter_fn
     p = Path(path)
