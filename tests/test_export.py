@@ -114,6 +114,9 @@ _HOST_READS = {
     'aten::masked_select', 'aten::unique_dim', 'aten::_unique2', 'aten::unique_consecutive',
     'aten::repeat_interleave',  # the Tensor-repeats overload reads the repeats; int repeats dispatch elsewhere
     'aten::equal', 'aten::allclose', 'aten::_assert_async',
+    # a tensor made from Python data (torch.tensor / as_tensor): on GPU a blocking host-to-device
+    # copy, which waits for the stream like a read does
+    'aten::lift_fresh', 'aten::lift_fresh_copy',
 }
 
 
@@ -135,7 +138,8 @@ class _HostReadRecorder(TorchDispatchMode):
 def test_recorder_sees_host_reads():
     """The check below can fail: these are the calls published implementations make."""
     t = torch.tensor([0.5, 2.0])
-    for read in (lambda: t.max().item(), lambda: bool((t > 1).any()), lambda: t[t > 1], lambda: torch.nonzero(t)):
+    for read in (lambda: t.max().item(), lambda: bool((t > 1).any()), lambda: t[t > 1], lambda: torch.nonzero(t),
+                 lambda: t * torch.tensor([1.0, 2.0], device=t.device)):
         with _HostReadRecorder() as rec:
             read()
         assert len(rec.reads) == 1, rec.reads
@@ -145,6 +149,12 @@ def test_no_host_reads_in_eval_forward_and_training_step(tiny):
     x, target = _images(2), torch.tensor([1, 7])
     with _HostReadRecorder() as rec, torch.no_grad():
         tiny(x)
+    assert rec.reads == []
+    # the other proposal options: several anchor shapes, scored by the mean of M ('mean' runs a crop)
+    other = timm.create_model('fgfocus_test', num_classes=NUM_CLASSES, region_scales=(0.3, 0.45),
+                              region_ratios=(0.5, 1.0, 2.0), region_score='mean', attention_mode='predicted').eval()
+    with _HostReadRecorder() as rec, torch.no_grad():
+        other(x)
     assert rec.reads == []
     tiny.train()
     criterion = FgFocusLoss()

@@ -133,17 +133,20 @@ def region_anchors(
     """
     h, w = feat_size
     H, W = image_size
-    sizes = [(s * W * math.sqrt(r), s * H / math.sqrt(r)) for s in scales for r in ratios]
-    bw = torch.tensor([min(sw, W) for sw, _ in sizes], dtype=torch.float32, device=device)  # [A]
-    bh = torch.tensor([min(sh, H) for _, sh in sizes], dtype=torch.float32, device=device)
+    # Shapes are Python numbers, used as kernel scalars: a tensor built from a Python list here
+    # would be a blocking host-to-device copy, i.e. a stream sync, on every forward on GPU.
+    sizes = [(min(s * W * math.sqrt(r), W), min(s * H / math.sqrt(r), H)) for s in scales for r in ratios]
     cy = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (H / h)
     cx = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (W / w)
     cy, cx = torch.meshgrid(cy, cx, indexing='ij')
-    cx = cx.reshape(-1, 1)  # [h * w, 1]
-    cy = cy.reshape(-1, 1)
-    x0 = torch.minimum((cx - bw / 2).clamp(min=0), W - bw)  # shift inside, keep the size
-    y0 = torch.minimum((cy - bh / 2).clamp(min=0), H - bh)
-    boxes = torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1)  # [h * w, A, 4]
+    cx = cx.reshape(-1)  # [h * w]
+    cy = cy.reshape(-1)
+    per_shape = []
+    for bw, bh in sizes:
+        x0 = (cx - bw / 2).clamp(min=0, max=W - bw)  # shift inside, keep the size
+        y0 = (cy - bh / 2).clamp(min=0, max=H - bh)
+        per_shape.append(torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1))
+    boxes = torch.stack(per_shape, dim=1)  # [h * w, A, 4]
     return boxes.reshape(-1, 4)
 
 
@@ -174,8 +177,9 @@ def region_scores(
         return attention.reshape(B, h * w, 1).expand(B, h * w, num_anchor_shapes).reshape(B, -1)
     if mode == 'mean':
         H, W = image_size
-        to_cells = torch.tensor([w / W, h / H, w / W, h / H], device=anchors.device)
-        boxes = (anchors * to_cells).unsqueeze(0).expand(B, -1, -1)
+        sx, sy = w / W, h / H  # input pixels -> attention-map cells (scalars: no host-to-device copy)
+        cells = torch.stack([anchors[:, 0] * sx, anchors[:, 1] * sy, anchors[:, 2] * sx, anchors[:, 3] * sy], dim=1)
+        boxes = cells.unsqueeze(0).expand(B, -1, -1)
         return crop_and_zoom(attention.unsqueeze(1), boxes, (1, 1), sampling_ratio=4).reshape(B, -1)
     raise ValueError(f"region score mode must be 'center' or 'mean', got {mode!r}")
 
