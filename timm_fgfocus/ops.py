@@ -143,8 +143,8 @@ def region_anchors(
     cy = cy.reshape(-1)
     per_shape = []
     for bw, bh in sizes:
-        x0 = (cx - bw / 2).clamp(min=0, max=W - bw)  # shift inside, keep the size
-        y0 = (cy - bh / 2).clamp(min=0, max=H - bh)
+        x0 = (cx - bw / 2).clamp(min=0.0, max=float(W - bw))  # shift inside, keep the size
+        y0 = (cy - bh / 2).clamp(min=0.0, max=float(H - bh))
         per_shape.append(torch.stack([x0, y0, x0 + bw, y0 + bh], dim=-1))
     boxes = torch.stack(per_shape, dim=1)  # [h * w, A, 4]
     return boxes.reshape(-1, 4)
