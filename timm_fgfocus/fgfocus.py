@@ -8,6 +8,7 @@ A PyTorch implementation of the model in
 One timm backbone is shared by the whole image and by the regions it zooms into:
 
 1. image level: feature maps Z = backbone(x); F^I = GAP(Z); image logits = fc(F^I)
+   (Z for any timm family, CNN, ConvNeXt, Swin or ViT: see :mod:`timm_fgfocus.backbones`)
 2. attention: M = max_k sum_i W_ki Z_i over all classes (eq. 2), Gaussian smoothed
 3. proposals: one predefined region per cell of M, scored by M, greedy NMS, top m
 4. crop-and-zoom: the m regions cut from x and resized (one ``grid_sample``), all B*m at once
@@ -27,17 +28,19 @@ Departures from timm's usual model shape, chosen so timm's tools keep working:
   logits :class:`~timm_fgfocus.loss.FgFocusLoss` needs; in eval mode the hybrid logits only.
 """
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-import timm
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import SelectAdaptivePool2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import (
+    build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg,
+)
 
+from .backbones import create_backbone, smoothing_cells
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
 
 __all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError']
@@ -49,7 +52,8 @@ class FgFocusFeatures(NamedTuple):
     """What :meth:`FgFocus.forward_features` returns.
 
     Attributes:
-        image_features: Tensor[B, n, h, w], the backbone's unpooled feature maps Z.
+        image_features: Tensor[B, n, h, w], the backbone's unpooled feature maps Z (NCHW for
+            every backbone family).
         region_features: Tensor[B, k, n], pooled features of the first k regions.
         boxes: Tensor[B, m, 4], ``(x0, y0, x1, y1)`` in input pixels, best first.
         scores: Tensor[B, m], attention score of each box.
@@ -95,10 +99,12 @@ def _prefix_matcher(matcher: Union[str, Sequence], prefix: str) -> Union[str, li
 
 
 class FgFocus(nn.Module):
-    """Focus-and-discriminate classifier around any timm CNN backbone.
+    """Focus-and-discriminate classifier around any timm backbone with a spatial feature map.
 
     Args:
-        backbone: name of a timm model whose ``forward_features`` gives ``[B, n, h, w]``.
+        backbone: any ``timm.create_model`` name (CNN, ConvNeXt, Swin, ViT / DeiT / EVA / DINOv2 /
+            BEiT / CLIP tower), with or without a weight tag, or an ``hf-hub:`` id; see
+            :mod:`timm_fgfocus.backbones` for how each family gives the feature map Z.
         backbone_args: extra kwargs for the backbone's ``timm.create_model``.
         num_classes: number of classes C; 0 gives a feature extractor.
         in_chans: input channels.
@@ -110,12 +116,15 @@ class FgFocus(nn.Module):
         region_ratios: region aspect ratios (width / height).
         crop_size: side in pixels of the zoomed crops (paper: 224), fixed for any input size.
         nms_iou: NMS IoU threshold, in (0, 1].
-        smooth_sigma: Gaussian smoothing of the attention map, in feature-map cells.
+        smooth_sigma: Gaussian smoothing of the attention map, in units of 32 input pixels: one
+            cell of a stride-32 backbone (the paper's ResNet-50, unchanged), two cells of a
+            stride-16 ViT, so the smoothing covers the same part of the image on any backbone.
         attention_mode: ``'max'`` (paper), ``'predicted'`` (Table 2's single-CAM ablation) or
             ``'mean'`` (class agnostic). With ``num_classes=0`` there are no class weights and
             ``'mean'`` is used whatever is set here.
         region_score: ``'center'`` (paper) or ``'mean'``, see :func:`~timm_fgfocus.ops.region_scores`.
-        pre_nms_top_n: candidates kept before NMS (``None``: all).
+        pre_nms_top_n: candidates kept before NMS (``None``: all; NMS costs ``O(m N)`` for N
+            candidates, so fine maps need no bound, see :func:`~timm_fgfocus.ops.topk_nms`).
         crop_sampling_ratio: bilinear sampling points per output pixel and axis.
         drop_rate: dropout before the classifiers.
         device, dtype: where and in which dtype parameters are created (timm factory kwargs).
@@ -186,11 +195,14 @@ class FgFocus(nn.Module):
 
         # device/dtype only when asked for: timm releases before the factory kwargs do not take them
         dd = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
-        self.backbone = timm.create_model(
-            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans,
-            **dd, **(backbone_args or {}))
-        self.backbone_num_features = self.backbone.num_features
-        self.feature_stride = self.backbone.feature_info[-1]['reduction']
+        self.backbone, self.adapter = create_backbone(backbone, in_chans, backbone_args, **dd)
+        self.backbone_name = backbone
+        self.backbone_args = dict(backbone_args or {})
+        self.backbone_num_features = self.adapter.num_features
+        self.feature_stride = self.adapter.stride
+        crop_error = self.adapter.size_error(crop_size, crop_size)
+        if crop_error:
+            raise ValueError(f'crop_size={crop_size}: {crop_error}')
         self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
         self.global_pool = self._make_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
@@ -216,9 +228,22 @@ class FgFocus(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """Backbone stem and blocks as in the backbone's own matcher; the three heads come last."""
+        """Backbone stem and blocks as in the backbone's own matcher; the three heads come last.
+
+        Backbone parameters the backbone's matcher leaves to its head (ConvNeXt's ``head.norm``,
+        a ViT's ``fc_norm``: fgfocus applies them to the feature map) join its last layer, so
+        every backbone parameter is matched and only the fgfocus heads are not.
+        """
         matcher = self.backbone.group_matcher(coarse=coarse)
-        return {name: _prefix_matcher(pattern, r'backbone\.') for name, pattern in matcher.items()}
+        matcher = {name: _prefix_matcher(pattern, r'backbone\.') for name, pattern in matcher.items()}
+        matcher['backbone_rest'] = [(r'^backbone\.', (99999,))]  # 99999: timm's "same layer as the last"
+        return matcher
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The backbone's own no-weight-decay names (position embeddings, class tokens, ...)."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, 'no_weight_decay') else ()
+        return {f'backbone.{n}' for n in names}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -252,6 +277,9 @@ class FgFocus(nn.Module):
         if x.shape[1] != self.in_chans:
             raise ValueError(f'fgfocus input has {x.shape[1]} channels, the model expects in_chans={self.in_chans}')
         H, W = x.shape[-2:]
+        size_error = self.adapter.size_error(H, W)
+        if size_error:
+            raise ValueError(f'fgfocus input {H}x{W}: {size_error}')
         h, w = H // self.feature_stride, W // self.feature_stride
         num_candidates = h * w * len(self.region_scales) * len(self.region_ratios)
         if h < 1 or w < 1 or num_candidates < self.num_regions:
@@ -262,25 +290,40 @@ class FgFocus(nn.Module):
 
     def min_input_size(self) -> int:
         """Smallest square input side with enough candidate regions for ``num_regions``."""
+        if self.adapter.fixed_size is not None:
+            return self.adapter.fixed_size[0]
         per_cell = len(self.region_scales) * len(self.region_ratios)
         side = 1
         while side * side * per_cell < self.num_regions:
             side += 1
         return side * self.feature_stride
 
+    def _feature_map(self, x: Tensor) -> Tensor:
+        """Z = Tensor[B, n, h, w] of the backbone for images or crops (see :mod:`.backbones`)."""
+        if x.shape[0] == 0:  # an empty batch: not every timm backbone takes one (ViT reshapes with -1)
+            h, w = self.adapter.feat_size(x.shape[-2], x.shape[-1])
+            return x.new_zeros(0, self.backbone_num_features, h, w)
+        z = self.adapter.feature_map(self.backbone, x)
+        if z.ndim != 4 or z.shape[1] != self.backbone_num_features:
+            raise ValueError(
+                f'backbone {self.backbone_name!r} gave features of shape {tuple(z.shape)}, not a spatial map '
+                f'[B, {self.backbone_num_features}, h, w]: fgfocus cannot use it')
+        return z
+
     def _attention(self, features: Tensor, image_logits: Tensor) -> Tensor:
+        sigma = smoothing_cells(self.smooth_sigma, self.feature_stride)
         with torch.no_grad():
             if not self.num_classes:
-                return attention_map(features.detach(), mode='mean', sigma=self.smooth_sigma)
+                return attention_map(features.detach(), mode='mean', sigma=sigma)
             class_index = image_logits.argmax(dim=1) if self.attention_mode == 'predicted' else None
             return attention_map(
-                features.detach(), self.fc.weight.detach(), self.attention_mode, class_index, self.smooth_sigma)
+                features.detach(), self.fc.weight.detach(), self.attention_mode, class_index, sigma)
 
     def _focus(self, x: Tensor, num_crops: int) -> Tuple[FgFocusFeatures, Tensor]:
         """Image pass, attention, proposals, crops of the first ``num_crops`` regions, region pass."""
         self._check_input(x)
         B = x.shape[0]
-        image_features = self.backbone.forward_features(x)
+        image_features = self._feature_map(x)
         image_logits = self.fc(self.head_drop(self.global_pool(image_features)))
         attention = self._attention(image_features, image_logits)
         boxes, scores, valid = propose_regions(
@@ -289,7 +332,7 @@ class FgFocus(nn.Module):
         if num_crops:
             crops = crop_and_zoom(
                 x, boxes[:, :num_crops], (self.crop_size, self.crop_size), self.crop_sampling_ratio)
-            region_features = self.global_pool(self.backbone.forward_features(crops)).reshape(B, num_crops, -1)
+            region_features = self.global_pool(self._feature_map(crops)).reshape(B, num_crops, self.backbone_num_features)
         else:
             region_features = image_features.new_zeros(B, 0, self.backbone_num_features)
         feats = FgFocusFeatures(image_features, region_features, boxes, scores, valid, attention)
@@ -402,15 +445,19 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[
     """Map weights onto an FgFocus model.
 
     FgFocus checkpoints (keys under ``backbone.``) pass through unchanged. A plain timm
-    checkpoint of the backbone (e.g. ``timm/resnet50.a1_in1k``) goes into ``backbone.``; its
-    classifier becomes the image-level head ``fc`` when the shapes fit (the attention map then
-    starts from the ImageNet classes), and the region and hybrid heads keep their fresh
-    initialisation.
+    checkpoint of the backbone (e.g. ``timm/resnet50.a1_in1k``) first goes through the filter
+    timm's own loader applies to that backbone (position-embedding resampling to the backbone's
+    grid, Swin's relative-position tables, CLIP / original-checkpoint key remaps), then into
+    ``backbone.``; its classifier becomes the image-level head ``fc`` when the shapes fit (the
+    attention map then starts from the pretraining classes), and the region and hybrid heads keep
+    their fresh initialisation.
     """
     state_dict = state_dict.get('state_dict', state_dict)
     state_dict = state_dict.get('model', state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
         return state_dict
+    if model.adapter.filter_fn is not None:
+        state_dict = model.adapter.filter_fn(state_dict, model.backbone)
     classifier = model.backbone.pretrained_cfg.get('classifier', 'fc')
     own = model.state_dict()
     out = {}
@@ -439,27 +486,96 @@ def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict
     return state_dict
 
 
-def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus:
+# pretrained-cfg fields that say where weights are, and how their images were normalised
+_WEIGHT_SOURCE_KEYS = ('hf_hub_id', 'hf_hub_filename', 'hf_hub_revision', 'url', 'file', 'source', 'state_dict')
+_DATA_KEYS = ('mean', 'std', 'interpolation', 'crop_pct', 'crop_mode', 'license')
+
+
+def _backbone_weights_cfg(model: FgFocus, variant: str, overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The variant's pretrained cfg, retargeted at the weights and data config of ``model``'s backbone.
+
+    Used when ``backbone=`` names another backbone than the variant's: the variant's weight tags
+    describe its own backbone, the backbone's pretrained cfg (from its tag, its default tag, or its
+    ``hf-hub:`` config, as timm resolved it) says where that backbone's weights are.
+    """
+    cfg = resolve_pretrained_cfg(variant).to_dict()
+    backbone_cfg = dict(model.backbone.pretrained_cfg or {})
+    for k in _WEIGHT_SOURCE_KEYS:
+        cfg[k] = backbone_cfg.get(k)
+    for k in _DATA_KEYS:
+        if backbone_cfg.get(k) is not None:
+            cfg[k] = backbone_cfg[k]
+    first_conv = backbone_cfg.get('first_conv')
+    if first_conv:
+        cfg['first_conv'] = (f'backbone.{first_conv}' if isinstance(first_conv, str)
+                             else tuple(f'backbone.{c}' for c in first_conv))
+    cfg['num_classes'] = backbone_cfg.get('num_classes') or 0
+    cfg['pool_size'] = model.adapter.feat_size(*cfg['input_size'][-2:])
+    cfg['tag'] = None
+    cfg.update(overlay or {})
+    return cfg
+
+
+def _load_error(variant: str, cfg: Dict[str, Any], e: Exception) -> PretrainedWeightsError:
+    # name the repo / folder and file: a corrupt download, a missing file, a config whose
+    # model_args the class rejects all surface here with timm's or safetensors' bare message
+    return PretrainedWeightsError(
+        f'{variant}: cannot load pretrained weights from {_weights_source(cfg)}: {type(e).__name__}: {e}')
+
+
+def _create_fgfocus(
+        variant: str,
+        pretrained: bool = False,
+        model_args: Optional[Dict[str, Any]] = None,
+        **kwargs,
+) -> FgFocus:
+    """Build a registered variant: its ``model_args`` merged with the caller's kwargs.
+
+    With ``backbone=`` naming another backbone than the variant's (and no weight tag or
+    explicit ``pretrained_cfg``), the model's pretrained cfg is retargeted at that backbone
+    (:func:`_backbone_weights_cfg`), so ``pretrained=True`` brings that backbone's own weights
+    through timm's loader, and the data config (mean, std, ...) is the backbone's.
+    """
+    model_args = dict(model_args or {})
+    default_backbone = model_args.get('backbone')
+    args = dict(model_args, **kwargs)
+    other_backbone = args.get('backbone', default_backbone) != default_backbone
+    explicit_cfg = kwargs.get('pretrained_cfg')
+    if other_backbone and pretrained and isinstance(explicit_cfg, str):
+        raise ValueError(
+            f'{variant}.{explicit_cfg}: these weights are for the backbone {default_backbone!r}, not '
+            f'backbone={args["backbone"]!r}; leave the tag out to load the weights of {args["backbone"]!r}')
+    if other_backbone and explicit_cfg is None:
+        overlay = args.pop('pretrained_cfg_overlay', None)
+        model = build_model_with_cfg(FgFocus, variant, False, **args)
+        cfg = _backbone_weights_cfg(model, variant, overlay)
+        model.pretrained_cfg = model.default_cfg = cfg
+        if pretrained:
+            try:
+                load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                                filter_fn=_pretrained_filter_fn, cache_dir=args.get('cache_dir'))
+            except PretrainedWeightsError:
+                raise
+            except Exception as e:
+                raise _load_error(variant, cfg, e) from e
+        return model
     try:
         return build_model_with_cfg(
             FgFocus, variant, pretrained,
             pretrained_filter_fn=_pretrained_filter_fn,
-            **kwargs,
+            **args,
         )
     except PretrainedWeightsError:
         raise
     except Exception as e:
         if not pretrained:
             raise
-        # name the repo / folder and file: a corrupt download, a missing file, a config whose
-        # model_args the class rejects all surface here with timm's or safetensors' bare message
         try:
             cfg = resolve_pretrained_cfg(
-                variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
+                variant, args.get('pretrained_cfg'), args.get('pretrained_cfg_overlay')).to_dict()
         except Exception:
             cfg = {}
-        raise PretrainedWeightsError(
-            f'{variant}: cannot load pretrained weights from {_weights_source(cfg)}: {type(e).__name__}: {e}') from e
+        raise _load_error(variant, cfg, e) from e
 
 
 def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs) -> Dict[str, Any]:
@@ -476,9 +592,11 @@ def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs
     }
 
 
-# Tags ``*_in1k``: the backbone's ImageNet-1k weights from timm's own Hub repos, fresh heads.
-# They are each variant's default until fine-grained fgfocus weights are published under
-# ``timm-fgfocus/`` (see docs/hub.md).
+# Tags ``*_in1k`` / ``*_in22k`` / ``lvd142m``: the backbone's own pretraining weights from timm's Hub
+# repos (loaded through timm's filter for that backbone), fresh heads. They are each variant's
+# default until fine-grained fgfocus weights are published under ``timm-fgfocus/`` (see docs/hub.md).
+# Transformer variants: min_input_size is the crop size (any multiple of the patch grid works).
+_VIT = dict(first_conv='backbone.patch_embed.proj', interpolation='bicubic', min_input_size=(3, 224, 224))
 default_cfgs = generate_default_cfgs({
     'fgfocus_resnet50.a1_in1k': _cfg('timm/resnet50.a1_in1k'),
     # torchvision's original ResNet-50 weights, the backbone the paper and NTS-Net fine-tune
@@ -486,6 +604,21 @@ default_cfgs = generate_default_cfgs({
     'fgfocus_resnet101.a1h_in1k': _cfg('timm/resnet101.a1h_in1k'),
     'fgfocus_resnet18.a1_in1k': _cfg('timm/resnet18.a1_in1k'),
     'fgfocus_efficientnet_b0.ra_in1k': _cfg('timm/efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),
+    'fgfocus_convnext_tiny.fb_in22k': _cfg(
+        'timm/convnext_tiny.fb_in22k', first_conv='backbone.stem.0', interpolation='bicubic',
+        min_input_size=(3, 224, 224)),
+    'fgfocus_convnext_tiny.fb_in22k_ft_in1k': _cfg(
+        'timm/convnext_tiny.fb_in22k_ft_in1k', first_conv='backbone.stem.0', interpolation='bicubic',
+        min_input_size=(3, 224, 224)),
+    'fgfocus_swin_tiny_patch4_window7.ms_in22k': _cfg(
+        'timm/swin_tiny_patch4_window7_224.ms_in22k', license='mit', **_VIT),
+    'fgfocus_swin_tiny_patch4_window7.ms_in1k': _cfg(
+        'timm/swin_tiny_patch4_window7_224.ms_in1k', license='mit', **_VIT),
+    'fgfocus_vit_small_patch14_dinov2.lvd142m': _cfg(
+        'timm/vit_small_patch14_dinov2.lvd142m', pool_size=(32, 32), **_VIT),
+    'fgfocus_eva02_small_patch14.mim_in22k': _cfg(
+        'timm/eva02_small_patch14_224.mim_in22k', pool_size=(32, 32), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+        license='mit', **_VIT),
     'fgfocus_test.untrained': _cfg(
         num_classes=10, input_size=(3, 128, 128), pool_size=(4, 4), first_conv='backbone.conv1.0'),
 })
@@ -496,32 +629,60 @@ default_cfgs = generate_default_cfgs({
 def fgfocus_resnet50(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-50 backbone: the paper's model (448 input, m=6, l=4)."""
     model_args = dict(backbone='resnet50')
-    return _create_fgfocus('fgfocus_resnet50', pretrained, **dict(model_args, **kwargs))
+    return _create_fgfocus('fgfocus_resnet50', pretrained, model_args, **kwargs)
 
 
 @register_model
 def fgfocus_resnet101(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-101 backbone."""
     model_args = dict(backbone='resnet101')
-    return _create_fgfocus('fgfocus_resnet101', pretrained, **dict(model_args, **kwargs))
+    return _create_fgfocus('fgfocus_resnet101', pretrained, model_args, **kwargs)
 
 
 @register_model
 def fgfocus_resnet18(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-18 backbone."""
     model_args = dict(backbone='resnet18')
-    return _create_fgfocus('fgfocus_resnet18', pretrained, **dict(model_args, **kwargs))
+    return _create_fgfocus('fgfocus_resnet18', pretrained, model_args, **kwargs)
 
 
 @register_model
 def fgfocus_efficientnet_b0(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with an EfficientNet-B0 backbone (non-ResNet example)."""
     model_args = dict(backbone='efficientnet_b0')
-    return _create_fgfocus('fgfocus_efficientnet_b0', pretrained, **dict(model_args, **kwargs))
+    return _create_fgfocus('fgfocus_efficientnet_b0', pretrained, model_args, **kwargs)
+
+
+@register_model
+def fgfocus_convnext_tiny(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a ConvNeXt-T backbone (ImageNet-22k weights by default); its head norm on Z."""
+    model_args = dict(backbone='convnext_tiny')
+    return _create_fgfocus('fgfocus_convnext_tiny', pretrained, model_args, **kwargs)
+
+
+@register_model
+def fgfocus_swin_tiny_patch4_window7(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a Swin-T backbone (window 7, any multiple of 32 px; ImageNet-22k weights by default)."""
+    model_args = dict(backbone='swin_tiny_patch4_window7_224')
+    return _create_fgfocus('fgfocus_swin_tiny_patch4_window7', pretrained, model_args, **kwargs)
+
+
+@register_model
+def fgfocus_vit_small_patch14_dinov2(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with a DINOv2 ViT-S/14 backbone: a 32x32 attention map at 448 px."""
+    model_args = dict(backbone='vit_small_patch14_dinov2')
+    return _create_fgfocus('fgfocus_vit_small_patch14_dinov2', pretrained, model_args, **kwargs)
+
+
+@register_model
+def fgfocus_eva02_small_patch14(pretrained: bool = False, **kwargs) -> FgFocus:
+    """FgFocus with an EVA-02-S/14 backbone (MIM ImageNet-22k weights): a 32x32 attention map at 448 px."""
+    model_args = dict(backbone='eva02_small_patch14_224')
+    return _create_fgfocus('fgfocus_eva02_small_patch14', pretrained, model_args, **kwargs)
 
 
 @register_model
 def fgfocus_test(pretrained: bool = False, **kwargs) -> FgFocus:
     """Tiny FgFocus for tests and the CPU demo: timm's ``test_resnet`` backbone, 64px crops."""
     model_args = dict(backbone='test_resnet', crop_size=64)
-    return _create_fgfocus('fgfocus_test', pretrained, **dict(model_args, **kwargs))
+    return _create_fgfocus('fgfocus_test', pretrained, model_args, **kwargs)

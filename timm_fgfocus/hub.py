@@ -120,9 +120,13 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
         value = getattr(model, name)
         if _plain(value) != _plain(getattr(reference, name)) or name in args:
             args[name] = value
-    backbone = model.backbone.pretrained_cfg.get('architecture')
-    if backbone and backbone != reference.backbone.pretrained_cfg.get('architecture'):
-        args.setdefault('backbone', backbone)
+    # the backbone as it was named (weight tag or hf-hub: id included), when not the variant's own
+    backbone = getattr(model, 'backbone_name', None) or model.backbone.pretrained_cfg.get('architecture')
+    if backbone and backbone != getattr(reference, 'backbone_name', None):
+        args['backbone'] = backbone
+    backbone_args = getattr(model, 'backbone_args', None)
+    if backbone_args and _plain(backbone_args) != _plain(getattr(reference, 'backbone_args', None) or {}):
+        args['backbone_args'] = backbone_args
     args['num_classes'] = model.num_classes
     if model.in_chans != reference.in_chans:
         args['in_chans'] = model.in_chans

@@ -150,6 +150,12 @@ def region_anchors(
     return boxes.reshape(-1, 4)
 
 
+def _cell_overlaps(lo: Tensor, hi: Tensor, size: int) -> Tensor:
+    """Length of ``[lo, hi]`` inside each cell ``[j, j + 1)`` of a ``size``-cell axis: Tensor[N, size]."""
+    j = torch.arange(size, device=lo.device, dtype=lo.dtype)
+    return (torch.minimum(hi[:, None], j + 1) - torch.maximum(lo[:, None], j)).clamp(min=0)
+
+
 def region_scores(
         attention: Tensor,
         anchors: Tensor,
@@ -165,8 +171,11 @@ def region_scores(
         image_size: (H, W) of the input in pixels.
         num_anchor_shapes: A.
         mode: ``'center'``: the attention value of the region's cell (the paper: "each pixel in
-            M corresponds to a region"); ``'mean'``: the mean of M over the region (bilinear,
-            via :func:`crop_and_zoom`), which ranks regions of different sizes fairly.
+            M corresponds to a region"); ``'mean'``: the exact mean of M over the region, M taken
+            as constant on each cell (the cells' values weighted by the area of the region inside
+            each), which ranks regions of different sizes fairly. Computed as
+            ``w_y^T M w_x / area`` with per-axis overlap weights, so it is exact at any map
+            resolution (no sampling) and costs ``O(N h w)``.
 
     Returns:
         Tensor[B, N] float32.
@@ -174,13 +183,16 @@ def region_scores(
     B, h, w = attention.shape
     attention = attention.float()
     if mode == 'center':
-        return attention.reshape(B, h * w, 1).expand(B, h * w, num_anchor_shapes).reshape(B, -1)
+        return attention.reshape(B, h * w, 1).expand(B, h * w, num_anchor_shapes).reshape(B, h * w * num_anchor_shapes)
     if mode == 'mean':
         H, W = image_size
         sx, sy = w / W, h / H  # input pixels -> attention-map cells (scalars: no host-to-device copy)
-        cells = torch.stack([anchors[:, 0] * sx, anchors[:, 1] * sy, anchors[:, 2] * sx, anchors[:, 3] * sy], dim=1)
-        boxes = cells.unsqueeze(0).expand(B, -1, -1)
-        return crop_and_zoom(attention.unsqueeze(1), boxes, (1, 1), sampling_ratio=4).reshape(B, -1)
+        a = anchors.float()
+        wx = _cell_overlaps(a[:, 0] * sx, a[:, 2] * sx, w)  # [N, w]
+        wy = _cell_overlaps(a[:, 1] * sy, a[:, 3] * sy, h)  # [N, h]
+        area = (wy.sum(1) * wx.sum(1)).clamp(min=torch.finfo(torch.float32).tiny)  # the part inside the map
+        rows = torch.einsum('bhw,nh->bnw', attention, wy)  # [B, N, w]
+        return (rows * wx).sum(-1) / area
     raise ValueError(f"region score mode must be 'center' or 'mean', got {mode!r}")
 
 
@@ -219,9 +231,12 @@ def topk_nms(
 
     Equivalent to ``torchvision.ops.nms(boxes[b], scores[b], iou_threshold)[:k]`` for each
     image (ties in score aside: equal scores are taken in index order), but without the
-    variable-length output and the host sync: candidates are sorted once, their IoU matrix is
-    computed once, and ``k`` rounds each take the best still-allowed candidate and suppress
-    those overlapping it with IoU > ``iou_threshold``.
+    variable-length output and the host sync: candidates are sorted once, and ``k`` rounds each
+    take the best still-allowed candidate and suppress those overlapping it with
+    IoU > ``iou_threshold`` (a box at exactly the threshold is kept, as torchvision keeps it).
+    Each round computes the IoU of its pick with the P candidates only, so the cost is
+    ``O(k P)``, not the ``O(P^2)`` of a full IoU matrix: fine attention maps (a 32x32 map of a
+    stride-14 backbone at 448 px gives 1024 candidates per anchor shape) need no truncation.
 
     When fewer than ``k`` boxes survive NMS, the remaining slots are filled with the
     best-scoring candidates not yet taken (in score order), and ``valid`` is False for them.
@@ -232,8 +247,8 @@ def topk_nms(
         scores: Tensor[B, N].
         k: number of boxes to return, ``1 <= k <= N``.
         iou_threshold: suppress overlaps with IoU strictly above this, in (0, 1].
-        pre_nms_top_n: if set, only the best ``pre_nms_top_n`` candidates take part (bounds
-            the ``O(N^2)`` IoU matrix for large inputs).
+        pre_nms_top_n: if set, only the best ``max(pre_nms_top_n, k)`` candidates take part
+            (greedy NMS's first picks are unchanged as long as ``k`` of them survive there).
 
     Returns:
         (indices Tensor[B, k] int64 into N, valid Tensor[B, k] bool).
@@ -246,7 +261,6 @@ def topk_nms(
         order = order[:, :max(pre_nms_top_n, k)]
     P = order.shape[1]
     sorted_boxes = boxes.gather(1, order.unsqueeze(-1).expand(B, P, 4)).float()
-    overlaps = batched_box_iou(sorted_boxes, sorted_boxes) > iou_threshold  # [B, P, P]
 
     # priority = 2P (still allowed) + P (not yet taken) + rank bonus: argmax is the best
     # allowed candidate, or, once none is allowed, the best one not yet taken.
@@ -260,7 +274,8 @@ def topk_nms(
         picks.append(pick)
         valid.append(allowed.gather(1, pick))
         taken = taken.scatter(1, pick, True)
-        suppressed = overlaps.gather(1, pick.unsqueeze(-1).expand(B, 1, P)).squeeze(1)
+        picked = sorted_boxes.gather(1, pick.unsqueeze(-1).expand(B, 1, 4))  # [B, 1, 4]
+        suppressed = batched_box_iou(picked, sorted_boxes)[:, 0] > iou_threshold  # [B, P]
         allowed = allowed & ~suppressed & ~taken
     picks = torch.cat(picks, dim=1)
     return order.gather(1, picks), torch.cat(valid, dim=1)
@@ -290,6 +305,8 @@ def propose_regions(
         iou_threshold: NMS threshold.
         score_mode: ``'center'`` or ``'mean'``, see :func:`region_scores`.
         pre_nms_top_n: see :func:`topk_nms`.
+
+    An empty batch (``B = 0``) gives empty outputs of these shapes.
 
     Returns:
         (boxes Tensor[B, m, 4] float32 in input pixels, best first; scores Tensor[B, m] float32;

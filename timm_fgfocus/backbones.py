@@ -1,0 +1,228 @@
+"""Backbone adapters: any timm model as the feature map ``Z: Tensor[B, n, h, w]`` fgfocus works on.
+
+fgfocus needs one thing from its backbone: an unpooled spatial map ``Z`` whose global average is
+the image feature ``F^I`` and whose channels the image classifier weighs into class activation
+maps (paper eq. 2). timm models give it in three layouts, so the adapter is chosen once, when the
+backbone is built, from what the timm model offers (never by looking at data in forward):
+
+* ``'nchw'``: CNNs (ResNet, RegNet, EfficientNet, MobileNet, ConvNeXt, ...).
+  ``Z = forward_features(x)``.
+* ``'nhwc'``: models whose ``output_fmt`` is ``'NHWC'`` (Swin, MambaOut, ...).
+  ``Z = forward_features(x)`` moved to ``NCHW``.
+* ``'tokens'``: token transformers with prefix tokens (ViT, DeiT, EVA / EVA-02, DINOv2, BEiT, CLIP
+  image towers). ``Z`` is timm's ``forward_intermediates(x, indices=1, norm=True,
+  output_fmt='NCHW')``: the last block's patch tokens after the final norm, laid out on the patch
+  grid, prefix (class, distillation, register) tokens dropped.
+
+In every layout the norm that the backbone's own classifier applies after pooling (ConvNeXt's
+``head.norm``, the ``fc_norm`` of average-pooled ViT / EVA / BEiT) is applied to each position of
+``Z`` instead, since fgfocus pools ``Z`` itself: ``F^I = GAP(Z)`` and the CAMs are built on the same
+normalised map. timm has no API for "the map before the pooled norm", so that one module is named
+(``head.norm`` / ``fc_norm``); everything else goes through timm's public model API.
+
+Input sizes. The whole image and the zoomed crops go through the same backbone, so it has to take
+two sizes. Transformers get timm's ``dynamic_img_size=True`` (position embeddings resampled, Swin
+attention masks built, for each input size); their input sides must then be multiples of the patch
+grid's stride. A backbone without a dynamic-size mechanism in timm whose config says
+``fixed_input_size`` (BEiT's relative position bias, MaxViT's partitions) takes only its one size.
+"""
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch.nn as nn
+from torch import Tensor
+
+import timm
+from timm.layers import ClNormMlpClassifierHead, NormMlpClassifierHead
+
+__all__ = ['BackboneAdapter', 'create_backbone']
+
+FAMILIES = ('nchw', 'nhwc', 'tokens')
+
+# classifier heads that pool first and normalise the pooled feature: their norm goes onto Z
+_POOL_NORM_HEADS = (NormMlpClassifierHead, ClNormMlpClassifierHead)
+
+
+@dataclass(frozen=True)
+class BackboneAdapter:
+    """How one timm backbone gives ``Z``; decided once, when the backbone is built.
+
+    Attributes:
+        name: the backbone name as given (with its weight tag or ``hf-hub:`` id, if any).
+        family: ``'nchw'``, ``'nhwc'`` or ``'tokens'`` (see module doc).
+        num_features: n, channels of ``Z``.
+        stride: input pixels per cell of ``Z`` (``feature_info[-1]['reduction']``).
+        size_multiple: input sides must be multiples of this (1: any side).
+        fixed_size: the only ``(H, W)`` the backbone takes, or None when it takes many.
+        pool_norm: the backbone's post-pooling norm applied per position of ``Z``
+            (``'head.norm'``, ``'fc_norm'``), or None.
+        filter_fn: the ``checkpoint_filter_fn`` timm's own loader applies to this backbone's
+            weights (position-embedding resampling, original-checkpoint key remaps), or None.
+    """
+    name: str
+    family: str
+    num_features: int
+    stride: int
+    size_multiple: int = 1
+    fixed_size: Optional[Tuple[int, int]] = None
+    pool_norm: Optional[str] = None
+    filter_fn: Optional[Callable[..., Dict[str, Tensor]]] = None
+
+    def feature_map(self, backbone: nn.Module, x: Tensor) -> Tensor:
+        """``Z`` for a batch of images.
+
+        Args:
+            backbone: the timm model this adapter was made for.
+            x: Tensor[B, C, H, W].
+
+        Returns:
+            Tensor[B, n, h, w].
+        """
+        if self.family == 'tokens':
+            z = backbone.forward_intermediates(
+                x, indices=1, norm=True, output_fmt='NCHW', intermediates_only=True)[-1]
+            if self.pool_norm is not None:  # a per-token LayerNorm: channels last
+                z = backbone.get_submodule(self.pool_norm)(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return z
+        z = backbone.forward_features(x)
+        if self.pool_norm is not None:  # the head's norm is built for the backbone's own layout
+            z = backbone.get_submodule(self.pool_norm)(z)
+        return z.permute(0, 3, 1, 2) if self.family == 'nhwc' else z
+
+    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
+        """(h, w) of ``Z`` for an input of ``height x width`` (a size :meth:`check_size` accepts)."""
+        if self.size_multiple > 1:
+            return height // self.stride, width // self.stride
+        # 'same'-padded strided convs round up (ResNet: 100 px -> 4 cells at stride 32)
+        return -(-height // self.stride), -(-width // self.stride)
+
+    def size_error(self, height: int, width: int) -> Optional[str]:
+        """Why the backbone cannot take ``height x width`` inputs (with sizes that work), or None."""
+        if self.fixed_size is not None:
+            if (height, width) != tuple(self.fixed_size):
+                fh, fw = self.fixed_size
+                return (f'{self.name} takes only {fh}x{fw} inputs (timm builds it for one input size and has '
+                        f'no dynamic_img_size for it)')
+            return None
+        m = self.size_multiple
+        if m > 1 and (height % m or width % m):
+            def near(side):
+                lo, hi = side // m * m, -(-side // m) * m
+                return f'{lo} or {hi}' if lo and lo != hi else str(hi)
+            return (f'{self.name} needs sides that are multiples of {m} (its patch grid); '
+                    f'nearest: height {near(height)}, width {near(width)}')
+        return None
+
+
+def _timm_filter_fn(backbone: nn.Module) -> Optional[Callable[..., Dict[str, Tensor]]]:
+    """The ``checkpoint_filter_fn`` of the timm module that defines the backbone's class.
+
+    timm passes that function to ``build_model_with_cfg`` for 50 of its model modules; it is what
+    ``timm.create_model(name, pretrained=True)`` applies to the backbone's weights. timm keeps no
+    registry of these functions, so it is looked up by the class's module.
+    """
+    module = sys.modules.get(type(backbone).__module__)
+    fn = getattr(module, 'checkpoint_filter_fn', None)
+    return fn if callable(fn) else None
+
+
+def _family(backbone: nn.Module, name: str) -> str:
+    if hasattr(backbone, 'num_prefix_tokens') and hasattr(backbone, 'forward_intermediates'):
+        return 'tokens'
+    if getattr(backbone, 'output_fmt', 'NCHW') == 'NHWC':
+        return 'nhwc'
+    info = getattr(backbone, 'feature_info', None)
+    if getattr(backbone, 'output_fmt', 'NCHW') == 'NCHW' and info and 'reduction' in info[-1]:
+        return 'nchw'
+    raise ValueError(
+        f'backbone {name!r} ({type(backbone).__name__}) cannot give fgfocus a spatial feature map: it has no '
+        f'feature_info with a reduction, no NHWC output_fmt and no prefix-token forward_intermediates')
+
+
+def _pool_norm(backbone: nn.Module, family: str) -> Optional[str]:
+    if family == 'tokens':
+        fc_norm = getattr(backbone, 'fc_norm', None)
+        return 'fc_norm' if isinstance(fc_norm, nn.Module) and not isinstance(fc_norm, nn.Identity) else None
+    head = getattr(backbone, 'head', None)
+    if isinstance(head, _POOL_NORM_HEADS) and not isinstance(head.norm, nn.Identity):
+        return 'head.norm'
+    return None
+
+
+def _fixed_size(backbone: nn.Module) -> Optional[Tuple[int, int]]:
+    """The one input size of a backbone built for a fixed size without a dynamic mechanism."""
+    if getattr(backbone, 'dynamic_img_size', False):
+        return None
+    cfg = getattr(backbone, 'pretrained_cfg', None) or {}
+    if not cfg.get('fixed_input_size'):
+        return None
+    img_size = getattr(getattr(backbone, 'patch_embed', None), 'img_size', None)
+    if img_size is None:
+        img_size = cfg['input_size'][-2:]
+    return tuple(int(s) for s in img_size)
+
+
+def create_backbone(
+        name: str,
+        in_chans: int = 3,
+        backbone_args: Optional[Dict[str, Any]] = None,
+        **factory_kwargs,
+) -> Tuple[nn.Module, BackboneAdapter]:
+    """Build a timm backbone (no classifier, random weights) and its adapter.
+
+    The backbone keeps its own pooling configuration (so its state dict matches the weights timm
+    publishes for it, ``fc_norm`` included); only its classifier is removed (``num_classes=0``).
+    Models that take timm's ``dynamic_img_size`` get it, unless ``backbone_args`` sets it.
+
+    Args:
+        name: any ``timm.create_model`` name: ``'resnet50'``, ``'convnext_small.fb_in22k'``,
+            ``'hf-hub:org/repo'``.
+        in_chans: input channels.
+        backbone_args: extra kwargs for ``timm.create_model``.
+        factory_kwargs: ``device`` / ``dtype``.
+
+    Returns:
+        (backbone, adapter).
+
+    Raises:
+        ValueError: the model cannot give a spatial feature map.
+    """
+    args = dict(pretrained=False, num_classes=0, in_chans=in_chans, **factory_kwargs, **(backbone_args or {}))
+    if 'dynamic_img_size' in args:
+        backbone = timm.create_model(name, **args)
+    else:
+        try:
+            backbone = timm.create_model(name, dynamic_img_size=True, **args)
+        except TypeError as e:  # the class has no dynamic-size mechanism (all CNNs): nothing built yet
+            if 'dynamic_img_size' not in str(e):
+                raise
+            backbone = timm.create_model(name, **args)
+    family = _family(backbone, name)
+    info = backbone.feature_info[-1] if getattr(backbone, 'feature_info', None) else {}
+    stride = info.get('reduction')
+    if not stride and family == 'tokens':
+        stride = backbone.patch_embed.patch_size[0]
+    if not stride:
+        raise ValueError(f'backbone {name!r} ({type(backbone).__name__}): cannot tell the stride of its feature map')
+    patch_model = hasattr(backbone, 'patch_embed') and not getattr(backbone.patch_embed, 'dynamic_img_pad', False)
+    adapter = BackboneAdapter(
+        name=name,
+        family=family,
+        num_features=int(backbone.num_features),
+        stride=int(stride),
+        size_multiple=int(stride) if patch_model else 1,
+        fixed_size=_fixed_size(backbone),
+        pool_norm=_pool_norm(backbone, family),
+        filter_fn=_timm_filter_fn(backbone),
+    )
+    return backbone, adapter
+
+
+def smoothing_cells(sigma: float, stride: int, reference_stride: int = 32) -> float:
+    """An fgfocus ``smooth_sigma`` (in units of ``reference_stride`` input pixels) in cells of ``Z``.
+
+    ``smooth_sigma=1`` is one cell of a stride-32 backbone (the paper's ResNet-50): 32 input
+    pixels, so 2 cells of a stride-16 ViT and 2.29 cells of a stride-14 DINOv2.
+    """
+    return sigma * reference_stride / stride
