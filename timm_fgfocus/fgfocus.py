@@ -203,6 +203,13 @@ class FgFocus(nn.Module):
         crop_error = self.adapter.size_error(crop_size, crop_size)
         if crop_error:
             raise ValueError(f'crop_size={crop_size}: {crop_error}')
+        # timm's model traits, declared by the model as timm's NaFlexViT does: the input stem is the
+        # backbone's (timm adapts it for another in_chans when loading weights)
+        first_conv = self.backbone.pretrained_cfg.get('first_conv')
+        if first_conv:
+            first_conv = (f'backbone.{first_conv}' if isinstance(first_conv, str)
+                          else tuple(f'backbone.{c}' for c in first_conv))
+        self._traits = dict(fixed_input_size=self.adapter.fixed_size is not None, first_conv=first_conv)
         self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
         self.global_pool = self._make_pool(global_pool)
         self.head_drop = nn.Dropout(drop_rate)
