@@ -195,3 +195,70 @@ def test_cuda_training_step_without_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
+
+
+# --- other backbone families ---------------------------------------------------------------------
+
+# family -> (backbone, backbone_args, image side, crop side): tiny configs of the real architectures
+FAMILIES = {
+    'convnext': ('test_convnext', {}, 128, 64),
+    'swin': ('swin_tiny_patch4_window7_224',
+             dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), drop_path_rate=0.), 128, 64),
+    'vit': ('test_vit', {}, 128, 64),
+    'eva02': ('eva02_tiny_patch14_224', dict(depth=2, embed_dim=48, num_heads=2), 112, 56),
+}
+
+
+def _family_model(family):
+    backbone, args, _, crop = FAMILIES[family]
+    torch.manual_seed(0)
+    return timm.create_model('fgfocus_test', backbone=backbone, backbone_args=args, crop_size=crop,
+                             num_classes=NUM_CLASSES).eval()
+
+
+def _family_images(family, batch, seed=1):
+    side = FAMILIES[family][2]
+    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_torch_export_every_family_with_dynamic_batch(family):
+    model = _family_model(family)
+    program = torch.export.export(model, (_family_images(family, 2),),
+                                  dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=64)},))
+    for n, seed in ((3, 2), (1, 3)):
+        xi = _family_images(family, n, seed)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(xi), model(xi), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['convnext', 'vit'])
+def test_onnx_export_other_families_runs_in_onnxruntime(family, tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnxscript')
+    from timm_fgfocus.export import export_onnx
+    model = _family_model(family)
+    export_onnx(model, _family_images(family, 2), tmp_path / 'm.onnx')
+    session = ort.InferenceSession(str(tmp_path / 'm.onnx'), providers=['CPUExecutionProvider'])
+    xi = _family_images(family, 3, seed=4)
+    (out,) = session.run(None, {session.get_inputs()[0].name: xi.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(xi), atol=1e-4, rtol=1e-4)
+
+
+# Swin is left out: timm builds its per-size attention mask with ``mask[...] = python_int``, which on
+# CPU dispatches a lift_fresh (counted as a read here) and on CUDA is a device fill, no sync.
+@pytest.mark.parametrize('family', ['vit', 'eva02'])
+def test_no_host_reads_with_transformer_backbones(family):
+    """Position-embedding resampling and EVA's rope at two sizes: without a host read."""
+    model = _family_model(family)
+    x = _family_images(family, 2)
+    with _HostReadRecorder() as rec, torch.no_grad():
+        model(x)
+    assert rec.reads == []
+    model.train()
+    with _HostReadRecorder() as rec:
+        out = model(x)
+        (out[0].sum() + out[1].sum() + out[2].sum()).backward()
+    assert rec.reads == []

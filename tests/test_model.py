@@ -328,3 +328,66 @@ def test_reduced_precision_model_keeps_its_dtype():
     y = m.to(torch.bfloat16)(x.bfloat16())
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, atol=0.15, rtol=0.1)
+
+
+# --- boundaries found by breaking the code (issue 14) --------------------------------------------
+
+@pytest.mark.parametrize('sigma', [0.0, 0.6, 2.0])
+def test_class_agnostic_attention_uses_smooth_sigma(sigma):
+    """num_classes=0: the channel-mean map, smoothed with the model's own (non-default) sigma."""
+    torch.manual_seed(2)
+    m = timm.create_model('fgfocus_test', num_classes=0, smooth_sigma=sigma).eval()
+    x = x128(2, seed=4)
+    with torch.no_grad():
+        out = m.forward_structured(x)
+        z = m.backbone.forward_features(x)
+    raw = z.mean(1)
+    torch.testing.assert_close(out.attention, smooth_attention(raw, sigma))  # stride 32: sigma in cells
+    if sigma != 1.0:
+        assert not torch.allclose(out.attention, smooth_attention(raw, 1.0), atol=1e-4)
+
+
+def test_train_tuple_orders_region_logits_image_major_like_forward_structured():
+    """The loss pairs region r of image b (row b * m + r) with label b: same order as forward_structured."""
+    torch.manual_seed(8)
+    m = timm.create_model('fgfocus_test', num_classes=6).train()
+    x = x128(3, seed=12)  # distinct images, so a permutation of regions across images changes the rows
+    hybrid, image, regions = m(x)
+    out = m.forward_structured(x)
+    torch.testing.assert_close(regions, out.region_logits.flatten(0, 1))
+    torch.testing.assert_close(hybrid, out.logits)
+    torch.testing.assert_close(image, out.image_logits)
+    region_major = out.region_logits.transpose(0, 1).flatten(0, 1)
+    assert not torch.allclose(regions, region_major, atol=1e-4)
+
+
+@pytest.mark.parametrize('mode', ['eval', 'train'])
+def test_empty_batch_gives_empty_outputs_of_the_right_shapes(mode):
+    torch.manual_seed(9)
+    m = timm.create_model('fgfocus_test', num_classes=7)
+    getattr(m, mode)()
+    bn_before = {k: v.clone() for k, v in m.state_dict().items() if 'running' in k or 'num_batches' in k}
+    x = torch.randn(0, 3, 128, 128)
+    y = m(x)
+    if mode == 'eval':
+        assert y.shape == (0, 7)
+    else:
+        hybrid, image, regions = y
+        assert hybrid.shape == image.shape == (0, 7) and regions.shape == (0, 7)
+        (hybrid.sum() + image.sum() + regions.sum()).backward()  # a training loop can still step
+    out = m.forward_structured(x)
+    assert out.logits.shape == out.image_logits.shape == (0, 7) and out.region_logits.shape == (0, 6, 7)
+    assert out.boxes.shape == (0, 6, 4) and out.scores.shape == (0, 6) and out.valid.shape == (0, 6)
+    assert out.attention.shape == (0, 4, 4) and out.valid.dtype == torch.bool
+    feats = m.forward_features(x)
+    assert feats.image_features.shape == (0, m.backbone_num_features, 4, 4)
+    # batch norm statistics untouched by an empty batch
+    for k, v in m.state_dict().items():
+        if k in bn_before:
+            assert torch.equal(v, bn_before[k]), k
+    # and a token backbone (timm's ViT cannot reshape an empty batch itself)
+    vit = timm.create_model('fgfocus_test', backbone='test_vit', num_classes=3)
+    getattr(vit, mode)()
+    out = vit.forward_structured(x)
+    assert out.logits.shape == (0, 3) and out.attention.shape == (0, 8, 8)
+    assert m.eval()(torch.zeros(0, 3, 96, 160)).shape == (0, 7)

@@ -351,3 +351,83 @@ def test_ops_make_no_python_loop_over_images():
         one = propose_regions(attn[b:b + 1], (192, 192), 4, (0.3,), iou_threshold=0.3)
         for x, y in zip(full, one):
             assert torch.equal(x[b:b + 1], y)
+
+
+# --- boundaries found by breaking the code (issue 14) --------------------------------------------
+
+def test_paper_geometry_regions_three_cells_apart_overlap_exactly_at_the_threshold_and_are_kept():
+    """160 px regions on a 448 px input, peaks 3 cells (96 px) apart: IoU = 64 / 256 = 0.25 exactly
+    in float32. Greedy NMS suppresses only IoU > 0.25, so the second peak stays (torchvision agrees)."""
+    attn = torch.zeros(1, 14, 14)
+    attn[0, 7, 5] = 2.0
+    attn[0, 7, 8] = 1.0  # same row, 3 cells right
+    boxes, scores, valid = propose_regions(attn, (448, 448), 2, (160 / 448,), iou_threshold=0.25)
+    iou = box_iou(boxes[0, :1], boxes[0, 1:])[0, 0]
+    assert iou.item() == 0.25  # exactly at the threshold, not a rounding artefact
+    centres = (boxes[0, :, :2] + boxes[0, :, 2:]) / 2
+    torch.testing.assert_close(centres, torch.tensor([[176.0, 240.0], [272.0, 240.0]]))
+    assert valid[0].tolist() == [True, True] and scores[0].tolist() == [2.0, 1.0]
+    anchors = region_anchors((14, 14), (448, 448), (160 / 448,))
+    flat = attn.reshape(1, -1)
+    assert nms(anchors, flat[0], 0.25)[:2].tolist() == [7 * 14 + 5, 7 * 14 + 8]
+
+
+def test_topk_nms_per_round_iou_equals_the_full_matrix_reference():
+    """Many candidates (a fine 32x32 map): the O(kN) rounds give torchvision's greedy NMS."""
+    g = torch.Generator().manual_seed(21)
+    attn = smooth_attention(torch.rand(3, 32, 32, generator=g), 2.0)
+    anchors = region_anchors((32, 32), (448, 448), (160 / 448, 0.25), (1.0, 2.0))
+    scores = region_scores(attn, anchors, (448, 448), 4)
+    idx, valid = topk_nms(anchors.expand(3, -1, -1), scores, 8, 0.25)
+    for b in range(3):
+        ref = nms(anchors, scores[b], 0.25)
+        n = min(8, len(ref))
+        assert idx[b, :n].tolist() == ref[:n].tolist() and valid[b, :n].all()
+
+
+def ref_region_mean(attn: torch.Tensor, box, image_size) -> float:
+    """Mean of M over a box, M constant on each cell, by a loop over cells in input pixels:
+    sum(M[i, j] * area(box & cell(i, j))) / sum(area(box & cell(i, j)))."""
+    h, w = attn.shape
+    H, W = image_size
+    ch, cw = H / h, W / w
+    x0, y0, x1, y1 = box
+    num = den = 0.0
+    for i in range(h):
+        for j in range(w):
+            ox = max(0.0, min(x1, (j + 1) * cw) - max(x0, j * cw))
+            oy = max(0.0, min(y1, (i + 1) * ch) - max(y0, i * ch))
+            num += float(attn[i, j]) * ox * oy
+            den += ox * oy
+    return num / den
+
+
+@pytest.mark.parametrize('feat, image, scales', [
+    ((14, 14), (448, 448), (160 / 448,)),   # ResNet-50 at 448: regions 5 cells wide
+    ((32, 32), (448, 448), (160 / 448,)),   # DINOv2 /14 at 448: regions 11.4 cells wide
+    ((6, 9), (96, 144), (0.3, 0.55)),       # non-square, box edges inside cells
+])
+def test_region_score_mean_is_the_exact_mean_of_a_non_linear_map(feat, image, scales):
+    g = torch.Generator().manual_seed(22)
+    attn = torch.rand(2, *feat, generator=g) ** 3  # non-linear: centre value and mean disagree
+    anchors = region_anchors(feat, image, scales)
+    s = region_scores(attn, anchors, image, len(scales), 'mean')
+    assert s.shape == (2, anchors.shape[0])
+    pick = torch.randperm(anchors.shape[0], generator=g)[:12]
+    for b in range(2):
+        for i in pick.tolist():
+            ref = ref_region_mean(attn[b], anchors[i].tolist(), image)
+            assert abs(s[b, i].item() - ref) < 1e-5, (b, i, s[b, i].item(), ref)
+    # and it is not the centre value (the regions really span several cells of a varying map)
+    centre = region_scores(attn, anchors, image, len(scales), 'center')
+    assert (s - centre).abs().max() > 0.05
+
+
+def test_ops_take_an_empty_batch():
+    attn = torch.zeros(0, 6, 6)
+    assert smooth_attention(attn, 1.0).shape == (0, 6, 6)
+    assert attention_map(torch.zeros(0, 4, 6, 6), torch.randn(3, 4)).shape == (0, 6, 6)
+    for mode in ('center', 'mean'):
+        boxes, scores, valid = propose_regions(attn, (192, 192), 4, (0.3, 0.5), (1.0, 2.0), score_mode=mode)
+        assert boxes.shape == (0, 4, 4) and scores.shape == (0, 4) and valid.shape == (0, 4)
+    assert crop_and_zoom(torch.zeros(0, 3, 32, 32), torch.zeros(0, 2, 4), (8, 8)).shape == (0, 3, 8, 8)
