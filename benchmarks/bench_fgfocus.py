@@ -59,6 +59,7 @@ import torch.nn.functional as F
 import timm
 import timm_fgfocus  # noqa: F401  (registers the fgfocus models)
 from timm_fgfocus import FgFocusLoss
+from timm_fgfocus.backbones import smoothing_cells
 from timm_fgfocus.ops import attention_map, region_anchors
 
 DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -135,11 +136,12 @@ class PerImageReference:
     def forward(self, x: torch.Tensor, num_crops: int):
         m = self.model
         B, _, H, W = x.shape
-        image_features = m.backbone.forward_features(x)
+        image_features = m.adapter.feature_map(m.backbone, x)  # Z for any backbone family
         image_logits = m.fc(m.head_drop(m.global_pool(image_features)))
         with torch.no_grad():
             attention = attention_map(
-                image_features.detach(), m.fc.weight.detach(), m.attention_mode, None, m.smooth_sigma)
+                image_features.detach(), m.fc.weight.detach(), m.attention_mode, None,
+                smoothing_cells(m.smooth_sigma, m.feature_stride))
         h, w = attention.shape[-2:]
         anchors = self.anchors((h, w), (H, W))
         scores = attention.float().reshape(B, -1).cpu().numpy()  # host sync
@@ -152,7 +154,7 @@ class PerImageReference:
                     x[b:b + 1, :, y0:y1, x0:x1], size=(m.crop_size, m.crop_size), mode='bilinear',
                     align_corners=False))
         crops = torch.cat(crops)
-        region_features = m.global_pool(m.backbone.forward_features(crops)).reshape(B, num_crops, -1)
+        region_features = m.global_pool(m.adapter.feature_map(m.backbone, crops)).reshape(B, num_crops, -1)
         hybrid = torch.cat([m.global_pool(image_features), region_features[:, :m.num_hybrid_regions].flatten(1)], 1)
         logits = m.hybrid_fc(m.head_drop(hybrid))
         region_logits = m.region_fc(m.head_drop(region_features)).flatten(0, 1)
@@ -198,7 +200,9 @@ def build_variant(case: Case, variant: str, model, device: torch.device, compile
     pool = model.global_pool
 
     def lower_forward(images, crop_batch):
-        return pool(model.backbone.forward_features(images)), pool(model.backbone.forward_features(crop_batch))
+        # the backbone's feature map Z (forward_features, or forward_intermediates for token models)
+        z = model.adapter.feature_map
+        return pool(z(model.backbone, images)), pool(z(model.backbone, crop_batch))
 
     if case.mode == 'eval':
         if variant == 'reference':
@@ -406,6 +410,16 @@ def preset(name: str) -> List[Tuple[List[Case], bool]]:
                   train_batch_sizes=[1, 8, 16]), True),
             (grid(['fgfocus_resnet50:448'], ['eval', 'train'], [8], ['bf16'], [True], [True]), True),
         ]
+    if name == 'backbones':
+        # ConvNeXt and ViT beside ResNet, same sizes: 224 input, 112 crops (stride-14 DINOv2: a 16x16
+        # attention map); then the paper's 448 / 224 geometry, eval b1 (DINOv2: a 32x32 map)
+        small = ['fgfocus_resnet18:224:112', 'fgfocus_convnext_tiny:224:112', 'fgfocus_vit_small_patch14_dinov2:224:112']
+        paper = ['fgfocus_resnet50:448', 'fgfocus_convnext_tiny:448', 'fgfocus_vit_small_patch14_dinov2:448']
+        return [
+            (grid(small, ['eval'], [1, 4], ['fp32'], [False], [False])
+             + grid(small, ['train'], [2], ['fp32'], [False], [False]), False),
+            (grid(paper, ['eval'], [1], ['fp32'], [False], [False]), False),
+        ]
     if name == 'smoke':
         return [(grid(['fgfocus_test:128'], ['eval', 'train'], [2], ['fp32'], [False], [False]), True)]
     raise ValueError(f'unknown preset {name!r}')
@@ -602,7 +616,7 @@ def plot(results: Dict, path: str) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
-    p.add_argument('--preset', choices=['cpu', 'gpu', 'smoke'], help='a predefined set of cases (overrides the grid)')
+    p.add_argument('--preset', choices=['cpu', 'gpu', 'backbones', 'smoke'], help='a predefined set of cases (overrides the grid)')
     p.add_argument('--models', nargs='+', default=['fgfocus_resnet50:448'],
                    help='NAME[:INPUT_SIZE[:CROP_SIZE]] (default crop: the model\'s)')
     p.add_argument('--modes', nargs='+', default=['eval', 'train'], choices=['eval', 'train'])
