@@ -22,6 +22,7 @@ import timm
 import timm_fgfocus  # noqa: F401
 from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
 from timm_fgfocus.fgfocus import PretrainedWeightsError
+from timm_fgfocus.integrity import digest
 from timm_fgfocus.hub import HubUploadError, export_model_args, main, save_for_hub
 
 from hub_server import HubServer
@@ -394,9 +395,12 @@ def test_weights_missing_tensors_never_load_partially(published, hub_env, num_cl
     """timm loads non-strictly when num_classes changes; the filter still refuses missing tensors."""
     repo = f'timm-fgfocus/partial-{num_classes}'
 
-    def drop_layer4(files):
+    def drop_layer4(files):  # a consistent export of partial weights: the digest describes them
         sd = {k: v for k, v in load_weights(files['model.safetensors']).items() if '.layer4.' not in k}
         files['model.safetensors'] = save(sd)
+        config = json.loads(files['config.json'])
+        config['weights_digest'] = digest(sd)
+        files['config.json'] = json.dumps(config).encode()
     _publish_variant(hub_env, repo, drop_layer4)
     with pytest.raises(PretrainedWeightsError, match=re.escape(f'hf-hub:{repo} (file model.safetensors)')
                        + r'.*tensors missing \(backbone\.layer4'):
