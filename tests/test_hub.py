@@ -690,3 +690,10 @@ def test_non_finite_model_is_not_published(tmp_path):
     with pytest.raises(HubUploadError, match=r'not finite \(tensor hybrid_fc\.weight holds 1 NaN/inf'):
         save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/x')
     assert not (tmp_path / 'repo').exists()
+
+
+def test_save_checkpoint_for_hub_api_requires_the_summary_it_is_given(run_dir, tmp_path):
+    from timm_fgfocus.hub import save_checkpoint_for_hub
+    with pytest.raises(HubUploadError, match=re.escape(f'training log {tmp_path / "nope.csv"} does not exist')):
+        save_checkpoint_for_hub(run_dir / 'last.pth', tmp_path / 'repo', REPO, summary_csv=tmp_path / 'nope.csv')
+    assert not (tmp_path / 'repo').exists()

@@ -249,15 +249,15 @@ def test_non_finite_forward_gives_no_record_and_valid_json(folder, tmp_path, cap
     assert '0 image(s) classified, 1 failed' in err
 
 
-def test_non_finite_output_of_one_image_in_a_batch(checkpoint, folder, monkeypatch, capsys):
+@pytest.mark.parametrize('field', ['logits', 'boxes', 'scores'])
+def test_non_finite_output_of_one_image_in_a_batch(checkpoint, folder, monkeypatch, capsys, field):
     from timm_fgfocus.fgfocus import FgFocus
     real = FgFocus.forward_structured
 
     def second_image_nan(self, x, **kw):
         out = real(self, x, **kw)
         if x.shape[0] > 1:
-            out.logits[1] = float('nan')
-            out.boxes[1, 0, 0] = float('inf')
+            getattr(out, field)[1].view(-1)[-1] = float('nan') if field == 'logits' else float('inf')
         return out
     monkeypatch.setattr(FgFocus, 'forward_structured', second_image_nan)
     rc = main([str(folder / 'wide.jpg'), str(folder / 'sub' / 'tall.png'), '--checkpoint', str(checkpoint),
