@@ -80,7 +80,10 @@ def nonfinite_tensors(tensors: Mapping[str, Any]) -> List[Tuple[str, int, int]]:
     """(name, number of NaN / inf values, numel) of each floating tensor of a state dict that has any."""
     bad = []
     for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+        # fast path: a NaN / inf makes the sum non-finite (one pass, no mask); a finite tensor whose
+        # sum overflows falls through to the exact count
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel() \
+                and not bool(torch.isfinite(t.sum())):
             n = t.numel() - int(torch.isfinite(t).sum())
             if n:
                 bad.append((name, n, t.numel()))
