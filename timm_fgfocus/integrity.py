@@ -10,8 +10,9 @@ both kinds of file:
   for nested objects such as a checkpoint, over every other value too (name, type, ``repr``). It is
   computed on what was saved and again on what was loaded, so it does not depend on the file format
   or on the torch / safetensors version that wrote it, and needs no second read of the file.
-  ``hashlib.sha256`` runs at ~1.9 GB/s here (SHA extensions): about 0.2 s for a ResNet-50 training
-  checkpoint (weights, EMA weights, SGD momentum); ``benchmarks/bench_integrity.py`` measures it.
+  ``hashlib.sha256`` runs at 1-1.9 GB/s on the development machine (busy / idle): about 0.3 s for a
+  ResNet-50 training checkpoint (weights, EMA weights, SGD momentum: 317 MB), within 10 % of one bare
+  SHA-256 pass over the same bytes; ``benchmarks/bench_integrity.py`` measures it.
 * checkpoints (:mod:`timm_fgfocus.checkpoint`) keep one digest per top-level entry under
   ``'digests'``, so an error can say which entry (``state_dict``, ``optimizer``, ...) changed;
 * published folders (:mod:`timm_fgfocus.hub`) keep the digest of ``model.safetensors``'s tensors in
