@@ -697,3 +697,17 @@ def test_save_checkpoint_for_hub_api_requires_the_summary_it_is_given(run_dir, t
     with pytest.raises(HubUploadError, match=re.escape(f'training log {tmp_path / "nope.csv"} does not exist')):
         save_checkpoint_for_hub(run_dir / 'last.pth', tmp_path / 'repo', REPO, summary_csv=tmp_path / 'nope.csv')
     assert not (tmp_path / 'repo').exists()
+
+
+def test_predict_names_a_garbage_hub_config(published, hub_env, tmp_path, capsys):
+    from timm_fgfocus.predict import main as predict
+    from PIL import Image
+    repo = 'timm-fgfocus/garbage-config'
+
+    def garbage(files):
+        files['config.json'] = b'{"architecture": "fgfocus_test", oops'
+    _publish_variant(hub_env, repo, garbage)
+    Image.new('RGB', (40, 30), (90, 120, 30)).save(tmp_path / 'a.png')
+    assert predict([str(tmp_path / 'a.png'), '--model', f'hf-hub:{repo}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f'hf-hub:{repo}' in err and 'config.json is not valid JSON' in err

@@ -62,8 +62,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of a PIL image of any mode: high bit depths scaled, transparency over white."""
     mode = img.mode
     if mode in _INT16_MODES:
-        values = np.asarray(img).astype(np.int64)  # I;16B is big-endian in memory: numpy reads it right
-        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        values = np.asarray(img)  # uint16 (I;16B big-endian in memory: numpy reads it right) or int32 (I)
+        if mode == 'I':
+            values = np.clip(values, 0, 65535)
+        grey = (values >> 8).astype(np.uint8)
         return Image.fromarray(grey).convert('RGB')
     if mode == 'F':
         values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
