@@ -88,7 +88,7 @@ def main():
     print(f'{args.model}: checkpoint tensors {nbytes / 1e6:.0f} MB (weights + EMA + momentum); '
           f'torch {torch.__version__}, {torch.get_num_threads()} threads, load average '
           f'{" ".join(f"{x:.2f}" for x in os.getloadavg())}')
-    print(f'| step | seconds | x sha256 bound |\n|---|---|---|')
+    print('| step | seconds | x sha256 bound |\n|---|---|---|')
     for name, t in rows:
         print(f'| {name} | {t:.3f} | {t / bound:.2f} |')
 

@@ -398,7 +398,8 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise HubUploadError(f'--repo-id {repo_id[:100]!r} is not a valid Hub repo id: {str(e).split(": ")[0]}') from None
+        reason = str(e).split(': ')[0]  # the validator repeats the id after the colon
+        raise HubUploadError(f'--repo-id {repo_id[:100]!r} is not a valid Hub repo id: {reason}') from None
 
 
 _FOLDER_FILES = ('README.md', 'config.json', WEIGHTS_NAME)  # what save_for_hub writes, and all it writes
@@ -765,7 +766,8 @@ def _parser() -> argparse.ArgumentParser:
                         'model.safetensors are replaced, other files kept)')
     p.add_argument('--ema', action='store_true', help="publish the checkpoint's EMA weights")
     p.add_argument('--summary', default=None,
-                   help='training log for the card (default: summary.csv beside the checkpoint)')
+                   help='training log for the card (default: summary.csv beside the checkpoint, if any); '
+                        'a file named here must exist and be a train_fg.py summary.csv')
     p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
     return p
 

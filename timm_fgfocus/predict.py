@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
 
 from .images import open_image
 
