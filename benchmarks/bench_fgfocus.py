@@ -416,7 +416,7 @@ def preset(name: str) -> List[Tuple[List[Case], bool]]:
         small = ['fgfocus_resnet18:224:112', 'fgfocus_convnext_tiny:224:112', 'fgfocus_vit_small_patch14_dinov2:224:112']
         paper = ['fgfocus_resnet50:448', 'fgfocus_convnext_tiny:448', 'fgfocus_vit_small_patch14_dinov2:448']
         return [
-            (grid(small, ['eval'], [1, 4], ['fp32'], [False], [False])
+            (grid(small, ['eval'], [1, 2], ['fp32'], [False], [False])
              + grid(small, ['train'], [2], ['fp32'], [False], [False]), False),
             (grid(paper, ['eval'], [1], ['fp32'], [False], [False]), False),
         ]

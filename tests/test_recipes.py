@@ -108,7 +108,7 @@ def test_recipe_splits_read_the_data_set(tmp_path, name):
 
 @pytest.mark.parametrize('name', sorted(TABLE_RECIPES))
 def test_train_fg_accepts_recipe(name):
-    train = pytest.importorskip('timm_fgfocus.train')
+    train = pytest.importorskip('timm_fgfocus.training')
     args = train.parse_args(['--config', name, '--data-dir', '/data', '--lr', '0.02'])
     r = load_recipe(name)
     assert args.lr == 0.02  # the command line wins

@@ -12,6 +12,8 @@ import yaml
 
 import timm
 from timm_fgfocus import train as train_mod
+from timm_fgfocus import training
+from timm_fgfocus.training import loops
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.recipes import RecipeError, load_recipe
@@ -69,12 +71,12 @@ def snapshot(folder):
 # --- recipes and schedule ------------------------------------------------------------------
 
 def test_paper_recipe_is_default_and_cli_overrides():
-    args = train_mod.parse_args([])
+    args = training.parse_args([])
     assert (args.model, args.epochs, args.lr, args.momentum, args.weight_decay) == ('fgfocus_resnet50', 100, 0.01, 0.9, 5e-4)
     assert (args.sched, args.decay_epochs, args.decay_rate, args.backbone_lr_scale) == ('step', 40, 0.1, 0.1)
     assert args.input_size == [3, 448, 448] and args.pretrained is True
     assert args.model_kwargs['num_regions'] == 6 and args.model_kwargs['crop_size'] == 224
-    args = train_mod.parse_args(['--lr', '0.05', '--model-kwargs', 'crop_size=112'])
+    args = training.parse_args(['--lr', '0.05', '--model-kwargs', 'crop_size=112'])
     assert args.lr == 0.05
     assert args.model_kwargs['crop_size'] == 112 and args.model_kwargs['num_regions'] == 6  # merged over the recipe
 
@@ -82,7 +84,7 @@ def test_paper_recipe_is_default_and_cli_overrides():
 def test_recipe_file_with_base(tmp_path):
     recipe = tmp_path / 'mine.yaml'
     recipe.write_text('base: paper\nepochs: 7\nmodel_kwargs: {num_regions: 4}\n')
-    args = train_mod.parse_args(['--config', str(recipe), '--batch-size', '3'])
+    args = training.parse_args(['--config', str(recipe), '--batch-size', '3'])
     assert (args.epochs, args.batch_size, args.lr) == (7, 3, 0.01)
     assert args.model_kwargs['num_regions'] == 4 and args.model_kwargs['num_hybrid_regions'] == 4
     assert load_recipe('demo')['model'] == 'fgfocus_test'
@@ -102,9 +104,9 @@ def test_recipe_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize('epoch,head_lr', [(0, 0.01), (39, 0.01), (40, 0.001), (79, 0.001), (80, 0.0001), (99, 0.0001)])
 def test_paper_lr_schedule_and_groups(epoch, head_lr):
-    args = train_mod.parse_args(['--model', 'fgfocus_test'])
+    args = training.parse_args(['--model', 'fgfocus_test'])
     model = timm.create_model('fgfocus_test', num_classes=5)
-    optimizer, scheduler, num_epochs = train_mod.create_optimizer_and_scheduler(model, args)
+    optimizer, scheduler, num_epochs = training.create_optimizer_and_scheduler(model, args)
     assert num_epochs == 100
     groups = {g['name']: g for g in optimizer.param_groups}
     assert set(groups) == {'backbone', 'heads'}
@@ -160,7 +162,7 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
 
     # the same run killed in the middle of its second epoch ...
     part = tmp_path / 'part'
-    real = train_mod.train_one_epoch
+    real = loops.train_one_epoch
 
     def killed_in_epoch_1(epoch, model, loader, *a, **kw):
         if epoch == 1:
@@ -171,14 +173,14 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
             return real(epoch, model, _Loader(one_batch_then_kill, len(loader)), *a, **kw)
         return real(epoch, model, loader, *a, **kw)
 
-    monkeypatch.setattr(train_mod, 'train_one_epoch', killed_in_epoch_1)
+    monkeypatch.setattr(loops, 'train_one_epoch', killed_in_epoch_1)
     with pytest.raises(SystemExit) as e:
         train_mod.main(common + ['--output', str(part)])
     assert e.value.code == 130
     assert '--resume' in capsys.readouterr().err
     assert load_checkpoint(part / 'last.pth')['epoch'] == 0
     assert len(read_summary(part / 'summary.csv')) == 1
-    monkeypatch.setattr(train_mod, 'train_one_epoch', real)
+    monkeypatch.setattr(loops, 'train_one_epoch', real)
 
     # ... and resumed with nothing but --resume: same epochs, lr and numbers as the full run
     train_mod.main(['--resume', str(part / 'last.pth'), '--no-progress'])
@@ -364,9 +366,9 @@ def test_initial_checkpoint_other_class_count(trained, tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
     monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
-    args = train_mod.parse_args(TINY + ['--pretrained', '--pretrained-path', str(trained / 'last.pth')])
+    args = training.parse_args(TINY + ['--pretrained', '--pretrained-path', str(trained / 'last.pth')])
     assert args.pretrained and args.initial_checkpoint == str(trained / 'last.pth')
-    model, model_args = train_mod.create_fg_model(args, num_classes=5)
+    model, model_args = training.create_fg_model(args, num_classes=5)
     sd = load_checkpoint(trained / 'last.pth')['state_dict']
     torch.testing.assert_close(model.state_dict()['backbone.conv1.0.weight'], sd['backbone.conv1.0.weight'])
     assert model.fc.weight.shape[0] == 5 and model_args['num_classes'] == 5

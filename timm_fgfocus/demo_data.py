@@ -11,23 +11,22 @@ are symmetric under a horizontal flip, so flip augmentation keeps labels.
 ``test_resnet`` on close-ups of wing patches (drawn twice as large, the scale the model's zoomed
 crops see), so the backbone starts out knowing the textures but not where they are in a scene.
 
-Everything is deterministic given the seed. ``ensure_demo_data(root)`` writes::
+Everything is deterministic given the seed. ``ensure_demo_data(root)`` writes (the demo run itself is :mod:`timm_fgfocus.demo`)::
 
     root/train/<class>/<i>.png, root/val/<class>/<i>.png, root/fgfocus_demo.json
 """
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ['CLASSES', 'PATTERNS', 'render_scene', 'render_closeup', 'generate_demo_data', 'ensure_demo_data',
-           'pretrain_backbone', 'run_demo']
+           'pretrain_backbone']
 
 MARKER = 'fgfocus_demo.json'
 
@@ -210,64 +209,3 @@ def pretrain_backbone(path, epochs: int = 3, num_images: int = 1200, image_size:
     print(f'demo: pretrained test_resnet on {num_images} wing close-ups ({epochs} epochs, {info["seconds"]:.0f}s): '
           f'close-up top1 {acc:.1f}% -> {path}', flush=True)
     return info
-
-
-def run_demo(args, device) -> Dict[str, Any]:
-    """``train_fg --demo``: data, close-up pretraining, fgfocus training, region picture."""
-    from .train import TrainError, train
-
-    if args.distributed:
-        raise TrainError('--demo runs in one process: start it without torchrun')
-    t0 = time.time()
-    root = Path(args.data_dir or Path('output') / 'demo' / 'data')
-    try:
-        ensure_demo_data(root)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    args.data_dir = str(root)
-    if not args.initial_checkpoint:
-        weights = root / 'closeup_test_resnet.pth'
-        if not weights.is_file():
-            pretrain_backbone(weights, seed=args.seed)
-        args.initial_checkpoint = str(weights)
-    if not args.output:
-        args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
-    result = train(args, device)
-    out = result['output']
-    from .train import _read_summary
-    rows = _read_summary(out / 'summary.csv')
-    last = rows[-1] if rows else {}
-    elapsed = time.time() - t0
-    hybrid, image = (float(last.get(k, 'nan')) for k in ('eval_top1', 'eval_top1_image'))
-    print(f'demo: {len(rows)} epochs in {elapsed / 60:.1f} min; last epoch top1 {hybrid:.1f}% '
-          f'(hybrid: image + zoomed regions) vs {image:.1f}% (image-level head alone)', flush=True)
-    result['sheet'] = save_demo_sheet(out / 'best.pth', root, out / 'regions.png', result['data_config'])
-    result['seconds'] = elapsed
-    return result
-
-
-def save_demo_sheet(checkpoint, root, path, data_config, num_images: int = 12) -> Optional[Path]:
-    """Top regions and attention of ``checkpoint`` on val images of every class, as a PNG."""
-    try:
-        from .visualize import save_region_sheet
-    except ImportError as e:
-        print(f'warning: no region picture ({e}); timm_fgfocus.visualize is needed for it', file=sys.stderr)
-        return None
-    import torch
-    from timm.data import create_transform
-    from .checkpoint import model_from_checkpoint
-
-    model, ckpt = model_from_checkpoint(checkpoint)
-    classes = ckpt['class_names']
-    tf = create_transform(**data_config, is_training=False)
-    images, targets = [], []
-    for i in range(num_images):
-        label = i % len(classes)
-        files = sorted((Path(root) / 'val' / classes[label]).glob('*.png'))
-        with Image.open(files[i // len(classes)]) as img:
-            images.append(tf(img.convert('RGB')))
-        targets.append(label)
-    sheet = save_region_sheet(model, torch.stack(images), path, mean=data_config['mean'], std=data_config['std'],
-                              class_names=classes, targets=torch.tensor(targets))
-    print(f'demo: regions picked by the model -> {sheet}', flush=True)
-    return Path(sheet)

@@ -1,0 +1,70 @@
+"""``train_fg --demo``: the demo run on top of the training library.
+
+Generates the "finches" data set (:mod:`timm_fgfocus.demo_data`), pretrains the tiny backbone on
+wing close-ups (the demo's stand-in for ImageNet weights), trains ``fgfocus_test`` with the ``demo``
+recipe through :func:`timm_fgfocus.training.train`, and draws the regions the model picked.
+"""
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from timm.data import create_transform
+
+from .checkpoint import model_from_checkpoint
+from .demo_data import ensure_demo_data, pretrain_backbone
+from .images import open_image
+from .training import TrainError, train
+from .training.run_files import read_summary
+from .visualize import save_region_sheet
+
+__all__ = ['run_demo', 'save_demo_sheet']
+
+
+def run_demo(args, device) -> Dict[str, Any]:
+    """``train_fg --demo``: data, close-up pretraining, fgfocus training, region picture."""
+    if args.distributed:
+        raise TrainError('--demo runs in one process: start it without torchrun')
+    t0 = time.time()
+    root = Path(args.data_dir or Path('output') / 'demo' / 'data')
+    try:
+        ensure_demo_data(root)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    args.data_dir = str(root)
+    if not args.initial_checkpoint:
+        weights = root / 'closeup_test_resnet.pth'
+        if not weights.is_file():
+            pretrain_backbone(weights, seed=args.seed)
+        args.initial_checkpoint = str(weights)
+    if not args.output:
+        args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
+    result = train(args, device)
+    out = result['output']
+    rows = read_summary(out / 'summary.csv')
+    last = rows[-1] if rows else {}
+    elapsed = time.time() - t0
+    hybrid, image = (float(last.get(k, 'nan')) for k in ('eval_top1', 'eval_top1_image'))
+    print(f'demo: {len(rows)} epochs in {elapsed / 60:.1f} min; last epoch top1 {hybrid:.1f}% '
+          f'(hybrid: image + zoomed regions) vs {image:.1f}% (image-level head alone)', flush=True)
+    result['sheet'] = save_demo_sheet(out / 'best.pth', root, out / 'regions.png', result['data_config'])
+    result['seconds'] = elapsed
+    return result
+
+
+def save_demo_sheet(checkpoint, root, path, data_config, num_images: int = 12) -> Path:
+    """Top regions and attention of ``checkpoint`` on val images of every class, as a PNG."""
+    model, ckpt = model_from_checkpoint(checkpoint)
+    classes = ckpt['class_names']
+    tf = create_transform(**data_config, is_training=False)
+    images, targets = [], []
+    for i in range(num_images):
+        label = i % len(classes)
+        files = sorted((Path(root) / 'val' / classes[label]).glob('*.png'))
+        images.append(tf(open_image(files[i // len(classes)])))
+        targets.append(label)
+    sheet = save_region_sheet(model, torch.stack(images), path, mean=data_config['mean'], std=data_config['std'],
+                              class_names=classes, targets=torch.tensor(targets))
+    print(f'demo: regions picked by the model -> {sheet}', flush=True)
+    return Path(sheet)

@@ -1,0 +1,171 @@
+"""``train_fg`` arguments: the parser (timm ``train.py`` flag names) and the precedence of settings.
+
+Precedence: command line > the resumed (or evaluated) checkpoint's arguments > ``--config`` recipe
+(and the recipes it inherits with ``base:``) > the parser's own defaults.
+"""
+import argparse
+import ast
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..recipes import RecipeError, load_recipe
+from .data import FG_DATASETS
+from .errors import TrainError
+
+__all__ = ['build_parser', 'parse_args', 'INVOCATION_ARGS']
+
+# arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
+INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
+                   'dist_backend', 'progress', 'config', 'threads')
+
+
+class _MergeKwargs(argparse.Action):
+    """``--model-kwargs k=v ...`` merged over the recipe's ``model_kwargs`` dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kw = dict(getattr(namespace, self.dest, None) or {})
+        for value in values:
+            if not value:
+                continue
+            if '=' not in value:
+                parser.error(f'{option_string} expects key=value pairs, got {value!r}')
+            key, value = value.split('=', 1)
+            try:
+                kw[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kw[key] = value
+        setattr(namespace, self.dest, kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='train_fg', description='Train an fgfocus model (focus-and-discriminate fine-grained classifier).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('-c', '--config', default='', metavar='RECIPE',
+                   help='recipe: YAML file or built-in name (paper, demo, ...); default: paper')
+    p.add_argument('--demo', action='store_true',
+                   help='generate the demo data set, pretrain the tiny backbone on close-ups, train, draw regions')
+
+    g = p.add_argument_group('data')
+    g.add_argument('--data-dir', default='', metavar='DIR', help='data root (ImageFolder: DIR/train/<class>/)')
+    g.add_argument('--dataset', default='',
+                   help="'' (image folders), a timm create_dataset name, or cub200|aircraft|cars")
+    g.add_argument('--train-split', default='train')
+    g.add_argument('--val-split', default=None, help="default 'val' for folders, 'test' for cub200/aircraft/cars")
+    g.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
+    g.add_argument('--mean', type=float, nargs='+', default=None)
+    g.add_argument('--std', type=float, nargs='+', default=None)
+    g.add_argument('--interpolation', default='', help='bilinear, bicubic, ...')
+    g.add_argument('--crop-pct', type=float, default=None, help='eval resize = size / crop_pct, then center crop')
+    g.add_argument('--crop-mode', default=None, choices=('center', 'squash', 'border'),
+                   help="eval crop (timm): 'center' keeps the aspect ratio, 'squash' resizes both sides")
+    g.add_argument('--train-crop', default='resize_crop', choices=('resize_crop', 'rrc'),
+                   help='train crop: resize to size/crop_pct + random crop, or random-resized-crop')
+    g.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0], help='rrc area range')
+    g.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.], help='rrc aspect range')
+    g.add_argument('--hflip', type=float, default=0.5)
+    g.add_argument('--color-jitter', type=float, default=0.0)
+    g.add_argument('-j', '--workers', type=int, default=4)
+    g.add_argument('--bad-images', default='skip', choices=('skip', 'error'),
+                   help='an unreadable image mid-epoch: skip it with a warning, or stop with an error')
+
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default='fgfocus_resnet50')
+    g.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=False,
+                   help="backbone ImageNet weights through timm's pretrained loading (Hub or local cache); "
+                        '--no-pretrained trains from scratch')
+    g.add_argument('--initial-checkpoint', '--pretrained-path', dest='initial_checkpoint', default='',
+                   metavar='FILE', help='start from these weights: an fgfocus checkpoint or a plain timm backbone '
+                                        'state dict (.pth/.safetensors); heads that do not fit are re-initialised')
+    g.add_argument('--num-classes', type=int, default=None, help='default: the number of class folders')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=_MergeKwargs, metavar='KEY=VALUE',
+                   help='create_model kwargs, e.g. crop_size=112 num_regions=4')
+    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+
+    g = p.add_argument_group('optimisation')
+    g.add_argument('--epochs', type=int, default=100)
+    g.add_argument('-b', '--batch-size', type=int, default=16)
+    g.add_argument('--opt', default='sgd')
+    g.add_argument('--lr', type=float, default=0.01, help='base lr (heads); the backbone gets lr * backbone_lr_scale')
+    g.add_argument('--backbone-lr-scale', type=float, default=0.1)
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--weight-decay', type=float, default=5e-4)
+    g.add_argument('--sched', default='step')
+    g.add_argument('--decay-epochs', type=float, default=40)
+    g.add_argument('--decay-rate', type=float, default=0.1)
+    g.add_argument('--warmup-epochs', type=int, default=0)
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--min-lr', type=float, default=0.0)
+    g.add_argument('--smoothing', type=float, default=0.0)
+    g.add_argument('--hybrid-loss-weight', type=float, default=1.0)
+    g.add_argument('--image-loss-weight', type=float, default=1.0)
+    g.add_argument('--region-loss-weight', type=float, default=1.0)
+    g.add_argument('--eval-head', default='hybrid', choices=('hybrid', 'image'),
+                   help="head whose top-1 picks best.pth ('image': the image-level-only ablation)")
+    g.add_argument('--clip-grad', type=float, default=None)
+    g.add_argument('--log-interval', type=int, default=50,
+                   help='on GPU, read losses back to the host (progress bar, NaN check) every N steps only')
+    g.add_argument('--clip-mode', default='norm')
+    g.add_argument('--grad-accum-steps', '--accum-steps', dest='accum_steps', type=int, default=1)
+    g.add_argument('--grad-accum', type=int, default=None, help='alias of --grad-accum-steps')
+    g.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
+    g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
+    g.add_argument('--model-ema', action='store_true')
+    g.add_argument('--model-ema-decay', type=float, default=0.9998)
+    g.add_argument('--seed', type=int, default=42)
+
+    g = p.add_argument_group('run')
+    g.add_argument('--output', default='', metavar='DIR', help='default: output/train/<time>-<model>')
+    g.add_argument('--overwrite', action='store_true', help='write into an --output folder that holds a run')
+    g.add_argument('--resume', default='', metavar='FILE', help='last.pth of a run to continue')
+    g.add_argument('--eval-only', action='store_true', help='evaluate --checkpoint on the val split and exit')
+    g.add_argument('--checkpoint', default='', metavar='FILE', help='checkpoint for --eval-only')
+    g.add_argument('--threads', type=int, default=0,
+                   help='CPU threads for torch (0: torch default); 1 is much faster on a busy shared CPU')
+    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--dist-backend', default=None)
+    g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar')
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command line over the args of a resumed (or ``--eval-only``) checkpoint over the recipe over
+    the parser's defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions}
+    pre, _ = parser.parse_known_args(argv)
+
+    config = pre.config or ('demo' if pre.demo else 'paper')
+    recipe = load_recipe(config)
+    unknown = sorted(set(recipe) - dests)
+    if unknown:
+        raise RecipeError(f'recipe {config!r} has unknown keys {unknown}: keys are train_fg argument names '
+                          f'(e.g. lr, batch_size, model_kwargs)')
+    parser.set_defaults(**recipe)
+
+    # a resumed or evaluated checkpoint brings the settings of its run (input size, crop, splits, ...)
+    source, flag = (pre.resume, '--resume') if pre.resume else (pre.checkpoint if pre.eval_only else '', '--checkpoint')
+    if source:
+        try:
+            ckpt = load_checkpoint(source)
+        except CheckpointError as e:
+            raise TrainError(f'{flag}: {e}; pass the last.pth or best.pth of an earlier run') from None
+        saved = {k: v for k, v in (ckpt.get('args') or {}).items() if k in dests and k not in INVOCATION_ARGS}
+        parser.set_defaults(**saved)
+
+    args = parser.parse_args(argv)
+    args.config = config
+    if args.grad_accum is not None:
+        args.accum_steps = args.grad_accum
+    if args.val_split is None:
+        args.val_split = 'test' if args.dataset in FG_DATASETS else 'val'
+    for key in ('input_size', 'mean', 'std', 'scale', 'ratio'):
+        if getattr(args, key) is not None:
+            setattr(args, key, list(getattr(args, key)))
+    return args
+

@@ -1,0 +1,179 @@
+"""A ``train_fg`` run: :func:`train` (with exact resume) and :func:`run_eval_only`, on the pieces of
+this package (arguments, data, model, loops, run files)."""
+import sys
+import time
+from typing import Any, Dict
+
+import torch
+import torch.nn as nn
+import yaml
+
+from timm.data import create_transform
+from timm.utils import ModelEmaV3, NativeScaler, random_seed
+
+from ..checkpoint import (
+    CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+)
+from ..loss import FgFocusLoss
+from . import loops
+from .data import (
+    DATA_CONFIG_KEYS, build_transforms, checkpoint_data_cfg, create_datasets, eval_loader, resolve_run_data_config,
+    train_loader, train_sampler,
+)
+from .errors import TrainError
+from .model import arch_name, check_checkpoint_fits, create_fg_model, create_optimizer_and_scheduler
+from .run_files import args_dict, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic
+
+__all__ = ['train', 'run_eval_only']
+
+
+def run_eval_only(args, device) -> Dict[str, float]:
+    """``--eval-only``: the checkpoint's model on the val split, with the data settings it was trained with."""
+    if not args.checkpoint:
+        raise TrainError('--eval-only needs --checkpoint FILE (a best.pth or last.pth)')
+    try:
+        model, ckpt = model_from_checkpoint(args.checkpoint, use_ema=args.model_ema)
+    except CheckpointError as e:
+        raise TrainError(str(e)) from None
+    model.to(device)
+    cfg = dict(ckpt.get('pretrained_cfg') or {})
+    for k in DATA_CONFIG_KEYS:
+        if getattr(args, k) in (None, '') and cfg.get(k) is not None:
+            setattr(args, k, cfg[k])
+    data_config = resolve_run_data_config(args, model)
+    eval_tf = create_transform(**data_config, is_training=False)
+    _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
+    if model.num_classes != len(classes):
+        raise TrainError(f'checkpoint {args.checkpoint} was trained for {model.num_classes} classes but '
+                         f'{args.data_dir}/{args.val_split} has {len(classes)}: evaluate on the data it was trained on')
+    if ckpt.get('class_names') and list(ckpt['class_names']) != list(classes):
+        print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
+              file=sys.stderr)
+    metrics = loops.evaluate(model, eval_loader(val, args, device), args, device)
+    if args.rank == 0:
+        print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
+              f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
+    return metrics
+
+
+def train(args, device) -> Dict[str, Any]:
+    """The training run; returns the final metrics and paths."""
+    out = prepare_output(args)  # before anything is created, on every rank (same answer)
+    if args.distributed:
+        torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
+    ckpt = None
+    if args.resume:
+        try:
+            ckpt = load_checkpoint(args.resume)
+        except CheckpointError as e:
+            raise TrainError(f'--resume: {e}') from None
+
+    # classes first (the model's class count comes from the data), transforms after the model
+    train_ds, val_ds, classes = create_datasets(args, None, None)
+    num_classes = args.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise TrainError(f'--num-classes {num_classes} but {args.data_dir} has {len(classes)} classes')
+    if ckpt is not None:
+        check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
+
+    random_seed(args.seed, 0)  # same initial weights on every rank and in every run
+    model, model_args = create_fg_model(args, num_classes)
+    data_config = resolve_run_data_config(args, model)
+    train_tf, eval_tf = build_transforms(args, data_config)
+    train_ds.transform, val_ds.transform = train_tf, eval_tf
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    optimizer, scheduler, num_epochs = create_optimizer_and_scheduler(model, args)
+    use_scaler = args.amp and args.amp_dtype == 'float16' and device.type == 'cuda'  # bf16 needs none
+    scaler = NativeScaler(device=device.type) if use_scaler else None
+    loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
+
+    start_epoch, num_updates, best_metric, best_epoch = 0, 0, None, None
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt['state_dict'], strict=True)
+            if ckpt.get('optimizer') is not None:
+                optimizer.load_state_dict(ckpt['optimizer'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TrainError(f'--resume checkpoint {args.resume} does not fit {args.model} {model_args}: '
+                             f'{str(e).splitlines()[0][:300]}') from None
+        if ckpt.get('scheduler') is not None:
+            scheduler.load_state_dict(ckpt['scheduler'])
+        if scaler is not None and ckpt.get('scaler') is not None:
+            scaler.load_state_dict(ckpt['scaler'])
+        start_epoch = int(ckpt['epoch']) + 1
+        num_updates = int(ckpt.get('num_updates', 0))
+        best_metric, best_epoch = ckpt.get('best_metric'), ckpt.get('best_epoch')
+
+    ema = None
+    if args.model_ema:
+        ema = ModelEmaV3(model, decay=args.model_ema_decay)
+        if ckpt is not None and ckpt.get('state_dict_ema') is not None:
+            ema.module.load_state_dict(ckpt['state_dict_ema'])
+
+    train_model = model
+    if args.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if args.torchcompile:
+        train_model = torch.compile(train_model, backend=args.torchcompile)
+
+    sampler = train_sampler(train_ds, args)
+    val_loader = eval_loader(val_ds, args, device)
+
+    # nothing is written before the first epoch completes: a run that fails early leaves no folder
+    summary_rows = [r for r in read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
+    if args.rank == 0:
+        n_back = sum(p.numel() for p in model.backbone.parameters())
+        print(f'train_fg: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, backbone '
+              f'{n_back / 1e6:.2f}M) on {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, '
+              f'input {data_config["input_size"][1]}x{data_config["input_size"][2]}, {args.world_size} process(es) '
+              f'on {device.type}; output {out}' + (f'; resuming at epoch {start_epoch + 1}' if ckpt else ''),
+              flush=True)
+
+    metrics: Dict[str, Any] = {}
+    for epoch in range(start_epoch, num_epochs):
+        loops.seed_epoch(args.seed, epoch, args.rank)
+        scheduler.step(epoch)
+        lrs = {g.get('name', str(i)): g['lr'] for i, g in enumerate(optimizer.param_groups)}
+        loader = train_loader(train_ds, args, device, epoch, sampler)
+        t0 = time.time()
+        train_metrics, num_updates = loops.train_one_epoch(
+            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates)
+        eval_metrics = loops.evaluate(model, val_loader, args, device)
+        if ema is not None:
+            eval_metrics['eval_top1_ema'] = loops.evaluate(ema.module, val_loader, args, device, 'eval ema')['eval_top1']
+        metric = eval_metrics['eval_top1' if args.eval_head == 'hybrid' else 'eval_top1_image']
+        is_best = best_metric is None or metric > best_metric
+        if is_best:
+            best_metric, best_epoch = metric, epoch
+        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
+                       lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
+        if args.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if epoch == start_epoch:
+                write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
+            summary_rows.append({k: fmt(v) for k, v in metrics.items()})
+            write_summary(out / 'summary.csv', summary_rows)
+            state = checkpoint_dict(
+                model, arch_name(args.model), model_args, classes,
+                pretrained_cfg=checkpoint_data_cfg(data_config),
+                state_dict_ema=ema.module.state_dict() if ema is not None else None,
+                epoch=epoch, num_updates=num_updates, metrics=plain(metrics),
+                best_metric=best_metric, best_epoch=best_epoch, args=args_dict(args),
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None)
+            atomic_save(state, out / 'last.pth')
+            if is_best:
+                atomic_copy(out / 'last.pth', out / 'best.pth')
+            ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
+            print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
+                  f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
+                  f'top1 {eval_metrics["eval_top1"]:5.1f} hybrid  {eval_metrics["eval_top1_image"]:5.1f} image  '
+                  f'top5 {eval_metrics["eval_top5"]:5.1f}{ema_txt}  {metrics["epoch_time"]:.0f}s'
+                  + ('  *best' if is_best else ''), flush=True)
+    return {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
+            'data_config': data_config, 'classes': classes}
+
