@@ -497,3 +497,34 @@ def test_smoothing_keeps_its_meaning_across_strides():
     torch.testing.assert_close(out.attention, smooth_attention(raw, 1.5), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out.attention, smooth_attention(raw, 0.75), atol=1e-3)
     assert math.isclose(build('dinov2_reg', device='meta').smooth_sigma * 32 / 14, 32 / 14)
+
+
+# --- predict and region pictures -------------------------------------------------------------------
+
+@pytest.mark.parametrize('family_name', ['vit', 'swin'])
+def test_predict_and_region_pictures_with_a_transformer_backbone(family_name, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    from timm_fgfocus.predict import main
+    backbone, args, side, crop, *_ = FAMILIES[family_name]
+    torch.manual_seed(3)
+    m = build(family_name)
+    ckpt = checkpoint_dict(m, 'fgfocus_test', dict(backbone=backbone, backbone_args=args, crop_size=crop,
+                                                   num_classes=NUM_CLASSES), list('abcde'))
+    atomic_save(ckpt, tmp_path / 'last.pth')
+    rng = np.random.default_rng(0)
+    for name, size in (('a.png', (150, 110)), ('b.png', (90, 200))):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / name)
+    out_dir = tmp_path / 'regions'
+    rc = main([str(tmp_path / 'a.png'), str(tmp_path / 'b.png'), '--checkpoint', str(tmp_path / 'last.pth'),
+               '--json', '--save-regions', str(out_dir), '--no-progress', '--figure-size', '64'])
+    assert rc == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2
+    for rec in records:
+        assert len(rec['boxes']) == 6 and all(len(b) == 4 for b in rec['boxes'])  # all m regions
+    pngs = sorted(p.name for p in out_dir.glob('*.png'))
+    assert 'contact_sheet.png' in pngs and len(pngs) == 3
+    for p in out_dir.glob('*.png'):
+        with Image.open(p) as im:
+            assert im.size[0] > 64 and im.size[1] > 32
