@@ -527,4 +527,4 @@ def test_predict_and_region_pictures_with_a_transformer_backbone(family_name, tm
     assert 'contact_sheet.png' in pngs and len(pngs) == 3
     for p in out_dir.glob('*.png'):
         with Image.open(p) as im:
-            assert im.size[0] > 64 and im.size[1] > 32
+            assert min(im.size) >= 32 and im.mode in ('RGB', 'RGBA')
