@@ -528,3 +528,16 @@ def test_predict_and_region_pictures_with_a_transformer_backbone(family_name, tm
     for p in out_dir.glob('*.png'):
         with Image.open(p) as im:
             assert min(im.size) >= 32 and im.mode in ('RGB', 'RGBA')
+
+
+@pytest.mark.parametrize('variant', list(NEW_VARIANTS))
+def test_new_variants_default_cfgs_describe_the_model(variant):
+    m = timm.create_model(variant, num_classes=7, device='meta')
+    cfg, sd = m.pretrained_cfg, m.state_dict()
+    assert cfg['architecture'] == variant and cfg['input_size'] == (3, 448, 448)
+    assert tuple(cfg['pool_size']) == m.adapter.feat_size(448, 448)  # the attention map at 448
+    assert cfg['min_input_size'] == (3, 224, 224) and m.adapter.size_error(224, 224) is None
+    assert all(c + '.weight' in sd for c in cfg['classifier'])
+    assert cfg['first_conv'] + '.weight' in sd and cfg['first_conv'] == 'backbone.' + m.backbone.pretrained_cfg['first_conv']
+    assert m.num_features == m.head_hidden_size == 5 * m.backbone.num_features
+    assert tuple(cfg['mean']) == tuple(timm.get_pretrained_cfg(cfg['hf_hub_id'].split('/')[1]).mean)
