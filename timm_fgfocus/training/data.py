@@ -1,23 +1,23 @@
-"""Data for ``train_fg``: data sets (image folders, timm ``create_dataset`` names, the paper's benchmarks),
-transforms and loaders."""
-import math
+"""Data sets for ``train_fg``: image folders, the paper's benchmarks, label tables (CSV/TSV) and
+the sources timm's ``create_dataset`` reads (``hfds/`` Hugging Face datasets, ``wds/`` WebDataset
+shards, ...). Transforms are :mod:`.transforms`', loaders :mod:`.loaders`'."""
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from PIL import Image
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, IterableDataset
 
-from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data import create_dataset, resolve_data_config
 from timm.data.readers.img_extensions import get_img_extensions
 
 from ..datasets import DATASET_INFO, create_fg_dataset
+from .csv_source import create_csv_datasets
 from .errors import TrainError
 
 __all__ = [
-    'FG_DATASETS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder', 'create_datasets',
-    'build_transforms', 'train_loader', 'train_sampler', 'eval_loader', 'resolve_run_data_config', 'checkpoint_data_cfg',
+    'FG_DATASETS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder', 'create_timm_dataset',
+    'create_datasets', 'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
@@ -117,9 +117,58 @@ def check_image_folder(root: Path, split: str) -> List[str]:
     return [d.name for d in class_dirs]
 
 
+_PACKAGES = {'hfds': 'datasets', 'hfids': 'datasets', 'wds': 'webdataset', 'tfds': 'tensorflow-datasets'}
+
+
+def create_timm_dataset(args, split: str) -> Dataset:
+    """One split of a data set timm's ``create_dataset`` reads: ``hfds/NAME_OR_FOLDER`` (a Hugging
+    Face ``datasets`` data set, class names from its ``ClassLabel`` feature; ``--data-dir`` is the
+    ``datasets`` cache), ``wds/NAME`` (WebDataset shards in ``--data-dir``, an iterable data set),
+    ``tfds/``, ``torch/``, ...; a missing package or folder is one line."""
+    name = args.dataset
+    prefix = name.partition('/')[0].lower() if '/' in name else ''
+    training = split == args.train_split
+    kwargs = dict(input_key=getattr(args, 'input_key', None), target_key=getattr(args, 'target_key', None))
+    if prefix in ('wds', 'tfds', 'hfids'):
+        kwargs['num_samples'] = getattr(args, 'train_num_samples' if training else 'val_num_samples', None)
+    try:
+        return create_dataset(name, root=args.data_dir or None, split=split, is_training=training,
+                              batch_size=args.batch_size, seed=args.seed, **kwargs)
+    except ImportError:
+        package = _PACKAGES.get(prefix, 'the reader\'s')
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}') from None
+    except (OSError, ValueError, RuntimeError, AssertionError, KeyError) as e:
+        hint = ('; WebDataset shards need an _info.json beside them (split names, shard files, sample counts), '
+                'or pass the split as SHARDS-{000..N}.tar with --train-num-samples/--val-num-samples'
+                if prefix == 'wds' else '')
+        detail = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise TrainError(f'--dataset {name}, split {split!r} (--data-dir {args.data_dir or "(none)"}): '
+                         f'{detail}{hint}') from None
+
+
+def _with_transform(ds: Dataset, transform, args) -> Dataset:
+    """Map-style data sets skip (or stop at) unreadable images; an iterable one (``wds/``) is used
+    as timm made it: its reader skips undecodable samples with a warning."""
+    if isinstance(ds, IterableDataset):
+        ds.transform = transform
+        return ds
+    return RobustImageDataset(ds, transform, args.bad_images)
+
+
+def _class_names(ds: Dataset, args) -> List[str]:
+    classes = getattr(ds, 'classes', None) or dataset_classes(ds)
+    if not classes:  # WebDataset shards, or an integer label column: no names to read
+        if not args.num_classes:
+            raise TrainError(f'--dataset {args.dataset or args.data_dir} carries no class names: '
+                             f'pass --num-classes N (labels 0..N-1)')
+        classes = [str(i) for i in range(args.num_classes)]
+    return list(classes)
+
+
 def create_datasets(args, train_transform, eval_transform, need_train: bool = True):
     """(train dataset or None, val dataset, class names), validated with one-line errors."""
     splits = ([args.train_split] if need_train else []) + [args.val_split]
+    classes = None
     if args.dataset in FG_DATASETS:
         if not args.data_dir or not Path(args.data_dir).exists():
             raise TrainError(f'data folder {args.data_dir or "(none)"} does not exist: '
@@ -130,10 +179,10 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
                 made[split] = create_fg_dataset(args.dataset, args.data_dir, split)
             except (OSError, ValueError, RuntimeError) as e:
                 raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
+    elif args.dataset.lower() == 'csv':
+        made, classes = create_csv_datasets(args.data_dir, splits, class_split=splits[0])
     elif args.dataset and not args.dataset.startswith(('folder', 'imagefolder')):
-        made = {split: create_dataset(args.dataset, root=args.data_dir, split=split,
-                                      is_training=split == args.train_split)
-                for split in splits}
+        made = {split: create_timm_dataset(args, split) for split in splits}
     else:
         if not args.data_dir:
             raise TrainError('no data: pass --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg '
@@ -151,58 +200,13 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
             diff = sorted(a ^ b)[:5]
             raise TrainError(f'class folders of {root / args.train_split} and {root / args.val_split} differ '
                              f'(e.g. {diff}): both splits need the same classes')
-    val = RobustImageDataset(made[args.val_split], eval_transform, args.bad_images)
-    train = RobustImageDataset(made[args.train_split], train_transform, args.bad_images) if need_train else None
-    classes = (train or val).classes
+    val = _with_transform(made[args.val_split], eval_transform, args)
+    train = _with_transform(made[args.train_split], train_transform, args) if need_train else None
+    classes = classes or _class_names(train if train is not None else val, args)
     for name, ds in (('train', train), ('val', val)):
         if ds is not None and len(ds) == 0:
             raise TrainError(f'the {name} split of {args.data_dir} holds no images')
     return train, val, classes
-
-
-def build_transforms(args, data_config) -> Tuple[Any, Any]:
-    """Train and eval transforms: timm's ``create_transform`` (rrc) or resize + random crop."""
-    eval_tf = create_transform(**data_config, is_training=False)
-    if args.train_crop == 'rrc':
-        train_tf = create_transform(
-            **data_config, is_training=True, scale=tuple(args.scale), ratio=tuple(args.ratio),
-            hflip=args.hflip, vflip=0., color_jitter=args.color_jitter or None)
-    else:
-        from torchvision import transforms
-        from timm.data.transforms import str_to_interp_mode
-        size = data_config['input_size'][-2:]
-        crop_pct = data_config.get('crop_pct') or 1.0
-        scale_size = tuple(math.floor(s / crop_pct) for s in size)
-        tfs = [transforms.Resize(scale_size, interpolation=str_to_interp_mode(data_config['interpolation'])),
-               transforms.RandomCrop(size)]
-        if args.hflip > 0:
-            tfs.append(transforms.RandomHorizontalFlip(args.hflip))
-        if args.color_jitter:
-            tfs.append(transforms.ColorJitter(*(3 * [args.color_jitter])))
-        tfs += [transforms.ToTensor(), transforms.Normalize(data_config['mean'], data_config['std'])]
-        train_tf = transforms.Compose(tfs)
-    return train_tf, eval_tf
-
-
-class _StridedSubset(Dataset):
-    """Every ``world_size``-th sample from ``rank``: an exact split of the val set across ranks."""
-
-    def __init__(self, ds, rank, world_size):
-        self.ds, self.indices = ds, list(range(rank, len(ds), world_size))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.ds[self.indices[i]]
-
-
-def eval_loader(ds, args, device) -> DataLoader:
-    """The val loader: in order; under DDP each rank takes every ``world_size``-th image."""
-    if args.distributed:
-        ds = _StridedSubset(ds, args.rank, args.world_size)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                      pin_memory=device.type == 'cuda')
 
 
 def resolve_run_data_config(args, model) -> Dict[str, Any]:
@@ -216,24 +220,3 @@ def resolve_run_data_config(args, model) -> Dict[str, Any]:
 def checkpoint_data_cfg(data_config) -> Dict[str, Any]:
     """The part of a data config a checkpoint keeps as its ``pretrained_cfg`` (plain lists, no tuples)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
-
-
-def train_loader(ds, args, device, epoch: int, sampler=None) -> DataLoader:
-    """The train loader of one epoch: shuffled by a generator seeded with ``seed + epoch`` (or by the
-    DDP ``sampler``, set to ``epoch``), so a resumed run replays the same order."""
-    pin = device.type == 'cuda'
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                          pin_memory=pin, drop_last=True)
-    g = torch.Generator().manual_seed(args.seed + epoch)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers,
-                      pin_memory=pin, drop_last=len(ds) > args.batch_size)
-
-
-def train_sampler(ds, args):
-    """timm-style distributed sampling of the train set (None in one process)."""
-    if not args.distributed:
-        return None
-    from torch.utils.data.distributed import DistributedSampler
-    return DistributedSampler(ds, shuffle=True, seed=args.seed, drop_last=True)

@@ -9,20 +9,24 @@ import torch.nn as nn
 import yaml
 
 from timm.data import create_transform
-from timm.utils import ModelEmaV3, NativeScaler, random_seed
+from timm.utils import NativeScaler, random_seed
 
 from ..checkpoint import (
     CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
 )
 from ..loss import FgFocusLoss
 from . import loops
-from .data import (
-    DATA_CONFIG_KEYS, build_transforms, checkpoint_data_cfg, create_datasets, eval_loader, resolve_run_data_config,
-    train_loader, train_sampler,
-)
+from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
 from .errors import TrainError
-from .model import arch_name, check_checkpoint_fits, create_fg_model, create_optimizer_and_scheduler
+from .loaders import eval_loader, set_epoch, train_loader, use_prefetcher
+from .loggers import EpochLoggers, check_logger_packages
+from .model import (
+    arch_name, check_checkpoint_fits, convert_sync_bn, create_fg_model, create_model_ema,
+    create_optimizer_and_scheduler, group_lrs,
+)
 from .run_files import args_dict, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic
+from .run_plot import save_run_plot
+from .transforms import build_transforms, create_mixup, mixup_active
 
 __all__ = ['train', 'run_eval_only']
 
@@ -41,7 +45,8 @@ def run_eval_only(args, device) -> Dict[str, float]:
         if getattr(args, k) in (None, '') and cfg.get(k) is not None:
             setattr(args, k, cfg[k])
     data_config = resolve_run_data_config(args, model)
-    eval_tf = create_transform(**data_config, is_training=False)
+    prefetch = use_prefetcher(args, device)
+    eval_tf = create_transform(**data_config, is_training=False, use_prefetcher=prefetch)
     _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
     if model.num_classes != len(classes):
         raise TrainError(f'checkpoint {args.checkpoint} was trained for {model.num_classes} classes but '
@@ -49,7 +54,7 @@ def run_eval_only(args, device) -> Dict[str, float]:
     if ckpt.get('class_names') and list(ckpt['class_names']) != list(classes):
         print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
               file=sys.stderr)
-    metrics = loops.evaluate(model, eval_loader(val, args, device), args, device)
+    metrics = loops.evaluate(model, eval_loader(val, args, device, data_config, prefetch), args, device)
     if args.rank == 0:
         print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
@@ -59,6 +64,10 @@ def run_eval_only(args, device) -> Dict[str, float]:
 def train(args, device) -> Dict[str, Any]:
     """The training run; returns the final metrics and paths."""
     out = prepare_output(args)  # before anything is created, on every rank (same answer)
+    check_logger_packages(args)
+    if mixup_active(args) and args.batch_size % 2:
+        raise TrainError(f'--mixup/--cutmix mix each image with its mirror in the batch: --batch-size must be even, '
+                         f'got {args.batch_size}')
     if args.distributed:
         torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
     ckpt = None
@@ -79,8 +88,10 @@ def train(args, device) -> Dict[str, Any]:
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
     data_config = resolve_run_data_config(args, model)
-    train_tf, eval_tf = build_transforms(args, data_config)
-    train_ds.transform, val_ds.transform = train_tf, eval_tf
+    prefetch = use_prefetcher(args, device)  # uint8 batches normalised on the GPU (timm's PrefetchLoader)
+    train_tf, eval_tf = build_transforms(args, data_config, use_prefetcher=prefetch)
+    val_ds.transform = eval_tf
+    model = convert_sync_bn(model, args, device)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -107,11 +118,9 @@ def train(args, device) -> Dict[str, Any]:
         num_updates = int(ckpt.get('num_updates', 0))
         best_metric, best_epoch = ckpt.get('best_metric'), ckpt.get('best_epoch')
 
-    ema = None
-    if args.model_ema:
-        ema = ModelEmaV3(model, decay=args.model_ema_decay)
-        if ckpt is not None and ckpt.get('state_dict_ema') is not None:
-            ema.module.load_state_dict(ckpt['state_dict_ema'])
+    ema = create_model_ema(model, args)
+    if ema is not None and ckpt is not None and ckpt.get('state_dict_ema') is not None:
+        ema.module.load_state_dict(ckpt['state_dict_ema'])
 
     train_model = model
     if args.distributed:
@@ -120,8 +129,14 @@ def train(args, device) -> Dict[str, Any]:
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
 
-    sampler = train_sampler(train_ds, args)
-    val_loader = eval_loader(val_ds, args, device)
+    # mixup needs full (even) batches; the loaders are made once, workers persist across epochs
+    mixup_fn = create_mixup(args, num_classes)
+    if mixup_fn is not None and len(train_ds) < args.batch_size * args.world_size:
+        raise TrainError(f'--mixup/--cutmix needs full batches: {len(train_ds)} train images do not fill one batch '
+                         f'of {args.batch_size} per process; lower --batch-size')
+    loader = train_loader(train_ds, train_tf, args, device, data_config, prefetch,
+                          drop_last=True if mixup_fn is not None else None)
+    val_loader = eval_loader(val_ds, args, device, data_config, prefetch)
 
     # nothing is written before the first epoch completes: a run that fails early leaves no folder
     summary_rows = [r for r in read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
@@ -134,14 +149,19 @@ def train(args, device) -> Dict[str, Any]:
               flush=True)
 
     metrics: Dict[str, Any] = {}
+    # TensorBoard / W&B: opened on rank 0 at the first epoch's end; each epoch is flushed as it is logged
+    loggers = EpochLoggers(args, out, start_epoch, args_dict(args))
     for epoch in range(start_epoch, num_epochs):
         loops.seed_epoch(args.seed, epoch, args.rank)
         scheduler.step(epoch)
-        lrs = {g.get('name', str(i)): g['lr'] for i, g in enumerate(optimizer.param_groups)}
-        loader = train_loader(train_ds, args, device, epoch, sampler)
+        lr_heads, lr_backbone = group_lrs(optimizer)
+        set_epoch(loader, epoch)
+        if mixup_fn is not None:
+            mixup_fn.mixup_enabled = not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
         t0 = time.time()
         train_metrics, num_updates = loops.train_one_epoch(
-            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates)
+            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates,
+            mixup_fn=mixup_fn)
         eval_metrics = loops.evaluate(model, val_loader, args, device)
         if ema is not None:
             eval_metrics['eval_top1_ema'] = loops.evaluate(ema.module, val_loader, args, device, 'eval ema')['eval_top1']
@@ -149,14 +169,16 @@ def train(args, device) -> Dict[str, Any]:
         is_best = best_metric is None or metric > best_metric
         if is_best:
             best_metric, best_epoch = metric, epoch
-        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
-                       lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
+        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lr_heads,
+                       lr_backbone=lr_backbone, epoch_time=time.time() - t0)
         if args.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
+            loggers.log_epoch(epoch, metrics)  # first, so a new W&B run id is in args.yaml and the checkpoint
             if epoch == start_epoch:
                 write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
             summary_rows.append({k: fmt(v) for k, v in metrics.items()})
             write_summary(out / 'summary.csv', summary_rows)
+            save_run_plot(summary_rows, out / 'summary.png', title=f'{args.model}  {out}')
             state = checkpoint_dict(
                 model, arch_name(args.model), model_args, classes,
                 pretrained_cfg=checkpoint_data_cfg(data_config),
@@ -170,10 +192,11 @@ def train(args, device) -> Dict[str, Any]:
                 atomic_copy(out / 'last.pth', out / 'best.pth')
             ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
             print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
-                  f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
+                  f'lr {lr_heads:.2e}/{lr_backbone:.2e}  '
                   f'top1 {eval_metrics["eval_top1"]:5.1f} hybrid  {eval_metrics["eval_top1_image"]:5.1f} image  '
                   f'top5 {eval_metrics["eval_top5"]:5.1f}{ema_txt}  {metrics["epoch_time"]:.0f}s'
                   + ('  *best' if is_best else ''), flush=True)
+    loggers.close()
     return {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
             'data_config': data_config, 'classes': classes}
 
