@@ -14,9 +14,9 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..recipes import RecipeError, load_recipe
 from .data import FG_DATASETS
 from .errors import TrainError
-from .transforms import TRAIN_INTERPOLATIONS
+from .transforms import TRAIN_INTERPOLATIONS, check_auto_augment
 
-__all__ = ['build_parser', 'parse_args', 'INVOCATION_ARGS']
+__all__ = ['build_parser', 'parse_args', 'check_timm_flags', 'INVOCATION_ARGS']
 
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
@@ -228,5 +228,42 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for key in ('input_size', 'mean', 'std', 'scale', 'ratio'):
         if getattr(args, key) is not None:
             setattr(args, key, list(getattr(args, key)))
+    check_timm_flags(args)
     return args
+
+
+def check_timm_flags(args: argparse.Namespace) -> None:
+    """The augmentation, regularisation and optimiser flags taken from timm's train.py, checked
+    before anything runs.
+
+    Raises:
+        TrainError: one line naming the flag and the value allowed.
+    """
+    def within(flag: str, value, low, high, low_open=False, high_open=False):
+        if value is None:
+            return
+        if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+            lo, hi = '(' if low_open else '[', ')' if high_open else ']'
+            raise TrainError(f'{flag} must be in {lo}{low}, {high}{hi}, got {value}')
+
+    within('--reprob', args.reprob, 0, 1)
+    within('--vflip', args.vflip, 0, 1)
+    within('--mixup-prob', args.mixup_prob, 0, 1)
+    within('--mixup-switch-prob', args.mixup_switch_prob, 0, 1)
+    within('--drop-path', args.drop_path, 0, 1, high_open=True)
+    within('--layer-decay', args.layer_decay, 0, 1, low_open=True)
+    for flag, value in (('--mixup', args.mixup), ('--cutmix', args.cutmix), ('--mixup-off-epoch', args.mixup_off_epoch)):
+        if value < 0:
+            raise TrainError(f'{flag} must be >= 0, got {value}')
+    if args.recount < 1:
+        raise TrainError(f'--recount must be >= 1, got {args.recount}')
+    if args.cutmix_minmax is not None:
+        low, high = args.cutmix_minmax
+        if not 0 < low < high <= 1:
+            raise TrainError(f'--cutmix-minmax MIN MAX needs 0 < MIN < MAX <= 1 (box area ratios), got {low} {high}')
+    if args.train_interpolation == 'random' and args.train_crop != 'rrc':
+        raise TrainError("--train-interpolation random works with --train-crop rrc only (timm's random-resized-crop); "
+                         'pick bilinear or bicubic for --train-crop resize_crop')
+    if args.aa:
+        check_auto_augment(args.aa)
 

@@ -90,7 +90,7 @@ def read_label_table(path: os.PathLike) -> List[LabelRow]:
             raise TrainError(f'label table {path}, row {n}: expected path{delimiter}label[{delimiter}split] '
                              f'with a non-empty path and label, got {delimiter.join(record)!r}')
         image = fields[cols['path']]
-        image = image if os.path.isabs(image) else str(root / image)
+        image = os.path.normpath(image if os.path.isabs(image) else os.path.join(root, image))
         if not os.path.isfile(image):
             raise TrainError(f'label table {path}, row {n}: image {image} does not exist')
         split = fields[cols['split']] if 'split' in cols and cols['split'] < len(fields) else None
