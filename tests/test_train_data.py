@@ -202,6 +202,22 @@ def test_persistent_workers_replay_an_epoch_exactly(data):
     assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(first, second))
 
 
+def test_loaders_leave_the_global_rng_alone(data):
+    """Starting an epoch draws no number from torch's global RNG (drop path and mixup draw from it:
+    a draw in the first epoch of a process only would shift a resumed run's)."""
+    args = loader_args()
+    cfg = data_config(64, 1.0)
+    _, eval_tf = build_transforms(args, cfg)
+    cpu = torch.device('cpu')
+    tl = loaders.train_loader(make_ds(data), eval_tf, args, cpu, cfg)  # a transform without random draws
+    vl = loaders.eval_loader(make_ds(data, 'val', eval_tf), args, cpu, cfg)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    loaders.set_epoch(tl, 3)
+    assert len(list(tl)) == 3 and len(list(vl)) == 2
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_train_order_is_the_seeded_permutation(data):
     """In one process the sampler gives the permutation train_fg used before (a generator seeded
     seed + epoch); under DDP the ranks split it without overlap."""

@@ -88,7 +88,11 @@ def _loader(ds: Dataset, args, device: torch.device, prefetch: bool, sampler=Non
         collate_fn=fast_collate if prefetch else default_collate, pin_memory=device.type == 'cuda',
         # persistent workers for map-style data (EpochSeededTransform keeps them exact); an
         # iterable reader sets itself up in each worker per epoch, seeded from the epoch's seed
-        persistent_workers=args.workers > 0 and not iterable)
+        persistent_workers=args.workers > 0 and not iterable,
+        # the loader's own generator for its worker base seed: drawn from the global RNG it would
+        # shift the main process's draws (drop path, mixup) by one in the first epoch of a process
+        # only, so a resumed run would not replay them
+        generator=torch.Generator().manual_seed(args.seed))
     if not prefetch:
         return loader
     return PrefetchLoader(loader, mean=data_config['mean'], std=data_config['std'],
@@ -151,3 +155,6 @@ def set_epoch(loader: Loader, epoch: int) -> None:
     transform = getattr(ds, 'transform', None)
     if isinstance(transform, EpochSeededTransform):
         transform.epoch.value = epoch
+        # fresh (non-persistent) workers of an iterable data set take their seeds from here
+        seed = np.random.SeedSequence([transform.seed, epoch, transform.rank]).generate_state(1)[0]
+        base.generator.manual_seed(int(seed))
