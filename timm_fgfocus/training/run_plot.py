@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..checkpoint import atomic_write
 
-__all__ = ['save_run_plot']
+__all__ = ['draw_run_plot', 'save_run_plot']
 
 
 def _column(rows: Sequence[Dict[str, str]], key: str) -> List[float]:
@@ -29,16 +29,16 @@ def _has(values: List[float]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def save_run_plot(rows: Sequence[Dict[str, str]], path: Path, title: Optional[str] = None) -> Path:
-    """Draw the run's curves from its ``summary.csv`` rows and write them as a PNG.
+def draw_run_plot(rows: Sequence[Dict[str, str]], title: Optional[str] = None):
+    """The run's curves from its ``summary.csv`` rows, as a matplotlib ``Figure`` on an Agg canvas.
 
     Args:
         rows: ``summary.csv`` rows (column name -> text), one per epoch.
-        path: the PNG to write (atomically: readers see the old picture or the new one).
         title: a line above the panels (e.g. the model and output folder).
 
     Returns:
-        ``path``.
+        The figure: axes ``loss``, ``top-1 (%)``, ``learning rate``; each line's ``gid`` is its
+        ``summary.csv`` column (an empty column is left out).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -53,7 +53,7 @@ def save_run_plot(rows: Sequence[Dict[str, str]], path: Path, title: Optional[st
                               ('train_loss_region', 'train region', ':'), ('eval_loss', 'eval (hybrid head)', '--')):
         values = _column(rows, key)
         if _has(values):
-            ax_loss.plot(epochs, values, style, marker='.', label=label)
+            ax_loss.plot(epochs, values, style, marker='.', label=label, gid=key)
     ax_loss.set_title('loss')
 
     for key, label, style in (('eval_top1', 'hybrid head (image + regions)', '-'),
@@ -62,13 +62,13 @@ def save_run_plot(rows: Sequence[Dict[str, str]], path: Path, title: Optional[st
                               ('train_top1', 'train (hybrid head)', ':')):
         values = _column(rows, key)
         if _has(values):
-            ax_top1.plot(epochs, values, style, marker='.', label=label)
+            ax_top1.plot(epochs, values, style, marker='.', label=label, gid=key)
     ax_top1.set_title('top-1 (%)')
 
     for key, label in (('lr', 'heads'), ('lr_backbone', 'backbone')):
         values = _column(rows, key)
         if _has(values):
-            ax_lr.plot(epochs, values, marker='.', label=label)
+            ax_lr.plot(epochs, values, marker='.', label=label, gid=key)
     if any(v > 0 for v in _column(rows, 'lr') + _column(rows, 'lr_backbone') if math.isfinite(v)):
         ax_lr.set_yscale('log')
     ax_lr.set_title('learning rate')
@@ -82,7 +82,13 @@ def save_run_plot(rows: Sequence[Dict[str, str]], path: Path, title: Optional[st
             ax.set_xticks(epochs)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
 
+
+def save_run_plot(rows: Sequence[Dict[str, str]], path: Path, title: Optional[str] = None) -> Path:
+    """Draw :func:`draw_run_plot` and write it as a PNG, atomically (readers see the old picture
+    or the new one, never half of one). Returns ``path``."""
+    fig = draw_run_plot(rows, title)
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=90)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
