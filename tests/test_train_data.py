@@ -126,6 +126,26 @@ def test_augmentation_flags_reach_the_transform():
     assert tf_pre(photo()).dtype == torch.uint8 and eval_pre(photo()).dtype == torch.uint8
 
 
+@pytest.mark.parametrize('aa,op_name,level', [('rand-m9-mstd0.5-inc1', 'PosterizeIncreasing', 10),
+                                               ('rand-m9-mstd0.5', 'Posterize', 0), ('v0', 'Posterize', 0)])
+def test_posterize_to_zero_bits_gives_black_not_an_error(aa, op_name, level):
+    """timm's posterize levels reach 0 bits, which Pillow 13 rejects: a random batch of a run with
+    the fine-tune recipes' RandAugment would raise. 0 bits is a black image (TF's reference)."""
+    args = training.parse_args(['--aa', aa])
+    tf, _ = build_transforms(args, data_config(64, 1.0))
+    aug = next(t for t in tf.transforms if hasattr(t, 'ops') or hasattr(t, 'policy'))
+    ops = list(getattr(aug, 'ops', None) or []) + [op for sub in getattr(aug, 'policy', None) or [] for op in sub]
+    op = next(o for o in ops if o.name == op_name)
+    op.prob, op.magnitude, op.magnitude_std = 1.0, level, 0
+    img = photo()
+    out = op(img)
+    assert out.size == img.size and not np.asarray(out).any()
+    op.magnitude = 5 if op_name == 'PosterizeIncreasing' else 8  # 2 and 3 bits kept: Pillow's own posterize
+    from PIL import ImageOps
+    bits = 4 - int(5 / 10 * 4) if op_name == 'PosterizeIncreasing' else int(8 / 10 * 4)
+    assert np.array_equal(np.asarray(op(img)), np.asarray(ImageOps.posterize(img, bits)))
+
+
 def test_augmentation_flag_errors(capsys):
     assert 'rand-m9' in run_error(['--aa', 'rnd-m9'], capsys)
     assert '--reprob' in run_error(['--reprob', '1.5'], capsys)

@@ -8,9 +8,11 @@ uint8 tensors that timm's ``PrefetchLoader`` normalises (and random-erases) on t
 """
 from typing import Any, Dict, Optional, Tuple
 
+from PIL import Image
 from torchvision import transforms
 
 from timm.data import Mixup, create_transform
+from timm.data import auto_augment
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
@@ -44,6 +46,27 @@ def check_auto_augment(aa: str) -> None:
             f"rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3 (AugMix), v0 or original (AutoAugment)") from None
 
 
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize op, also for 0 bits kept: a black image, what the TF reference and Pillow
+    before 13 give. Pillow 13 rejects 0 bits, which timm's ``Posterize`` and ``PosterizeIncreasing``
+    levels reach (RandAugment ``rand-m9-mstd0.5-inc1`` at a high magnitude draw), so a run with
+    the fine-tune recipes' policy would stop at a random batch."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _fix_posterize(transform: Any) -> Any:
+    """Give the auto-augment ops of ``transform`` (a Compose) :func:`_posterize`; nothing global
+    is changed."""
+    for t in getattr(transform, 'transforms', ()):
+        ops = list(getattr(t, 'ops', None) or []) + [op for sub in getattr(t, 'policy', None) or [] for op in sub]
+        for op in ops:
+            if getattr(op, 'aug_fn', None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
 def build_transforms(args, data_config: Dict[str, Any], use_prefetcher: bool = False) -> Tuple[Any, Any]:
     """Train and eval transforms for the run's data config.
 
@@ -71,7 +94,7 @@ def build_transforms(args, data_config: Dict[str, Any], use_prefetcher: bool = F
         re_count=getattr(args, 'recount', 1), use_prefetcher=use_prefetcher)
     if args.train_crop == 'rrc':
         train_tf = transforms_imagenet_train(size, scale=tuple(args.scale), ratio=tuple(args.ratio), **stages)
-        return train_tf, eval_tf
+        return _fix_posterize(train_tf), eval_tf
 
     # The paper's crop (NTS-Net's): resize both sides to size / crop_pct, then a random crop of the
     # input size. timm has no such train crop (its are random-resized-crop and resize-keep-ratio);
@@ -89,7 +112,7 @@ def build_transforms(args, data_config: Dict[str, Any], use_prefetcher: bool = F
         crop.append(transforms.RandomVerticalFlip(stages['vflip']))
     _, augment, final = transforms_imagenet_train(size, separate=True, **stages)
     train_tf = transforms.Compose(crop + list(augment.transforms) + list(final.transforms))
-    return train_tf, eval_tf
+    return _fix_posterize(train_tf), eval_tf
 
 
 def mixup_active(args) -> bool:
