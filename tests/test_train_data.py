@@ -203,7 +203,6 @@ def epoch_batches(loader, epoch, seed):
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
-@pytest.mark.slow
 def test_persistent_workers_replay_an_epoch_exactly(data):
     """Epoch 1 from workers that already ran epoch 0 equals epoch 1 from fresh workers (a resumed
     run): timm's loader seeds workers once, train_fg reseeds them per epoch."""
@@ -234,6 +233,7 @@ def test_loaders_leave_the_global_rng_alone(data):
     torch.manual_seed(5)
     state = torch.get_rng_state()
     loaders.set_epoch(tl, 3)
+    assert tl.sampler.epoch == 3 and tl.dataset.transform.epoch.value == 3  # order and worker seeds follow
     assert len(list(tl)) == 3 and len(list(vl)) == 2
     assert torch.equal(torch.get_rng_state(), state)
 
