@@ -131,6 +131,11 @@ def test_run_plot_draws_the_summary_columns():
         assert list(line.get_ydata()) == pytest.approx([float(r[column]) for r in ROWS]), column
     assert {ln.get_gid() for ln in top1.get_lines()} == {'eval_top1', 'eval_top1_image', 'train_top1'}
     assert {ln.get_gid() for ln in lr.get_lines()} == {'lr', 'lr_backbone'} and lr.get_yscale() == 'log'
+    # the legend says which line is which
+    assert {ln.get_gid(): ln.get_label() for ln in lr.get_lines()} == {'lr': 'heads', 'lr_backbone': 'backbone'}
+    labels = {ln.get_gid(): ln.get_label() for ln in top1.get_lines()}
+    assert labels['eval_top1'].startswith('hybrid head') and labels['eval_top1_image'].startswith('image-level')
+    assert labels['train_top1'].startswith('train')
 
 
 def test_run_plot_is_written_atomically(tmp_path, monkeypatch):
