@@ -239,15 +239,14 @@ def test_loaders_leave_the_global_rng_alone(data):
 
 
 def test_train_order_is_the_seeded_permutation(data):
-    """In one process the sampler gives the permutation train_fg used before (a generator seeded
-    seed + epoch); under DDP the ranks split it without overlap."""
+    """The train order of an epoch is torch.randperm seeded with seed + epoch, in one process too;
+    under DDP the ranks split it without overlap."""
     ds = make_ds(data)
     args = loader_args(seed=11)
     sampler = loaders.train_sampler(ds, args)
     for epoch in (0, 3):
         sampler.set_epoch(epoch)
-        expected = list(torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(11 + epoch)))
-        assert list(sampler) == expected
+        assert list(sampler) == torch.randperm(len(ds), generator=torch.Generator().manual_seed(11 + epoch)).tolist()
     parts = []
     for rank in (0, 1):
         s = loaders.train_sampler(ds, loader_args(seed=11, distributed=True, rank=rank, world_size=2))
@@ -438,6 +437,14 @@ def test_wds_needs_info_or_counts_and_class_count(data, tmp_path, capsys):
     line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
                              '--num-classes', '3', '--output', str(tmp_path / 'o')], capsys)
     assert 'wds/birds' in line and '_info.json' in line and '--train-num-samples' in line
+    # without _info.json: the splits as shard patterns and the sample counts as flags
+    args = training.parse_args(TINY + [
+        '--dataset', 'wds/birds', '--data-dir', str(shards), '--train-split', 'birds-train-{0000..0001}.tar',
+        '--val-split', 'birds-validation-{0000..0001}.tar', '--train-num-samples', '18', '--val-num-samples', '8',
+        '--num-classes', '3'])
+    train, val, classes = training.create_datasets(args, None, None)
+    assert classes == ['0', '1', '2'] and train.reader.num_samples == 18 and val.reader.num_samples == 8
+    assert sum(1 for _ in val) == 8
     shards = write_shards(tmp_path / 'info', data)
     line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
                              '--output', str(tmp_path / 'o')], capsys)
