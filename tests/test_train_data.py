@@ -1,7 +1,5 @@
 """train_fg's data path on timm.data: transforms, loaders (prefetcher, persistent workers, per-epoch
 seeding), and the data sources (image folders, CSV/TSV tables, hfds/ parquet, wds/ shards)."""
-import argparse
-import io
 import json
 import os
 import subprocess
@@ -449,6 +447,16 @@ def test_wds_needs_info_or_counts_and_class_count(data, tmp_path, capsys):
     line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
                              '--output', str(tmp_path / 'o')], capsys)
     assert '--num-classes' in line
+
+
+@pytest.mark.parametrize('prefix,package', [('wds', 'webdataset'), ('hfds', 'datasets')])
+def test_missing_reader_package_is_one_line(prefix, package, data, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == package else real(name, *a))
+    line = run_error(TINY + ['--dataset', f'{prefix}/birds', '--data-dir', str(tmp_path), '--output',
+                             str(tmp_path / 'o')], capsys)
+    assert f'--dataset {prefix}/birds needs the {package} package: pip install {package}' in line
 
 
 @pytest.mark.slow

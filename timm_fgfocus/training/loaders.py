@@ -69,9 +69,9 @@ class EpochSeededTransform:
 
 
 def train_sampler(ds: Dataset, args) -> Optional[DistributedSampler]:
-    """The train order: a permutation seeded with ``seed + epoch`` (``set_epoch``), split across
-    ranks under DDP. In one process it is the permutation ``RandomSampler`` gives with a
-    generator seeded ``seed + epoch``. None for iterable data sets (they order themselves)."""
+    """The train order: each epoch ``torch.randperm`` with a generator seeded ``seed + epoch``
+    (``set_epoch``), in one process too; split across ranks under DDP. None for iterable data sets
+    (they order themselves)."""
     if isinstance(ds, IterableDataset):
         return None
     return DistributedSampler(ds, num_replicas=args.world_size, rank=args.rank, shuffle=True, seed=args.seed,
@@ -89,9 +89,9 @@ def _loader(ds: Dataset, args, device: torch.device, prefetch: bool, sampler=Non
         # persistent workers for map-style data (EpochSeededTransform keeps them exact); an
         # iterable reader sets itself up in each worker per epoch, seeded from the epoch's seed
         persistent_workers=args.workers > 0 and not iterable,
-        # the loader's own generator for its worker base seed: drawn from the global RNG it would
-        # shift the main process's draws (drop path, mixup) by one in the first epoch of a process
-        # only, so a resumed run would not replay them
+        # the loader's own generator for its worker base seed: drawn from the global RNG, it would
+        # shift the main process's draws (drop path, mixup) in the epochs where workers start (the
+        # first of each process with persistent workers), so a resumed run would not replay them
         generator=torch.Generator().manual_seed(args.seed))
     if not prefetch:
         return loader
