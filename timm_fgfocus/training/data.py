@@ -1,6 +1,7 @@
 """Data sets for ``train_fg``: image folders, the paper's benchmarks, label tables (CSV/TSV) and
 the sources timm's ``create_dataset`` reads (``hfds/`` Hugging Face datasets, ``wds/`` WebDataset
-shards, ...). Transforms are :mod:`.transforms`', loaders :mod:`.loaders`'."""
+shards, ...). Transforms live in :mod:`.transforms`, loaders in :mod:`.loaders`."""
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -131,11 +132,14 @@ def create_timm_dataset(args, split: str) -> Dataset:
     kwargs = dict(input_key=getattr(args, 'input_key', None), target_key=getattr(args, 'target_key', None))
     if prefix in ('wds', 'tfds', 'hfids'):
         kwargs['num_samples'] = getattr(args, 'train_num_samples' if training else 'val_num_samples', None)
+    package = _PACKAGES.get(prefix)
+    if package and importlib.util.find_spec(package.replace('-', '_')) is None:
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}')
     try:
         return create_dataset(name, root=args.data_dir or None, split=split, is_training=training,
                               batch_size=args.batch_size, seed=args.seed, **kwargs)
-    except ImportError:
-        package = _PACKAGES.get(prefix, 'the reader\'s')
+    except ImportError as e:
+        package = _PACKAGES.get(prefix) or e.name or str(e)
         raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}') from None
     except (OSError, ValueError, RuntimeError, AssertionError, KeyError) as e:
         hint = ('; WebDataset shards need an _info.json beside them (split names, shard files, sample counts), '
