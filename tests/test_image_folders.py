@@ -65,6 +65,9 @@ def test_nested_subfolders_belong_to_their_top_level_class(tmp_path):
         assert all(label == top for label, top in labels.values()), labels
         # and what the loader gets: the target of every item is its top-level folder's index
         assert [ds[i][1] for i in range(len(ds))] == [classes.index(top) for _, top in labels.values()]
+        # also through timm's ImageDataset (its reader), for code that reads the base data set
+        assert [ds.base[i][1] for i in range(len(ds))] == [classes.index(top) for _, top in labels.values()]
+        assert ds.base.reader.filename(0) == str(Path(ds.base.reader.samples[0][0]).relative_to(tmp_path / split))
 
 
 def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
@@ -116,7 +119,8 @@ def make_looped(root: Path) -> None:
     a = root / 'train' / 'a'
     os.symlink(a, a / 'loop1')                 # a/loop1 -> a
     os.symlink(a, a / 'sub' / 'loop2')         # a/sub/loop2 -> a: two loops made the walk exponential
-    os.symlink(root / 'train' / 'b', a / 'to_b')  # a link to another class's folder
+    os.symlink(root / 'train' / 'b', a / 'to_b')  # a link to another class's folder ...
+    os.symlink(root / 'train' / 'b' / 'sub', a / 'to_b_sub')  # ... and to a folder inside it
 
 
 def test_symlink_loops_end_and_multiply_nothing(tmp_path):
