@@ -5,7 +5,6 @@ import signal
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from timm_fgfocus import training

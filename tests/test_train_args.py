@@ -1,7 +1,5 @@
 """train_fg argument checks (training/validate.py): one line naming the flag, exit 2, before anything runs,
 for command-line values and recipe values alike; timm's own names pass."""
-from pathlib import Path
-
 import pytest
 import timm
 
@@ -123,6 +121,7 @@ def test_every_timm_optimizer_and_clip_mode_passes():
 def test_every_parser_option_is_type_checked():
     """The type layer reads the parser: a value of the wrong type is caught for every option with a
     type (so the trainer's new flags are covered without new rows)."""
+    from timm_fgfocus.training import validate
     parser = training.build_parser()
     checked = 0
     for action in parser._actions:

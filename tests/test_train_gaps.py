@@ -1,7 +1,6 @@
 """Gaps that let real bugs through (issue 14): label smoothing in every loss term, EMA weights kept apart
 in checkpoints, evaluation cropping only the l regions the hybrid head needs, and an off-by-one resume
 caught by the fast suite."""
-import math
 
 import pytest
 import timm
