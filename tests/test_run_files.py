@@ -80,12 +80,23 @@ def test_resume_restores_best_pth_that_a_kill_left_uncopied(run, data, monkeypat
     assert all(p.read_bytes() == b'not ours' for p in keep)  # only atomic_write's own temp names
 
 
-def test_finished_run_gets_its_best_pth_back_too(run, capsys):
-    """Even a resume that has nothing left to train restores best.pth before saying so."""
-    (run / 'best.pth').unlink()
+@pytest.mark.parametrize('damage', ['missing', 'truncated', 'flipped byte'])
+def test_finished_run_gets_its_best_pth_back_too(damage, run, capsys):
+    """Even a resume that has nothing left to train restores best.pth before saying so; a best.pth
+    that does not verify (cut short, a flipped byte in its weights) counts as missing."""
+    best = run / 'best.pth'
+    if damage == 'missing':
+        best.unlink()
+    elif damage == 'truncated':
+        best.write_bytes(best.read_bytes()[:len(best.read_bytes()) // 2])
+    else:
+        raw = bytearray(best.read_bytes())
+        raw[len(raw) // 2] ^= 0x40  # the middle of the file: tensor bytes
+        best.write_bytes(bytes(raw))
     line = run_error(['--resume', str(run / 'last.pth'), '--no-progress'], capsys)
     assert 'finished run' in line
-    assert load_checkpoint(run / 'best.pth')['epoch'] == 0
+    assert best.read_bytes() == (run / 'last.pth').read_bytes()
+    assert load_checkpoint(best)['epoch'] == 0
 
 
 def test_best_pth_that_cannot_be_rebuilt_restarts_the_choice(run, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from timm.data import create_dataset, create_transform, resolve_data_config
 
 from ..datasets import DATASET_INFO, create_fg_dataset
+from ..images import open_image, to_rgb
 from .errors import TrainError
 from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
@@ -55,14 +56,15 @@ class RobustImageDataset(Dataset):
         return f'sample {index} of {type(self.base).__name__}'
 
     def _load(self, index: int):
+        # every image through the package's one reader (16-bit scaled, transparency over white): the
+        # files of timm's folder reader are opened here (timm's ImageDataset would convert('RGB'));
+        # images other datasets decoded already are converted by the same rules
         if self._files is not None:
             path, target = self._files[index]
-            with Image.open(path) as img:
-                img = img.convert('RGB')
-            return img, target
+            return open_image(path), target
         img, target = self.base[index]
-        if isinstance(img, Image.Image) and img.mode != 'RGB':
-            img = img.convert('RGB')
+        if isinstance(img, Image.Image):
+            img = to_rgb(img)
         return img, target
 
     def __getitem__(self, index: int):
@@ -139,7 +141,8 @@ def _timm_splits(args, splits) -> Dict[str, Dataset]:
     for split in splits:
         try:
             made[split] = create_dataset(args.dataset, root=args.data_dir, split=split,
-                                         is_training=split == args.train_split)
+                                         is_training=split == args.train_split,
+                                         input_img_mode=None)  # RobustImageDataset converts: to_rgb
         except (AssertionError, ImportError, KeyError, OSError, RuntimeError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrainError(f'--dataset {args.dataset} {split} split (--data-dir {args.data_dir!r}): {msg}') from None
