@@ -150,8 +150,8 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
 
     # every model-side problem surfaces now, before the first epoch (BatchNorm statistics are put back)
     dummy_forward(model, loss_fn, train_ds, train_index, args, device)
-    if args.rank == 0:
-        check_free_space(out, estimate_checkpoint_bytes(model, args.opt, args.model_ema))
+    # on every rank, like prepare_output: one rank stopping alone would leave the others waiting
+    check_free_space(out, estimate_checkpoint_bytes(model, args.opt, args.model_ema))
 
     ema = None
     if args.model_ema:
