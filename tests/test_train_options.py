@@ -106,7 +106,8 @@ def test_training_loop_feeds_mixed_soft_targets_and_turns_mixup_off(data, tmp_pa
     monkeypatch.setattr(loops, 'train_one_epoch', epoch_spy)
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(tmp_path / 'o'), '--mixup', '0.8',
                            '--cutmix', '1.0', '--mixup-off-epoch', '1', '--smoothing', '0.1'])
-    first = [t for i, t in seen if i < epochs[1][1]]
+    # (the pre-flight forward before the first epoch uses plain labels: it only checks the model)
+    first = [t for i, t in seen if epochs[0][1] <= i < epochs[1][1]]
     second = [t for i, t in seen if i >= epochs[1][1]]
     assert first and second
     for t in first + second:
@@ -120,7 +121,7 @@ def test_training_loop_feeds_mixed_soft_targets_and_turns_mixup_off(data, tmp_pa
 def test_mixup_needs_an_even_batch(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_mod.main(TINY + ['--data-dir', str(data), '--mixup', '0.8', '-b', '5', '--output', str(tmp_path / 'o')])
-    assert '--batch-size must be even' in capsys.readouterr().err
+    assert '--batch-size 5: must be even with --mixup' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists()
 
 

@@ -14,9 +14,10 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..recipes import RecipeError, load_recipe
 from .data import FG_DATASETS
 from .errors import TrainError
-from .transforms import TRAIN_INTERPOLATIONS, check_auto_augment
+from .transforms import TRAIN_INTERPOLATIONS
+from .validate import validate_args
 
-__all__ = ['build_parser', 'parse_args', 'check_timm_flags', 'INVOCATION_ARGS']
+__all__ = ['build_parser', 'parse_args', 'INVOCATION_ARGS']
 
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
@@ -27,7 +28,10 @@ class _MergeKwargs(argparse.Action):
     """``--model-kwargs k=v ...`` merged over the recipe's ``model_kwargs`` dict."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        kw = dict(getattr(namespace, self.dest, None) or {})
+        kw = getattr(namespace, self.dest, None) or {}
+        if not isinstance(kw, dict):
+            raise TrainError(f'{option_string}: the recipe (or checkpoint) gives model_kwargs={kw!r}, not a mapping')
+        kw = dict(kw)
         for value in values:
             if not value:
                 continue
@@ -195,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command line over the args of a resumed (or ``--eval-only``) checkpoint over the recipe over
-    the parser's defaults."""
+    the parser's defaults, checked by :func:`~timm_fgfocus.training.validate.validate_args`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     dests = {a.dest for a in parser._actions}
+    defaults = {a.dest: a.default for a in parser._actions}
     pre, _ = parser.parse_known_args(argv)
 
     config = pre.config or ('demo' if pre.demo else 'paper')
@@ -211,6 +216,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     # a resumed or evaluated checkpoint brings the settings of its run (input size, crop, splits, ...)
     source, flag = (pre.resume, '--resume') if pre.resume else (pre.checkpoint if pre.eval_only else '', '--checkpoint')
+    saved = {}
     if source:
         try:
             ckpt = load_checkpoint(source)
@@ -226,44 +232,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.val_split is None:
         args.val_split = 'test' if args.dataset in FG_DATASETS else 'val'
     for key in ('input_size', 'mean', 'std', 'scale', 'ratio'):
-        if getattr(args, key) is not None:
+        if isinstance(getattr(args, key), tuple):
             setattr(args, key, list(getattr(args, key)))
-    check_timm_flags(args)
+    validate_args(args, parser, argv, {f'recipe {config}': recipe, f'{flag} {source}': saved}, defaults)
     return args
-
-
-def check_timm_flags(args: argparse.Namespace) -> None:
-    """The augmentation, regularisation and optimiser flags taken from timm's train.py, checked
-    before anything runs.
-
-    Raises:
-        TrainError: one line naming the flag and the value allowed.
-    """
-    def within(flag: str, value, low, high, low_open=False, high_open=False):
-        if value is None:
-            return
-        if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
-            lo, hi = '(' if low_open else '[', ')' if high_open else ']'
-            raise TrainError(f'{flag} must be in {lo}{low}, {high}{hi}, got {value}')
-
-    within('--reprob', args.reprob, 0, 1)
-    within('--vflip', args.vflip, 0, 1)
-    within('--mixup-prob', args.mixup_prob, 0, 1)
-    within('--mixup-switch-prob', args.mixup_switch_prob, 0, 1)
-    within('--drop-path', args.drop_path, 0, 1, high_open=True)
-    within('--layer-decay', args.layer_decay, 0, 1, low_open=True)
-    for flag, value in (('--mixup', args.mixup), ('--cutmix', args.cutmix), ('--mixup-off-epoch', args.mixup_off_epoch)):
-        if value < 0:
-            raise TrainError(f'{flag} must be >= 0, got {value}')
-    if args.recount < 1:
-        raise TrainError(f'--recount must be >= 1, got {args.recount}')
-    if args.cutmix_minmax is not None:
-        low, high = args.cutmix_minmax
-        if not 0 < low < high <= 1:
-            raise TrainError(f'--cutmix-minmax MIN MAX needs 0 < MIN < MAX <= 1 (box area ratios), got {low} {high}')
-    if args.train_interpolation == 'random' and args.train_crop != 'rrc':
-        raise TrainError("--train-interpolation random works with --train-crop rrc only (timm's random-resized-crop); "
-                         'pick bilinear or bicubic for --train-crop resize_crop')
-    if args.aa:
-        check_auto_augment(args.aa)
-

@@ -14,6 +14,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
+from ..checkpoint import CheckpointError, verify_checkpoint
 from ..fgfocus import checkpoint_filter_fn
 from .errors import TrainError
 
@@ -175,6 +176,10 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     except Exception as e:
         raise TrainError(f'cannot read weights {p}: {e}') from None
     if isinstance(state, dict) and state.get('format') == 'timm_fgfocus.checkpoint':
+        try:
+            verify_checkpoint(state, p)  # its digests and finite weights, as load_checkpoint does
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
         state = state['state_dict']
     if not isinstance(state, dict):
         raise TrainError(f'weights {p} are not a state dict')
@@ -216,8 +221,15 @@ def create_fg_model(args, num_classes: int):
     try:
         model = timm.create_model(args.model, pretrained=pretrained, **build_args)
     except (TypeError, ValueError) as e:
-        raise TrainError(f'cannot build {args.model} with {build_args}: {e}') from None
+        raise TrainError(_build_error(args.model, build_args, e)) from None
     except Exception as e:  # network / hub errors from timm's pretrained loading
+        if pretrained:
+            # timm builds the model before it loads weights, and a failure to build surfaces as a
+            # weights failure too (an unknown backbone read as a download error): tell them apart
+            try:
+                timm.create_model(args.model, pretrained=False, **build_args)
+            except Exception as build_error:
+                raise TrainError(_build_error(args.model, build_args, build_error)) from None
         cfg = timm.models.get_pretrained_cfg(args.model)
         src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
         raise TrainError(
@@ -231,6 +243,11 @@ def create_fg_model(args, num_classes: int):
     if getattr(args, 'grad_checkpointing', False):
         model.set_grad_checkpointing(True)
     return model, model_args
+
+
+def _build_error(model: str, model_args: Dict[str, Any], e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f'cannot build {model} with --model-kwargs {model_args}: {type(e).__name__}: {msg}'
 
 
 def arch_name(model_name: str) -> str:

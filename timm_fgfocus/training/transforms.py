@@ -19,18 +19,15 @@ from timm.data.transforms_factory import transforms_imagenet_train
 
 from .errors import TrainError
 
-__all__ = ['TRAIN_INTERPOLATIONS', 'check_auto_augment', 'build_transforms', 'mixup_active', 'create_mixup']
+__all__ = ['TRAIN_INTERPOLATIONS', 'auto_augment_problem', 'check_auto_augment', 'build_transforms', 'mixup_active',
+           'create_mixup']
 
 # timm's interpolation names ('random': bilinear or bicubic per image, timm's rrc only); '' = --interpolation
 TRAIN_INTERPOLATIONS = ('', 'random', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
 
 
-def check_auto_augment(aa: str) -> None:
-    """Parse an ``--aa`` policy string with timm's own factories.
-
-    Raises:
-        TrainError: naming the flag and the policy, when timm rejects it.
-    """
+def auto_augment_problem(aa: str) -> Optional[str]:
+    """What is wrong with an ``--aa`` policy string, asked of timm's own policy factories (None: fine)."""
     hparams = dict(translate_const=100, img_mean=(124, 116, 104))
     try:
         if aa.startswith('rand'):
@@ -41,9 +38,18 @@ def check_auto_augment(aa: str) -> None:
             auto_augment_transform(aa, hparams)
     except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
         why = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-        raise TrainError(
-            f'--aa {aa!r} is not a timm auto-augment policy ({why}): use e.g. '
-            f"rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3 (AugMix), v0 or original (AutoAugment)") from None
+        return (f'not a timm auto-augment policy ({why}): use e.g. rand-m9-mstd0.5-inc1 (RandAugment), '
+                f'augmix-m5-w3 (AugMix), v0 or original (AutoAugment)')
+    return None
+
+
+def check_auto_augment(aa: str) -> None:
+    """Raises:
+        TrainError: naming the flag and the policy, when timm rejects ``aa``.
+    """
+    problem = auto_augment_problem(aa)
+    if problem:
+        raise TrainError(f'--aa {aa!r} is {problem}')
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
