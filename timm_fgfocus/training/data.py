@@ -1,28 +1,31 @@
-"""Data for ``train_fg``: data sets (image folders, timm ``create_dataset`` names, the paper's benchmarks),
-transforms and loaders."""
-import math
+"""Data sets for ``train_fg``: image folders, the paper's benchmarks, label tables (CSV/TSV) and
+the sources timm's ``create_dataset`` reads (``hfds/`` Hugging Face datasets, ``wds/`` WebDataset
+shards, ...). Transforms live in :mod:`.transforms`, loaders in :mod:`.loaders`."""
+import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional
 
 from PIL import Image
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, IterableDataset
 
-from timm.data import create_dataset, create_transform, resolve_data_config
-from timm.data.readers.img_extensions import get_img_extensions
+from timm.data import create_dataset, resolve_data_config
 
 from ..datasets import DATASET_INFO, create_fg_dataset
 from ..images import open_image, to_rgb
+from .csv_source import create_csv_datasets
 from .errors import TrainError
+from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
-    'FG_DATASETS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder', 'create_datasets',
-    'build_transforms', 'train_loader', 'train_sampler', 'eval_loader', 'resolve_run_data_config', 'checkpoint_data_cfg',
+    'FG_DATASETS', 'UNREADABLE_ERRORS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder',
+    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
 DATA_CONFIG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
+# what reading a broken image raises (PIL: OSError for truncated data, SyntaxError/ValueError for bad headers)
+UNREADABLE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class RobustImageDataset(Dataset):
@@ -65,11 +68,12 @@ class RobustImageDataset(Dataset):
         return img, target
 
     def __getitem__(self, index: int):
-        for _ in range(min(len(self), 50)):
+        start, tries = index, min(len(self), 50)
+        for _ in range(tries):
             try:
                 img, target = self._load(index)
                 break
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            except UNREADABLE_ERRORS as e:
                 name = self._name(index)
                 if self.bad_images == 'error':
                     raise TrainError(f'cannot read image {name}: {e}. Fix or remove the file, '
@@ -77,7 +81,8 @@ class RobustImageDataset(Dataset):
                 print(f'warning: skipping unreadable image {name}: {e}', file=sys.stderr, flush=True)
                 index = (index + 1) % len(self)
         else:
-            raise TrainError(f'50 consecutive unreadable images from {self._name(index)} on: check the data folder')
+            raise TrainError(f'{tries} consecutive unreadable images from {self._name(start)} on'
+                             + (f' (all {tries} of the split)' if tries == len(self) else '') + ': check the data folder')
         if self.transform is not None:
             img = self.transform(img)
         return img, int(target)
@@ -93,119 +98,144 @@ def dataset_classes(ds) -> List[str]:
     return list(classes) if classes is not None else []
 
 
-def check_image_folder(root: Path, split: str) -> List[str]:
-    """Check ``root/split/<class>/<images>``; returns the class names (sorted).
+# --dataset names: '' and these read DIR/<split>/<class>/ folders (image_folders.py); the paper's
+# benchmarks read their official layouts (datasets.py); names with these prefixes go to timm's create_dataset
+FOLDER_NAMES = ('', 'folder', 'imagefolder')
+TIMM_DATASET_PREFIXES = ('hfds/', 'hfids/', 'tfds/', 'wds/', 'torch/')
+TABLE_NAMES = ('csv',)  # a CSV/TSV label table (csv_source.py)
 
-    Raises:
-        TrainError: naming the folder, when it is missing, empty, or a class folder has no images.
-    """
-    folder = root / split
-    if not root.is_dir():
-        raise TrainError(f'data folder {root} does not exist: pass --data-dir DIR with DIR/{split}/<class>/*.jpg '
-                         f'(or run train_fg --demo to generate a demo data set)')
-    if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise TrainError(f'data folder {root} has no {split!r} split folder {folder} (found: {found or "nothing"}); '
-                         f'expected {root}/{split}/<class>/*.jpg, or set --train-split/--val-split')
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    if not class_dirs:
-        raise TrainError(f'data folder {folder} is empty: expected one sub-folder of images per class, '
-                         f'{folder}/<class>/*.jpg')
-    exts = tuple(get_img_extensions())
-    for d in class_dirs:
-        if not any(f.suffix.lower() in exts for f in d.rglob('*') if f.is_file()):
-            raise TrainError(f'class folder {d} has no images ({", ".join(sorted(set(exts)))}): '
-                             f'add images or remove the folder')
-    return [d.name for d in class_dirs]
+
+DATASET_NAMES = (f'{", ".join(FG_DATASETS)}, \'\' or folder (DIR/<split>/<class>/ image folders), csv (a label '
+                 f'table), or a timm create_dataset name {", ".join(p + "NAME" for p in TIMM_DATASET_PREFIXES)}')
+
+
+def dataset_kind(name: str) -> Optional[str]:
+    """What reads ``--dataset name``: ``'folder'``, ``'benchmark'`` (cub200, aircraft, cars), ``'csv'``
+    (a label table), ``'timm'``, or None for an unknown name (timm's reader would take it as a plain
+    folder and read whatever its split search finds: ``--dataset cub`` trained on the validation images)."""
+    lowered = (name or '').lower()
+    if lowered in FOLDER_NAMES:
+        return 'folder'
+    if lowered in FG_DATASETS:
+        return 'benchmark'
+    if lowered in TABLE_NAMES:
+        return 'csv'
+    prefix = lowered.split('/', 1)[0] + '/'
+    if prefix in TIMM_DATASET_PREFIXES and len(lowered) > len(prefix):
+        return 'timm'
+    return None
+
+
+def _benchmark_splits(args, splits) -> Dict[str, Dataset]:
+    if not args.data_dir or not Path(args.data_dir).exists():
+        raise TrainError(f'data folder {args.data_dir or "(none)"} does not exist: '
+                         f'pass --data-dir with the {args.dataset} data set')
+    made = {}
+    for split in splits:
+        try:
+            made[split] = create_fg_dataset(args.dataset.lower(), args.data_dir, split)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
+    return made
+
+
+_PACKAGES = {'hfds': 'datasets', 'hfids': 'datasets', 'wds': 'webdataset', 'tfds': 'tensorflow-datasets'}
+
+
+def create_timm_dataset(args, split: str) -> Dataset:
+    """One split of a data set timm's ``create_dataset`` reads: ``hfds/NAME_OR_FOLDER`` (a Hugging
+    Face ``datasets`` data set, class names from its ``ClassLabel`` feature; ``--data-dir`` is the
+    ``datasets`` cache), ``wds/NAME`` (WebDataset shards in ``--data-dir``, an iterable data set),
+    ``tfds/``, ``torch/``, ...; a missing package or folder is one line."""
+    name = args.dataset
+    prefix = name.partition('/')[0].lower() if '/' in name else ''
+    training = split == args.train_split
+    kwargs = dict(input_key=getattr(args, 'input_key', None), target_key=getattr(args, 'target_key', None))
+    if prefix in ('wds', 'tfds', 'hfids'):
+        kwargs['num_samples'] = getattr(args, 'train_num_samples' if training else 'val_num_samples', None)
+    package = _PACKAGES.get(prefix)
+    if package and importlib.util.find_spec(package.replace('-', '_')) is None:
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}')
+    # map-style sets hand their images to RobustImageDataset, which converts them (images.to_rgb);
+    # iterable ones (wds/, tfds/, hfids/) are used as timm makes them, so timm converts to RGB
+    img_mode = 'RGB' if prefix in ('wds', 'tfds', 'hfids') else None
+    try:
+        return create_dataset(name, root=args.data_dir or None, split=split, is_training=training,
+                              batch_size=args.batch_size, seed=args.seed, input_img_mode=img_mode, **kwargs)
+    except ImportError as e:
+        package = _PACKAGES.get(prefix) or e.name or str(e)
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}') from None
+    except (AssertionError, KeyError, OSError, RuntimeError, ValueError) as e:
+        hint = ('; WebDataset shards need an _info.json beside them (split names, shard files, sample counts), '
+                'or pass the split as SHARDS-{000..N}.tar with --train-num-samples/--val-num-samples'
+                if prefix == 'wds' else '')
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise TrainError(f'--dataset {name}, split {split!r} (--data-dir {args.data_dir or "(none)"}): '
+                         f'{msg}{hint}') from None
+
+
+def _timm_splits(args, splits) -> Dict[str, Dataset]:
+    return {split: create_timm_dataset(args, split) for split in splits}
+
+
+def _with_transform(ds: Dataset, transform, args) -> Dataset:
+    """Map-style data sets skip (or stop at) unreadable images; an iterable one (``wds/``) is used
+    as timm made it: its reader skips undecodable samples with a warning."""
+    if isinstance(ds, IterableDataset):
+        ds.transform = transform
+        return ds
+    return RobustImageDataset(ds, transform, args.bad_images)
+
+
+def _class_names(ds: Dataset, args) -> List[str]:
+    classes = getattr(ds, 'classes', None) or dataset_classes(ds)
+    if not classes:  # WebDataset shards, or an integer label column: no names to read
+        if not args.num_classes:
+            raise TrainError(f'--dataset {args.dataset or args.data_dir} carries no class names: '
+                             f'pass --num-classes N (labels 0..N-1)')
+        classes = [str(i) for i in range(args.num_classes)]
+    return list(classes)
+
+
+def _folder_splits(args, splits) -> Dict[str, Dataset]:
+    """One :func:`scan_image_folder` per split; train and val need the same classes, in the same order."""
+    if not args.data_dir:
+        raise TrainError('no data: pass --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg '
+                         '(or run train_fg --demo)')
+    root = Path(args.data_dir)
+    scans = {split: scan_image_folder(root, split) for split in splits}
+    first = scans[splits[0]]
+    for split in splits[1:]:
+        if scans[split].classes != first.classes:
+            a, b = set(first.classes), set(scans[split].classes)
+            diff = '; '.join(f'only in {s}: {sorted(x)[:5]}' for s, x in ((splits[0], a - b), (split, b - a)) if x)
+            raise TrainError(f'class folders of {first.folder} and {scans[split].folder} differ ({diff}): '
+                             f'both splits need the same classes')
+    return {split: image_folder_dataset(scan) for split, scan in scans.items()}
 
 
 def create_datasets(args, train_transform, eval_transform, need_train: bool = True):
     """(train dataset or None, val dataset, class names), validated with one-line errors."""
     splits = ([args.train_split] if need_train else []) + [args.val_split]
-    if args.dataset in FG_DATASETS:
-        if not args.data_dir or not Path(args.data_dir).exists():
-            raise TrainError(f'data folder {args.data_dir or "(none)"} does not exist: '
-                             f'pass --data-dir with the {args.dataset} data set')
-        made = {}
-        for split in splits:
-            try:
-                made[split] = create_fg_dataset(args.dataset, args.data_dir, split)
-            except (OSError, ValueError, RuntimeError) as e:
-                raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
-    elif args.dataset and not args.dataset.startswith(('folder', 'imagefolder')):
-        made = {split: create_dataset(args.dataset, root=args.data_dir, split=split,
-                                      is_training=split == args.train_split,
-                                      input_img_mode=None)  # RobustImageDataset converts: to_rgb
-                for split in splits}
+    kind = dataset_kind(args.dataset)
+    if kind is None:
+        raise TrainError(f'--dataset {args.dataset!r} is not a known data set: use {DATASET_NAMES}')
+    classes = None
+    if kind == 'benchmark':
+        made = _benchmark_splits(args, splits)
+    elif kind == 'csv':
+        made, classes = create_csv_datasets(args.data_dir, splits, class_split=splits[0])
+    elif kind == 'timm':
+        made = _timm_splits(args, splits)
     else:
-        if not args.data_dir:
-            raise TrainError('no data: pass --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg '
-                             '(or run train_fg --demo)')
-        root = Path(args.data_dir)
-        class_lists = {split: check_image_folder(root, split) for split in splits}
-        made = {}
-        for split in splits:
-            made[split] = create_dataset('', root=str(root / split), split=split, search_split=False,
-                                         is_training=split == args.train_split)
-            if len(made[split]) == 0:
-                raise TrainError(f'data folder {root / split} holds no images')
-        if need_train and class_lists[args.train_split] != class_lists[args.val_split]:
-            a, b = set(class_lists[args.train_split]), set(class_lists[args.val_split])
-            diff = sorted(a ^ b)[:5]
-            raise TrainError(f'class folders of {root / args.train_split} and {root / args.val_split} differ '
-                             f'(e.g. {diff}): both splits need the same classes')
-    val = RobustImageDataset(made[args.val_split], eval_transform, args.bad_images)
-    train = RobustImageDataset(made[args.train_split], train_transform, args.bad_images) if need_train else None
-    classes = (train or val).classes
+        made = _folder_splits(args, splits)
+    val = _with_transform(made[args.val_split], eval_transform, args)
+    train = _with_transform(made[args.train_split], train_transform, args) if need_train else None
+    classes = classes or _class_names(train if train is not None else val, args)
     for name, ds in (('train', train), ('val', val)):
         if ds is not None and len(ds) == 0:
             raise TrainError(f'the {name} split of {args.data_dir} holds no images')
     return train, val, classes
-
-
-def build_transforms(args, data_config) -> Tuple[Any, Any]:
-    """Train and eval transforms: timm's ``create_transform`` (rrc) or resize + random crop."""
-    eval_tf = create_transform(**data_config, is_training=False)
-    if args.train_crop == 'rrc':
-        train_tf = create_transform(
-            **data_config, is_training=True, scale=tuple(args.scale), ratio=tuple(args.ratio),
-            hflip=args.hflip, vflip=0., color_jitter=args.color_jitter or None)
-    else:
-        from torchvision import transforms
-        from timm.data.transforms import str_to_interp_mode
-        size = data_config['input_size'][-2:]
-        crop_pct = data_config.get('crop_pct') or 1.0
-        scale_size = tuple(math.floor(s / crop_pct) for s in size)
-        tfs = [transforms.Resize(scale_size, interpolation=str_to_interp_mode(data_config['interpolation'])),
-               transforms.RandomCrop(size)]
-        if args.hflip > 0:
-            tfs.append(transforms.RandomHorizontalFlip(args.hflip))
-        if args.color_jitter:
-            tfs.append(transforms.ColorJitter(*(3 * [args.color_jitter])))
-        tfs += [transforms.ToTensor(), transforms.Normalize(data_config['mean'], data_config['std'])]
-        train_tf = transforms.Compose(tfs)
-    return train_tf, eval_tf
-
-
-class _StridedSubset(Dataset):
-    """Every ``world_size``-th sample from ``rank``: an exact split of the val set across ranks."""
-
-    def __init__(self, ds, rank, world_size):
-        self.ds, self.indices = ds, list(range(rank, len(ds), world_size))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.ds[self.indices[i]]
-
-
-def eval_loader(ds, args, device) -> DataLoader:
-    """The val loader: in order; under DDP each rank takes every ``world_size``-th image."""
-    if args.distributed:
-        ds = _StridedSubset(ds, args.rank, args.world_size)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                      pin_memory=device.type == 'cuda')
 
 
 def resolve_run_data_config(args, model) -> Dict[str, Any]:
@@ -219,24 +249,3 @@ def resolve_run_data_config(args, model) -> Dict[str, Any]:
 def checkpoint_data_cfg(data_config) -> Dict[str, Any]:
     """The part of a data config a checkpoint keeps as its ``pretrained_cfg`` (plain lists, no tuples)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
-
-
-def train_loader(ds, args, device, epoch: int, sampler=None) -> DataLoader:
-    """The train loader of one epoch: shuffled by a generator seeded with ``seed + epoch`` (or by the
-    DDP ``sampler``, set to ``epoch``), so a resumed run replays the same order."""
-    pin = device.type == 'cuda'
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                          pin_memory=pin, drop_last=True)
-    g = torch.Generator().manual_seed(args.seed + epoch)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers,
-                      pin_memory=pin, drop_last=len(ds) > args.batch_size)
-
-
-def train_sampler(ds, args):
-    """timm-style distributed sampling of the train set (None in one process)."""
-    if not args.distributed:
-        return None
-    from torch.utils.data.distributed import DistributedSampler
-    return DistributedSampler(ds, shuffle=True, seed=args.seed, drop_last=True)

@@ -2,6 +2,7 @@
 this package (arguments, data, model, loops, run files)."""
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict
 
 import torch
@@ -9,20 +10,28 @@ import torch.nn as nn
 import yaml
 
 from timm.data import create_transform
-from timm.utils import ModelEmaV3, NativeScaler, random_seed
+from timm.utils import NativeScaler, random_seed
 
 from ..checkpoint import (
     CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
 )
 from ..loss import FgFocusLoss
 from . import loops
-from .data import (
-    DATA_CONFIG_KEYS, build_transforms, checkpoint_data_cfg, create_datasets, eval_loader, resolve_run_data_config,
-    train_loader, train_sampler,
+from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
+from .errors import TrainError, TrainInterrupted
+from .loaders import eval_loader, set_epoch, train_loader, use_prefetcher
+from .loggers import EpochLoggers, check_logger_packages
+from .model import (
+    arch_name, check_checkpoint_fits, convert_sync_bn, create_fg_model, create_model_ema,
+    create_optimizer_and_scheduler, group_lrs,
 )
-from .errors import TrainError
-from .model import arch_name, check_checkpoint_fits, create_fg_model, create_optimizer_and_scheduler
-from .run_files import args_dict, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic
+from .preflight import dummy_forward, first_readable
+from .run_files import (
+    RunProgress, same_path, args_dict, best_weights_source, check_free_space, clean_stale_temps,
+    estimate_checkpoint_bytes, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic, writing,
+)
+from .run_plot import save_run_plot
+from .transforms import build_transforms, create_mixup
 
 __all__ = ['train', 'run_eval_only']
 
@@ -41,15 +50,17 @@ def run_eval_only(args, device) -> Dict[str, float]:
         if getattr(args, k) in (None, '') and cfg.get(k) is not None:
             setattr(args, k, cfg[k])
     data_config = resolve_run_data_config(args, model)
-    eval_tf = create_transform(**data_config, is_training=False)
+    prefetch = use_prefetcher(args, device)
+    eval_tf = create_transform(**data_config, is_training=False, use_prefetcher=prefetch)
     _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
+    first_readable(val, 'val', f'{args.data_dir} {args.val_split}')
     if model.num_classes != len(classes):
         raise TrainError(f'checkpoint {args.checkpoint} was trained for {model.num_classes} classes but '
                          f'{args.data_dir}/{args.val_split} has {len(classes)}: evaluate on the data it was trained on')
     if ckpt.get('class_names') and list(ckpt['class_names']) != list(classes):
         print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
               file=sys.stderr)
-    metrics = loops.evaluate(model, eval_loader(val, args, device), args, device)
+    metrics = loops.evaluate(model, eval_loader(val, args, device, data_config, prefetch), args, device)
     if args.rank == 0:
         print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
@@ -57,8 +68,21 @@ def run_eval_only(args, device) -> Dict[str, float]:
 
 
 def train(args, device) -> Dict[str, Any]:
-    """The training run; returns the final metrics and paths."""
+    """The training run; returns the final metrics and paths.
+
+    Raises:
+        TrainInterrupted: on Ctrl-C, saying which checkpoint holds the last complete epoch (if any).
+    """
+    progress = RunProgress()
+    try:
+        return _train(args, device, progress)
+    except KeyboardInterrupt:
+        raise TrainInterrupted(f'interrupted; {progress.kept()}') from None
+
+
+def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     out = prepare_output(args)  # before anything is created, on every rank (same answer)
+    check_logger_packages(args)
     if args.distributed:
         torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
     ckpt = None
@@ -67,6 +91,7 @@ def train(args, device) -> Dict[str, Any]:
             ckpt = load_checkpoint(args.resume)
         except CheckpointError as e:
             raise TrainError(f'--resume: {e}') from None
+        progress.last, progress.epoch = Path(args.resume), int(ckpt['epoch'])
 
     # classes first (the model's class count comes from the data), transforms after the model
     train_ds, val_ds, classes = create_datasets(args, None, None)
@@ -75,12 +100,18 @@ def train(args, device) -> Dict[str, Any]:
         raise TrainError(f'--num-classes {num_classes} but {args.data_dir} has {len(classes)} classes')
     if ckpt is not None:
         check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
+    train_index = first_readable(train_ds, 'train', f'{args.data_dir} {args.train_split}')
+    first_readable(val_ds, 'val', f'{args.data_dir} {args.val_split}')
 
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
     data_config = resolve_run_data_config(args, model)
-    train_tf, eval_tf = build_transforms(args, data_config)
-    train_ds.transform, val_ds.transform = train_tf, eval_tf
+    prefetch = use_prefetcher(args, device)  # uint8 batches normalised on the GPU (timm's PrefetchLoader)
+    train_tf, eval_tf = build_transforms(args, data_config, use_prefetcher=prefetch)
+    # the pre-flight forward below takes the float form of the train transform
+    train_ds.transform = build_transforms(args, data_config)[0] if prefetch else train_tf
+    val_ds.transform = eval_tf
+    model = convert_sync_bn(model, args, device)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -90,7 +121,7 @@ def train(args, device) -> Dict[str, Any]:
     scaler = NativeScaler(device=device.type) if use_scaler else None
     loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
 
-    start_epoch, num_updates, best_metric, best_epoch = 0, 0, None, None
+    start_epoch, num_updates, best_metric, best_epoch, best_source = 0, 0, None, None, None
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt['state_dict'], strict=True)
@@ -106,12 +137,35 @@ def train(args, device) -> Dict[str, Any]:
         start_epoch = int(ckpt['epoch']) + 1
         num_updates = int(ckpt.get('num_updates', 0))
         best_metric, best_epoch = ckpt.get('best_metric'), ckpt.get('best_epoch')
+        best_source = best_weights_source(ckpt, Path(args.resume))
+        if best_source is None and best_epoch is not None:
+            if args.rank == 0:
+                print(f'warning: no best.pth beside {args.resume} holds its best epoch {best_epoch + 1} and it '
+                      f'cannot be rebuilt: best.pth is chosen again among the epochs from {start_epoch + 1} on',
+                      file=sys.stderr, flush=True)
+            best_metric = best_epoch = None
+        elif args.rank == 0 and best_source == Path(args.resume) and same_path(out, best_source.parent):
+            # a kill (or a full disk) stopped the copy of the best epoch's last.pth: restore it now
+            with writing(out / 'best.pth', progress):
+                atomic_copy(best_source, out / 'best.pth')
+            print(f'train_fg: restored {out / "best.pth"} (epoch {best_epoch + 1}, the best) from {best_source}',
+                  flush=True)
+            best_source = out / 'best.pth'
+    if start_epoch >= num_epochs:
+        if start_epoch == num_epochs:
+            raise TrainError(f'{args.resume} is a finished run: it holds all {num_epochs} epochs; pass --epochs N '
+                             f'with N > {num_epochs} to train longer')
+        raise TrainError(f'--epochs {args.epochs} is fewer than the {start_epoch} epochs {args.resume} already '
+                         f'holds: nothing to train; pass --epochs N with N > {start_epoch} to train longer')
 
-    ema = None
-    if args.model_ema:
-        ema = ModelEmaV3(model, decay=args.model_ema_decay)
-        if ckpt is not None and ckpt.get('state_dict_ema') is not None:
-            ema.module.load_state_dict(ckpt['state_dict_ema'])
+    # every model-side problem surfaces now, before the first epoch (BatchNorm statistics are put back)
+    dummy_forward(model, loss_fn, train_ds, train_index, args, device)
+    # on every rank, like prepare_output: one rank stopping alone would leave the others waiting
+    check_free_space(out, estimate_checkpoint_bytes(model, args.opt, args.model_ema))
+
+    ema = create_model_ema(model, args)
+    if ema is not None and ckpt is not None and ckpt.get('state_dict_ema') is not None:
+        ema.module.load_state_dict(ckpt['state_dict_ema'])
 
     train_model = model
     if args.distributed:
@@ -120,12 +174,26 @@ def train(args, device) -> Dict[str, Any]:
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
 
-    sampler = train_sampler(train_ds, args)
-    val_loader = eval_loader(val_ds, args, device)
+    # mixup needs full batches; the loaders are made once, their workers persist across epochs
+    mixup_fn = create_mixup(args, num_classes)
+    if mixup_fn is not None and len(train_ds) < args.batch_size * args.world_size:
+        raise TrainError(f'--mixup/--cutmix needs full batches: {len(train_ds)} train images do not fill one batch '
+                         f'of {args.batch_size} per process; lower --batch-size')
+    loader = train_loader(train_ds, train_tf, args, device, data_config, prefetch,
+                          drop_last=True if mixup_fn is not None else None)
+    val_loader = eval_loader(val_ds, args, device, data_config, prefetch)
 
     # nothing is written before the first epoch completes: a run that fails early leaves no folder
-    summary_rows = [r for r in read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
+    # (a resumed run continued in another folder takes the rows of its own summary.csv along)
+    summary_rows = []
+    if ckpt is not None:
+        summary_rows = [r for r in read_summary(Path(args.resume).parent / 'summary.csv')
+                        if int(r['epoch']) < start_epoch]
     if args.rank == 0:
+        removed = clean_stale_temps(out)
+        if removed:
+            print(f'train_fg: removed {len(removed)} temporary file(s) a killed run left in {out} '
+                  f'({", ".join(p.name for p in removed[:3])})', flush=True)
         n_back = sum(p.numel() for p in model.backbone.parameters())
         print(f'train_fg: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, backbone '
               f'{n_back / 1e6:.2f}M) on {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, '
@@ -134,14 +202,19 @@ def train(args, device) -> Dict[str, Any]:
               flush=True)
 
     metrics: Dict[str, Any] = {}
+    # TensorBoard / W&B: opened on rank 0 at the first epoch's end; each epoch is flushed as it is logged
+    loggers = EpochLoggers(args, out, start_epoch, args_dict(args))
     for epoch in range(start_epoch, num_epochs):
         loops.seed_epoch(args.seed, epoch, args.rank)
         scheduler.step(epoch)
-        lrs = {g.get('name', str(i)): g['lr'] for i, g in enumerate(optimizer.param_groups)}
-        loader = train_loader(train_ds, args, device, epoch, sampler)
+        lr_heads, lr_backbone = group_lrs(optimizer)
+        set_epoch(loader, epoch)
+        if mixup_fn is not None:
+            mixup_fn.mixup_enabled = not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
         t0 = time.time()
         train_metrics, num_updates = loops.train_one_epoch(
-            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates)
+            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates,
+            mixup_fn=mixup_fn)
         eval_metrics = loops.evaluate(model, val_loader, args, device)
         if ema is not None:
             eval_metrics['eval_top1_ema'] = loops.evaluate(ema.module, val_loader, args, device, 'eval ema')['eval_top1']
@@ -149,14 +222,11 @@ def train(args, device) -> Dict[str, Any]:
         is_best = best_metric is None or metric > best_metric
         if is_best:
             best_metric, best_epoch = metric, epoch
-        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
-                       lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
+        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lr_heads,
+                       lr_backbone=lr_backbone, epoch_time=time.time() - t0)
         if args.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            if epoch == start_epoch:
-                write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
+            loggers.log_epoch(epoch, metrics)  # first, so a new W&B run id is in args.yaml and the checkpoint
             summary_rows.append({k: fmt(v) for k, v in metrics.items()})
-            write_summary(out / 'summary.csv', summary_rows)
             state = checkpoint_dict(
                 model, arch_name(args.model), model_args, classes,
                 pretrained_cfg=checkpoint_data_cfg(data_config),
@@ -165,15 +235,37 @@ def train(args, device) -> Dict[str, Any]:
                 best_metric=best_metric, best_epoch=best_epoch, args=args_dict(args),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None)
-            atomic_save(state, out / 'last.pth')
-            if is_best:
-                atomic_copy(out / 'last.pth', out / 'best.pth')
+            _write_epoch(out, args, state, summary_rows, is_best, best_source, epoch == start_epoch, progress)
+            best_source = None  # best.pth in `out` now holds the best epoch
             ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
             print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
-                  f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
+                  f'lr {lr_heads:.2e}/{lr_backbone:.2e}  '
                   f'top1 {eval_metrics["eval_top1"]:5.1f} hybrid  {eval_metrics["eval_top1_image"]:5.1f} image  '
                   f'top5 {eval_metrics["eval_top5"]:5.1f}{ema_txt}  {metrics["epoch_time"]:.0f}s'
                   + ('  *best' if is_best else ''), flush=True)
+    loggers.close()
     return {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
             'data_config': data_config, 'classes': classes}
 
+
+def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: bool, best_source, first: bool,
+                 progress: RunProgress) -> None:
+    """The files of one epoch, each atomic: ``args.yaml`` (first epoch of this invocation),
+    ``summary.csv``, ``summary.png`` (the run's curves), ``last.pth``, then ``best.pth``. ``best.pth`` is copied from ``last.pth``
+    when this epoch is the best, or from ``best_source`` (the best weights of the run being
+    continued in a new folder). A failed write is one line with its cause; files already there stay."""
+    out.mkdir(parents=True, exist_ok=True)
+    if first:
+        with writing(out / 'args.yaml', progress):
+            write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
+    with writing(out / 'summary.csv', progress):
+        write_summary(out / 'summary.csv', summary_rows)
+    with writing(out / 'summary.png', progress):
+        save_run_plot(summary_rows, out / 'summary.png', title=f'{args.model}  {out}')
+    with writing(out / 'last.pth', progress):
+        atomic_save(state, out / 'last.pth')
+    progress.last, progress.epoch = out / 'last.pth', state['epoch']
+    source = out / 'last.pth' if is_best else best_source
+    if source is not None and not same_path(source, out / 'best.pth'):
+        with writing(out / 'best.pth', progress):
+            atomic_copy(source, out / 'best.pth')
