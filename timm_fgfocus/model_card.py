@@ -365,8 +365,8 @@ def _results_from_report(evaluation, l: int, demo: bool) -> List[str]:
     tta = any(h.endswith('_tta') for h in heads)
     out = ['### Evaluation report', '',
            f'Every head of these weights on the {data.get("split") or "evaluation"} split of '
-           f'{title or "the image folders"} ({ev.get("num_samples")} images), from the evaluation report '
-           f'(`train_fg.py --eval-only`, {meta.get("created", "")}):', '']
+           f'{title or "the image folders"} ({ev.get("num_samples")} images), from the evaluation report of '
+           f'this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '']
     header = '| head | top-1 % | top-5 %' + (' | top-1 % TTA | top-5 % TTA' if tta else '') + ' |'
     out += [header, '|---|---|---' + ('|---|---' if tta else '') + '|']
     for h, acc in heads.items():

@@ -55,8 +55,8 @@ CONFUSION_CLASSES = 20   # above this many classes the confusion picture shows t
 def head_label(head: str, num_hybrid_regions: int = 0) -> str:
     """What a head name means, for tables and the model card."""
     if head == 'hybrid':
-        return f'hybrid (the prediction: image + {num_hybrid_regions} regions)' if num_hybrid_regions \
-            else 'hybrid (the prediction)'
+        regions = f'{num_hybrid_regions} region' + ('s' if num_hybrid_regions > 1 else '')
+        return f'hybrid (the prediction: image + {regions})' if num_hybrid_regions else 'hybrid (the prediction)'
     if head == 'image':
         return 'image level only'
     if head.startswith('region_') and head[7:].isdigit():
@@ -269,6 +269,7 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 tr.best td { font-weight: 600; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.4em 0; }
 .note { color: #555; font-size: 0.92em; } code { background: #f5f5f5; padding: 0 0.2em; }
+.row { display: flex; flex-wrap: wrap; gap: 1em; }
 """
 
 
@@ -348,10 +349,10 @@ def render_html(meta, metrics, heads, class_rows, pairs, count, pictures, pair_p
                 + (f'(with TTA {ece["hybrid_tta"]:.2f}%) ' if 'hybrid_tta' in ece else '')
                 + f'over {ECE_BINS} equal-width confidence bins: the average gap, weighted by images, between how sure '
                 'the model is (top-1 softmax probability) and how often it is right.</p>')
-    if 'hybrid' in pictures:
-        body.append(_img(pictures['hybrid'], 'reliability diagram'))
-    if 'hybrid_tta' in pictures:
-        body.append(_img(pictures['hybrid_tta'], 'reliability diagram with TTA'))
+    body.append('<div class="row">' + ''.join(
+        _img(pictures[h], alt) for h, alt in (('hybrid', 'reliability diagram'),
+                                              ('hybrid_tta', 'reliability diagram with TTA')) if h in pictures)
+        + '</div>')
 
     # per class
     body.append('<h2>Per-class accuracy</h2>')
@@ -386,9 +387,11 @@ def render_html(meta, metrics, heads, class_rows, pairs, count, pictures, pair_p
     # mistakes
     body.append('<h2>Wrong predictions and where the model looked</h2>')
     if mistakes:
+        colours = ', '.join(('red', 'green', 'blue', 'yellow', 'magenta', 'cyan', 'orange', 'purple')[:max(l, 1)])
         body.append(f'<p>The {len(mistakes)} most confident mistakes (at most 2 per true class), as the model saw '
-                    f'them. Left: the top {l} regions it zoomed into, rank 1 to 4 in red, green, blue, yellow (the '
-                    'paper\'s colours); right: its attention map (red high, blue low).</p>')
+                    f'them. Left: the {l} region(s) the prediction used, rank 1 first, in {colours} (the paper\'s '
+                    'colours); right: its attention map (red high, blue low). Caption: prediction (confidence), '
+                    'true class.</p>')
         body.append(_img(pictures['mistakes'], 'wrong predictions with their regions'))
         body.append(_table(['index', 'file', 'true class', 'predicted', 'confidence %'],
                            [[i, preds.files[pos[i]], names[preds.target[pos[i]]], names[preds.pred()[pos[i]]],
