@@ -312,9 +312,13 @@ def sample_names(dataset, indices: Sequence[int], root: Optional[Union[str, Path
     '' where the dataset cannot say.
     """
     name = getattr(dataset, '_name', None)  # RobustImageDataset (training/data.py) names its samples
+    # torchvision's FGVCAircraft keeps its files where that naming does not look
+    files = getattr(getattr(dataset, 'base', dataset), '_image_files', None)
     out = []
     for i in indices:
         text = str(name(int(i))) if name is not None else ''
+        if files is not None and (not text or text.startswith('sample ')):
+            text = str(files[int(i)])
         if root and text:
             try:
                 text = str(Path(text).relative_to(Path(root)))
