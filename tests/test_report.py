@@ -219,12 +219,20 @@ def test_report_regenerated_without_the_model_or_the_data(data, checkpoint, tmp_
     assert sorted(p.name for p in (run / 'eval').glob('*.png')) == pictures
 
 
-def test_report_command_errors_are_one_line(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, '-m', 'timm_fgfocus.report', str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().count('\n') == 0 and 'eval.json does not exist' in proc.stderr
+def test_report_command_errors_are_one_line(evaluated, tmp_path, capsys):
+    from timm_fgfocus.report import main
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'eval.json does not exist' in err and str(tmp_path) in err
+    run = tmp_path / 'run'
+    shutil.copytree(evaluated[0], run)
+    (run / 'eval' / 'predictions.npz').write_bytes(b'truncated')
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'predictions.npz cannot be read' in err
+    (run / 'eval' / 'eval.json').write_text('{"format": "something else"}')
+    assert main([str(run)]) == 1
+    assert 'is not an fgfocus evaluation' in capsys.readouterr().err
 
 
 class _Links(HTMLParser):
