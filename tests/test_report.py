@@ -24,7 +24,7 @@ from timm_fgfocus.checkpoint import model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.evaluation import Predictions
 from timm_fgfocus.evaluation.report import build_report
-from timm_fgfocus.visualize import SHEET_PAD
+from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
 
 from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
 
@@ -85,6 +85,11 @@ def test_eval_only_writes_the_report_files(evaluated):
             'confused_pairs.csv', 'predictions.csv', 'confusion.png', 'reliability.png', 'reliability_tta.png',
             'mistakes.png'} <= names
     assert not [p for p in out.iterdir() if p.name.startswith('.')]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / 'report.html', out / 'eval' / 'confusion.png', out / 'eval' / 'eval.json'):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # shareable like any file the user writes
+    assert (out / 'eval').stat().st_mode & 0o777 == 0o777 & ~umask
     meta = json.loads((out / 'eval' / 'eval.json').read_text())
     assert meta['class_names'] == NAMES and meta['num_samples'] == 12 and meta['data']['split'] == 'val'
     assert meta['tta']['views'] == [[1.0, False], [1.0, True], [1.25, False], [1.25, True]]
@@ -179,12 +184,21 @@ def test_pictures_read_back(evaluated):
     assert mistakes == expected and mistakes
     with Image.open(out / 'eval' / 'mistakes.png') as sheet:
         w, h = sheet.size
-    # one panel per mistake: 4 per row, each 2 x 224 px panels + gap wide
-    cols = min(4, len(mistakes))
-    rows = -(-len(mistakes) // 4)
+    # one panel per mistake: 3 per row, each 2 x 224 px panels + gap wide
+    cols = min(3, len(mistakes))
+    rows = -(-len(mistakes) // 3)
     cell_w = (w - SHEET_PAD) // cols - SHEET_PAD
     assert cell_w == 2 * 224 + 4 and SHEET_PAD + cols * (cell_w + SHEET_PAD) == w
     assert (h - SHEET_PAD) % rows == 0
+    # each panel's rank-1 (red) box is where the predictions put that image's first box (64 px input at 224 px)
+    with Image.open(out / 'eval' / 'mistakes.png') as sheet:
+        px = sheet.convert('RGB').load()
+    for n, i in enumerate(mistakes):
+        row, col = divmod(n, 3)
+        ox, oy = SHEET_PAD + col * (cell_w + SHEET_PAD), SHEET_PAD + row * ((h - SHEET_PAD) // rows)
+        c0, r0, c1, r1 = box_pixels(preds.boxes[i, 0] * 224 / 64, (224, 224))
+        mid = (r0 + r1) // 2 + 6  # below the rank tag
+        assert px[ox + c0, oy + mid] == REGION_COLORS[0] and px[ox + c1, oy + mid] == REGION_COLORS[0], (n, i)
     for i in set(mistakes) | {j for p in meta['examples']['pairs'] for j in p[3:] if j is not None}:
         assert (out / 'eval' / 'inputs' / f'{i}.jpg').is_file()
     assert len(list((out / 'eval').glob('pair_*.png'))) == len(meta['examples']['pairs'])

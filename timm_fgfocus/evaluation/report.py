@@ -25,13 +25,14 @@ import csv
 import html
 import io
 import json
+import os
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from ..checkpoint import atomic_write
 from .collect import Predictions
 from .errors import EvaluationError
 from .metrics import (
@@ -50,6 +51,7 @@ METRICS_FORMAT = 'timm_fgfocus.eval_metrics'
 ECE_BINS = 15
 TABLE_ROWS = 15          # worst classes and confused pairs listed on the page (all are in the CSVs)
 CONFUSION_CLASSES = 20   # above this many classes the confusion picture shows the worst rows only
+MISTAKE_COLUMNS = 3      # figures per row of the wrong-predictions sheet (each 2 x 224 px wide)
 
 
 def head_label(head: str, num_hybrid_regions: int = 0) -> str:
@@ -117,16 +119,30 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
+def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(f)`` into a new file beside ``path``, then rename it over ``path``: a reader sees the old
+    file or the new one. Unlike ``checkpoint.atomic_write`` (private 0600 files), the report's files get
+    the usual permissions (the umask's), so a page can be shared or served."""
+    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp')
+    try:
+        with open(tmp, 'xb') as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+    write_file(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def _save_png(path: Path, picture) -> None:
-    """Write a PIL image or a matplotlib Figure as PNG, atomically."""
+    """Write a PIL image or a matplotlib Figure as PNG."""
     if isinstance(picture, Image.Image):
-        atomic_write(path, lambda f: picture.save(f, format='PNG'))
+        write_file(path, lambda f: picture.save(f, format='PNG'))
     else:
-        atomic_write(path, lambda f: picture.savefig(f, format='png', dpi=100))
+        write_file(path, lambda f: picture.savefig(f, format='png', dpi=100))
 
 
 def _pct(x: Optional[float]) -> str:
@@ -219,7 +235,8 @@ def build_report(run_dir: Union[str, Path]) -> Path:
     pictures['confusion'] = 'confusion.png'
     for h, (bins, ece) in calib.items():
         name = 'reliability.png' if h == 'hybrid' else 'reliability_tta.png'
-        _save_png(eval_dir / name, reliability_figure(bins, ece, title=head_label(h, l)))
+        _save_png(eval_dir / name, reliability_figure(bins, ece, title='prediction, TTA' if h.endswith('_tta')
+                                                      else 'prediction (hybrid head)'))
         pictures[h] = name
 
     examples = read_examples(eval_dir)
@@ -235,7 +252,7 @@ def build_report(run_dir: Union[str, Path]) -> Path:
     shown = meta.get('examples') or {}
     mistakes = [i for i in shown.get('mistakes', []) if i in examples and i in pos]
     if mistakes:
-        _save_png(eval_dir / 'mistakes.png', mistakes_grid([figure(i) for i in mistakes]))
+        _save_png(eval_dir / 'mistakes.png', mistakes_grid([figure(i) for i in mistakes], ncols=MISTAKE_COLUMNS))
         pictures['mistakes'] = 'mistakes.png'
     pair_pictures = []
     for n, (true, predicted, times, ia, ib) in enumerate(shown.get('pairs', []), 1):

@@ -14,8 +14,8 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import time
+import uuid
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..visualize import denormalize
 from .collect import Predictions, collect_predictions, gather_predictions, prediction_loader, sample_names
 from .errors import EvaluationError
@@ -136,7 +136,8 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
     seen = _attention_of(model, dataset, shown, args.batch_size, device, _autocast(args, device))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix='.eval.new-', dir=out_dir))
+    tmp = out_dir / f'.eval.new-{uuid.uuid4().hex[:12]}'  # not mkdtemp: its 0700 would hide the report
+    tmp.mkdir()
     try:
         (tmp / 'inputs').mkdir()
         for i, (x, _) in seen.items():
@@ -152,8 +153,8 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
         final = out_dir / EVAL_DIR
         old = None
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix='.eval.old-', dir=out_dir))
-            final.rename(old / EVAL_DIR)
+            old = out_dir / f'.eval.old-{uuid.uuid4().hex[:12]}'
+            final.rename(old)
         tmp.rename(final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
