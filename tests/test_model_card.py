@@ -96,13 +96,13 @@ def test_model_index_takes_the_report_of_this_very_checkpoint(tmp_path):
 
     # another file (a later save of the checkpoint): its card does not borrow the report
     assert read_evaluation(ckpt) is not None
+    assert read_evaluation(ckpt, use_ema=True) is None  # the report was of the raw weights
     make_checkpoint(ckpt, NAMES, metrics=METRICS, epoch=3)
     assert read_evaluation(ckpt) is None
     card = dry_run(ckpt, tmp_path / 'repo2')
     assert 'Evaluation report' not in card and len(model_index(card)) == 4
-    # the report was of the raw weights: not for the EMA weights
     shutil.rmtree(tmp_path / 'run' / 'eval')
-    assert read_evaluation(ckpt, use_ema=True) is None
+    assert read_evaluation(ckpt) is None
 
 
 @pytest.fixture(scope='module')

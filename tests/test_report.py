@@ -161,6 +161,50 @@ def test_report_numbers_against_an_independent_computation(evaluated):
     assert 'cost' in page.lower() and 'ms/image' in page
 
 
+def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
+    """build_report alone, on predictions made here: spread confidences, 200 classes."""
+    from timm_fgfocus.evaluation.report import EVAL_FORMAT
+    rng = np.random.default_rng(7)
+    n, c = 1000, 200
+    target = rng.integers(0, c, n)
+    conf = rng.uniform(0.02, 1.0, n).astype(np.float32)
+    right = rng.uniform(0, 1, n) < conf
+    pred = np.where(right, target, (target + rng.integers(1, c, n)) % c)
+    topk = np.stack([pred] + [(pred + j) % c for j in range(1, 5)], 1).astype(np.int32)
+    preds = Predictions(index=np.arange(n), target=target, loss=rng.uniform(0, 3, n).astype(np.float32),
+                        topk={'hybrid': topk, 'image': np.roll(topk, 1, axis=0)},
+                        confidence={'hybrid': conf, 'image': conf}, boxes=np.zeros((n, 2, 4), np.float32),
+                        valid=np.ones((n, 2), bool))
+    (tmp_path / 'eval').mkdir()
+    preds.save(tmp_path / 'eval' / 'predictions.npz')
+    names = [f'species {k:03d}' for k in range(c)]
+    (tmp_path / 'eval' / 'eval.json').write_text(json.dumps(dict(
+        format=EVAL_FORMAT, arch='fgfocus_test', class_names=names, num_samples=n, num_regions=2,
+        num_hybrid_regions=0, data=dict(split='test', dataset='cub200'))))
+    page = build_report(tmp_path).read_text()
+    saved = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    ece = 0.0
+    for b in range(15):
+        m = [(b / 15 < conf[i] <= (b + 1) / 15) for i in range(n)]
+        k = sum(m)
+        if k:
+            acc = sum(1 for i in range(n) if m[i] and right[i]) / k
+            ece += k / n * abs(acc - sum(float(conf[i]) for i in range(n) if m[i]) / k)
+    assert saved['ece']['hybrid'] == pytest.approx(100 * ece, abs=1e-3)
+    assert saved['heads']['hybrid']['top1'] == pytest.approx(100 * right.mean(), abs=1e-3)
+    assert saved['heads']['image']['top1'] == pytest.approx(100 * np.mean(np.roll(pred, 1) == target), abs=1e-3)
+    rows = read_csv(tmp_path / 'eval' / 'per_class.csv')
+    assert len(rows) == c
+    for r in rows[:20]:
+        k = int(r['class_index'])
+        assert int(r['images']) == int((target == k).sum()) and int(r['correct']) == int(((target == k) & right).sum())
+    accs = [float(r['accuracy']) for r in rows if r['accuracy']]
+    assert accs == sorted(accs)
+    with Image.open(tmp_path / 'eval' / 'confusion.png') as img:
+        assert img.width < 2000 and img.height < 1200  # the worst rows only: readable, not 200 x 200
+    assert '200 classes are too many for one readable grid' in page and 'species' in page
+
+
 def test_printed_lines(data, checkpoint, tmp_path, capsys):
     train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--output',
                     str(tmp_path / 'o'), '--no-eval-report'] + FAST)
@@ -391,18 +435,42 @@ def test_bad_tta_scale_is_one_line(data, checkpoint, capsys):
 
 
 @pytest.mark.slow
-def test_end_of_training_reports_best_pth(data, tmp_path, capsys):
+def test_end_of_training_reports_best_pth_not_the_last_epoch(data, tmp_path, capsys, monkeypatch):
+    """Epoch 1 is made the best (its logged top-1 is raised) and epoch 2 changes the weights a lot: the
+    report must be of best.pth, whose own forward it reproduces, not of the final model."""
+    from timm_fgfocus.training import loops
+    real_eval, real_train = loops.evaluate, loops.train_one_epoch
+
+    def evaluate(model, loader, args, device, desc='eval'):
+        m = real_eval(model, loader, args, device, desc)
+        m['eval_top1'] = 100.0 if not hasattr(evaluate, 'seen') else 0.0  # epoch 1 best, epoch 2 worse
+        evaluate.seen = True
+        return m
+
+    def train_one_epoch(epoch, model, *a, **kw):
+        out = real_train(epoch, model, *a, **kw)
+        if epoch == 1:
+            with torch.no_grad():
+                model.hybrid_fc.weight.mul_(-3.0)  # the final model predicts differently from best.pth
+        return out
+
+    monkeypatch.setattr(loops, 'evaluate', evaluate)
+    monkeypatch.setattr(loops, 'train_one_epoch', train_one_epoch)
     out = tmp_path / 'run'
     result = train_mod.main(['--config', 'demo', '--input-size', '3', '64', '64', '--epochs', '2', '--data-dir',
                              str(data), '--output', str(out), '--model-kwargs'] +
                             [f'{k}={v}' for k, v in MODEL_ARGS.items()] + FAST)
     assert 'report:' in capsys.readouterr().out
-    meta = json.loads((out / 'eval' / 'eval.json').read_text())
-    assert meta['checkpoint'] == str(out / 'best.pth')
-    assert meta['checkpoint_sha256'] == hashlib.sha256((out / 'best.pth').read_bytes()).hexdigest()
     best = torch.load(out / 'best.pth', weights_only=True)
-    assert meta['epoch'] == best['epoch']
-    assert result['report']['eval_top1'] == pytest.approx(best['metrics']['eval_top1'], abs=1e-3)
+    last = torch.load(out / 'last.pth', weights_only=True)
+    assert best['epoch'] == 0 and last['epoch'] == 1
+    meta = json.loads((out / 'eval' / 'eval.json').read_text())
+    assert meta['checkpoint'] == str(out / 'best.pth') and meta['epoch'] == 0
+    assert meta['checkpoint_sha256'] == hashlib.sha256((out / 'best.pth').read_bytes()).hexdigest()
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    assert float(preds.loss.mean()) == pytest.approx(best['metrics']['eval_loss'], rel=1e-5)
+    assert float(preds.loss.mean()) != pytest.approx(last['metrics']['eval_loss'], rel=1e-3)
+    assert result['report']['eval_loss'] == pytest.approx(best['metrics']['eval_loss'], rel=1e-5)
     assert (out / 'report.html').is_file()
 
 
