@@ -111,8 +111,8 @@ def reliability_figure(bins: ReliabilityBins, ece: float, *, title: str = 'hybri
     top.bar(lo[has], bins.accuracy[has], width=width[has], align='edge', color=(0.2, 0.4, 0.8),
             edgecolor='black', linewidth=0.5, label='accuracy')
     top.bar(lo[has], bins.confidence[has] - bins.accuracy[has], bottom=bins.accuracy[has], width=width[has],
-            align='edge', color=(0.9, 0.3, 0.3), alpha=0.35, edgecolor=(0.8, 0.2, 0.2), linewidth=0.5,
-            label='gap to confidence')
+            align='edge', fill=False, hatch='///', edgecolor=(0.85, 0.15, 0.15), linewidth=0.8,
+            label='gap to mean confidence')
     top.plot([0, 1], [0, 1], '--', color='gray', linewidth=1, label='perfect calibration')
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)

@@ -295,7 +295,7 @@ def _e(x: Any) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], num_cols: Sequence[int] = ()) -> str:
-    out = ['<table>', '<tr>' + ''.join(f'<th>{_e(h)}</th>' for h in header) + '</tr>']
+    out = ['<table>'] + (['<tr>' + ''.join(f'<th>{_e(h)}</th>' for h in header) + '</tr>'] if header else [])
     for row in rows:
         out.append('<tr>' + ''.join(
             f'<td class="num">{_e(v)}</td>' if i in num_cols else f'<td>{_e(v)}</td>' for i, v in enumerate(row))
@@ -329,7 +329,7 @@ def render_html(meta, metrics, heads, class_rows, pairs, count, pictures, pair_p
             ('regions', f'm={meta.get("num_regions")} proposed, l={l} in the hybrid head'),
             ('processes', meta.get('world_size', 1)), ('device', meta.get('device', '')),
             ('evaluated', meta.get('created', ''))]
-    body.append(_table(['', ''], info))
+    body.append(_table([], info))
 
     # accuracy per head
     body.append('<h2>Accuracy of every head</h2>')
