@@ -1,6 +1,5 @@
 """timm_fgfocus.evaluation, piece by piece: metrics against plain loops and a hand-made ECE case, TTA
 against separate forwards, predictions (collect, DDP split and merge, files), pictures read back."""
-import math
 
 import numpy as np
 import pytest
@@ -348,5 +347,5 @@ def test_select_mistakes_and_pair_examples():
     # (0 -> 1): most confident such mistake is 2; an image of 1 predicted right: 3
     # (1 -> 0): mistake 4; no image of 0 is right, so the first image of 0
     assert chosen == [(2, 3), (4, 0), (5, 0)]
-    assert select_pair_examples(np.array([0]), np.array([1]), np.array([.5]), most_confused(np.array([[0, 1], [0, 0]]))) \
-        == [(0, None)]
+    lonely = most_confused(np.array([[0, 1], [0, 0]]))
+    assert select_pair_examples(np.array([0]), np.array([1]), np.array([.5]), lonely) == [(0, None)]

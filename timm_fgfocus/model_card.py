@@ -379,7 +379,8 @@ def _results_from_report(evaluation, l: int, demo: bool) -> List[str]:
         out.append(row + ' |')
     out.append('')
     if tta:
-        views = ', '.join(f'scale {s:g}' + (' flipped' if f else '') for s, f in (meta.get('tta') or {}).get('views', []))
+        views = ', '.join(f'scale {s:g}' + (' flipped' if f else '')
+                          for s, f in (meta.get('tta') or {}).get('views', []))
         cost = ev.get('tta_cost')
         out += [f'TTA: logits averaged over {views}' + (f'; {cost:.2f}x the single-view forward time' if cost else '')
                 + '. The single-view figures are the model\'s; TTA is reported beside them.', '']
@@ -439,7 +440,7 @@ def transformers_snippet(model: str, revision: Optional[str] = None) -> str:
     """Python code that classifies one image with ``transformers``' pipeline; ``model`` is a Hub
     repo id or a local folder (e.g. one written by ``hf_upload --dry-run``)."""
     rev = f", revision='{revision}'" if revision and revision != 'main' else ''
-    return f'''import timm_fgfocus  # registers the fgfocus architectures with timm, before transformers builds the model
+    return f'''import timm_fgfocus  # registers the fgfocus architectures with timm; import it before transformers loads
 from PIL import Image
 from transformers import pipeline
 

@@ -13,7 +13,9 @@ One module per concern:
 * :mod:`.report`: ``report.html`` and the CSVs from the saved outputs (no model needed);
 * :mod:`.run`: the evaluation of a ``train_fg`` run (``--eval-only``, the end of training).
 """
-from .collect import Predictions, collect_predictions, gather_predictions, head_names, merge_predictions, prediction_loader
+from .collect import (
+    Predictions, collect_predictions, gather_predictions, head_names, merge_predictions, prediction_loader,
+)
 from .errors import EvaluationError
 from .metrics import (
     confusion_matrix, expected_calibration_error, most_confused, per_class_accuracy, reliability_bins, topk_accuracy,

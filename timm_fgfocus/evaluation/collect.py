@@ -290,7 +290,9 @@ def merge_predictions(parts: Sequence[Predictions], num_samples: int) -> Predict
     return merged.take(np.argsort(index, kind='stable'))
 
 
-def gather_predictions(local: Predictions, num_samples: int, rank: int = 0, world_size: int = 1) -> Optional[Predictions]:
+def gather_predictions(
+        local: Predictions, num_samples: int, rank: int = 0, world_size: int = 1,
+) -> Optional[Predictions]:
     """Every process's predictions on rank 0, merged (:func:`merge_predictions`); None on other ranks.
 
     With ``world_size > 1`` this is a collective (``torch.distributed.gather_object``): every rank

@@ -122,7 +122,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, num_
     return float(np.sum(bins.count / n * np.abs(bins.accuracy - bins.confidence)))
 
 
-def head_accuracies(topk: Dict[str, np.ndarray], target: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[str, Dict[str, float]]:
+def head_accuracies(topk: Dict[str, np.ndarray], target: np.ndarray,
+                    ks: Sequence[int] = (1, 5)) -> Dict[str, Dict[str, float]]:
     """``{head: {'top1': %, 'top5': %}}`` for every head's top-k indices."""
     return {head: {f'top{k}': topk_accuracy(idx, target, k) for k in ks} for head, idx in topk.items()}
 
