@@ -86,7 +86,7 @@ def test_model_index_takes_the_report_of_this_very_checkpoint(tmp_path):
     index = model_index(card)
     expected = {}
     for head, acc in report['heads'].items():
-        from timm_fgfocus.evaluation.report import head_label
+        from timm_fgfocus.evaluation.collect import head_label
         for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') else (1,)):
             expected[(f'top-{k} accuracy (%), {head_label(head, 2)}', 'val')] = round(acc[f'top{k}'], 2)
     assert index == expected

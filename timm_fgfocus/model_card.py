@@ -173,7 +173,7 @@ def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Opti
 
 
 def _head_label(head: str, l: int) -> str:
-    from .evaluation.report import head_label
+    from .evaluation.collect import head_label
     return head_label(head, l)
 
 

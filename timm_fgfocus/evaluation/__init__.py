@@ -10,7 +10,8 @@ One module per concern:
   reliability bins (pure functions on arrays);
 * :mod:`.pictures`: the confusion picture, the reliability diagram, wrong predictions drawn with
   :mod:`timm_fgfocus.visualize`;
-* :mod:`.report`: ``report.html`` and the CSVs from the saved outputs (no model needed);
+* :mod:`.report`: everything derived from the saved outputs (no model needed): figures, CSVs,
+  pictures; :mod:`.page` formats ``report.html``;
 * :mod:`.run`: the evaluation of a ``train_fg`` run (``--eval-only``, the end of training).
 """
 from .collect import (

@@ -31,7 +31,7 @@ from .errors import EvaluationError
 from .tta import TTAView, forward_tta
 
 __all__ = [
-    'Predictions', 'head_names', 'prediction_loader', 'collect_predictions', 'gather_predictions',
+    'Predictions', 'head_names', 'head_label', 'prediction_loader', 'collect_predictions', 'gather_predictions',
     'merge_predictions', 'sample_names',
 ]
 
@@ -46,6 +46,22 @@ def head_names(num_hybrid_regions: int, tta: bool = False) -> List[str]:
     if tta:
         names += ['hybrid_tta', 'image_tta']
     return names
+
+
+def head_label(head: str, num_hybrid_regions: int = 0) -> str:
+    """What a head name means, for tables and the model card."""
+    if head == 'hybrid':
+        regions = f'{num_hybrid_regions} region' + ('s' if num_hybrid_regions > 1 else '')
+        return f'hybrid (the prediction: image + {regions})' if num_hybrid_regions else 'hybrid (the prediction)'
+    if head == 'image':
+        return 'image level only'
+    if head.startswith('region_') and head[7:].isdigit():
+        return f'region rank {head[7:]} alone'
+    if head == 'region_mean':
+        return f'mean of the {num_hybrid_regions} region logits' if num_hybrid_regions else 'mean of the region logits'
+    if head.endswith('_tta'):
+        return head_label(head[:-4], num_hybrid_regions) + ', TTA'
+    return head
 
 
 @dataclass
