@@ -58,7 +58,7 @@ _RECIPE_KEYS = (
 )
 # args that describe the machine or the invocation, not the recipe; secret-like names never shown
 _NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
-                         r'eval_only|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
+                         r'eval_only|eval_report|tta|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
 _SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
 # checkpoint metrics -> (head, k, label)
 _CKPT_METRICS = (

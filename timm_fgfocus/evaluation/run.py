@@ -152,10 +152,15 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
         (tmp / 'eval.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
         final = out_dir / EVAL_DIR
         old = None
-        if final.exists():
+        if final.exists() or final.is_symlink():
             old = out_dir / f'.eval.old-{uuid.uuid4().hex[:12]}'
             final.rename(old)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except BaseException:
+            if old is not None:
+                old.rename(final)  # the earlier evaluation stays as it was
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -246,7 +251,7 @@ def evaluate_run(
                                         data_config.get('mean', (0.5,) * 3), data_config.get('std', (0.5,) * 3))
                 metrics['eval_report'] = str(page)
             status = [('ok', metrics)]
-    except (EvaluationError, OSError, ValueError, RuntimeError) as e:
+    except Exception as e:  # under DDP every rank must hear of it, or the others wait forever
         if not distributed:
             raise
         error, status = e, [('error', f'{type(e).__name__}: {e}')]
