@@ -325,9 +325,9 @@ def model_card(
         'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
         'first convolution as timm does.', '',
         '### With transformers', '',
-        '`transformers` wraps timm models (`TimmWrapper`); import `timm_fgfocus` first so timm knows the '
-        'architecture. The pipeline applies the same preprocessing (from `config.json`) and gives the same '
-        'probabilities:', '',
+        '`transformers` (4.53 or newer) wraps timm models (`TimmWrapper`); import `timm_fgfocus` first so timm '
+        'knows the architecture. The pipeline applies the same preprocessing (from `config.json`) and gives the '
+        'same probabilities:', '',
         '```python', transformers_snippet(repo_id, revision), '```', '',
         '## Citation', '', '```bibtex', CITATION, '```', '',
     ]
