@@ -209,6 +209,15 @@ def test_collect_predictions_against_a_direct_forward():
         collect_predictions(model, prediction_loader(ds, 3), 'cpu', tta_views=[TTAView(1.0, True)])
 
 
+def test_collect_without_regions_in_the_hybrid_head():
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3, num_regions=2, num_hybrid_regions=0,
+                              region_scales=[0.5], crop_size=32).eval()
+    preds = collect_predictions(model, prediction_loader(_Tensors(3, 3), 2), 'cpu')
+    assert preds.heads == ['hybrid', 'image'] and preds.boxes.shape == (3, 2, 4)
+
+
 def test_flat_metrics_equal_the_training_loop_evaluate():
     """The evaluation's numbers against train_fg's own (independent) evaluate loop."""
     from argparse import Namespace
