@@ -1,8 +1,21 @@
-"""Atomic writes: a failed write leaves the old file and no temp file; copies are byte-exact."""
+"""Checkpoints: atomic writes (a failed write leaves the old file and no temp file; copies are
+byte-exact), integrity digests verified on load, finite weights, one-line errors."""
+import copy
+import functools
+import hashlib
+import re
+import zipfile
+
 import pytest
 import torch
 
-from timm_fgfocus.checkpoint import atomic_copy, atomic_save, atomic_write
+import timm
+import timm_fgfocus  # noqa: F401
+from timm_fgfocus.checkpoint import (
+    CheckpointError, atomic_copy, atomic_save, atomic_write, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+    seal_checkpoint,
+)
+from timm_fgfocus.integrity import digest
 
 
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
@@ -37,3 +50,164 @@ def test_atomic_copy_of_missing_file_leaves_target(tmp_path):
         atomic_copy(tmp_path / 'nope.pth', dst)
     assert dst.read_bytes() == b'keep me'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pth']
+
+
+# --- integrity: digests written with a checkpoint and verified when it is read -----------------------
+
+def _training_checkpoint(ema: bool = True):
+    """A checkpoint like train_fg's last.pth: weights, EMA weights, optimizer state, metrics, args (a copy)."""
+    ckpt = copy.deepcopy(_base_checkpoint())
+    if not ema:
+        ckpt['state_dict_ema'] = None
+    return ckpt
+
+
+@functools.lru_cache(maxsize=None)
+def _base_checkpoint():
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 96, 96))[0].sum().backward()
+    opt.step()
+    sd = model.state_dict()
+    return checkpoint_dict(
+        model, 'fgfocus_test', dict(num_classes=3), ['a', 'b', 'c'], epoch=4, metrics={'eval_top1': 50.0},
+        state_dict_ema={k: v * 0.5 if v.is_floating_point() else v for k, v in sd.items()},
+        optimizer=opt.state_dict(),
+        args={'lr': 0.1, 'model': 'fgfocus_test'})
+
+
+def _tensor_offset(path, tensor):
+    """Where ``tensor``'s bytes start in the torch zip ``path`` (found by content, as a corruption would hit it)."""
+    data = path.read_bytes()
+    needle = tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()[:64]
+    offset = data.find(needle)
+    assert offset > 0 and data.find(needle, offset + 1) == -1
+    return offset
+
+
+def _flip(path, offset, bit=0x10):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= bit
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('entry, key', [
+    ('state_dict', 'backbone.layer1.0.conv1.weight'),
+    ('state_dict_ema', 'fc.weight'),
+    ('optimizer', None),
+])
+def test_flipped_byte_is_named_on_load(tmp_path, entry, key):
+    ckpt = _training_checkpoint()
+    path = tmp_path / 'last.pth'
+    atomic_save(ckpt, path)
+    if entry == 'optimizer':
+        tensor = next(iter(ckpt['optimizer']['state'].values()))['momentum_buffer']
+    else:
+        tensor = ckpt[entry][key]
+    _flip(path, _tensor_offset(path, tensor) + 5)
+    assert zipfile.ZipFile(path).testzip() is not None  # the zip's own CRC sees it; torch.load does not
+    torch.load(path, weights_only=True)  # loads without complaint
+    with pytest.raises(CheckpointError, match=re.escape(f'checkpoint {path} is corrupt: {entry!r} does not match')):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        model_from_checkpoint(path)
+
+
+def test_digests_cover_every_entry_and_copies_stay_valid(tmp_path):
+    ckpt = _training_checkpoint()
+    path, copy = tmp_path / 'last.pth', tmp_path / 'best.pth'
+    atomic_save(ckpt, path)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw['digests']) == set(ckpt)  # every top-level entry, the optimizer state included
+    assert raw['digests']['state_dict'] == digest(ckpt['state_dict'])
+    atomic_copy(path, copy)
+    assert load_checkpoint(copy)['epoch'] == 4
+    # a value outside the tensors (here the epoch in the pickle) is covered too
+    raw['epoch'] = 5
+    torch.save(raw, tmp_path / 'edited.pth')  # edited and saved without resealing
+    with pytest.raises(CheckpointError, match=r"'epoch' does not match"):
+        load_checkpoint(tmp_path / 'edited.pth')
+    atomic_save(raw, tmp_path / 'resealed.pth')  # atomic_save reseals
+    assert load_checkpoint(tmp_path / 'resealed.pth')['epoch'] == 5
+    # an entry removed from the file is reported as changed
+    raw = torch.load(tmp_path / 'resealed.pth', weights_only=True)
+    del raw['state_dict_ema']
+    torch.save(raw, tmp_path / 'cut.pth')
+    with pytest.raises(CheckpointError, match=r"'state_dict_ema' does not match"):
+        load_checkpoint(tmp_path / 'cut.pth')
+
+
+def test_checkpoint_without_digests_still_loads(tmp_path):
+    """Checkpoints written before the digests existed load as before (unverified)."""
+    ckpt = _training_checkpoint(ema=False)
+    path = tmp_path / 'old.pth'
+    torch.save(ckpt, path)  # no 'digests' entry
+    model, loaded = model_from_checkpoint(path)
+    assert 'digests' not in loaded
+    assert all(torch.equal(v, ckpt['state_dict'][k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+@pytest.mark.parametrize('entry', ['state_dict', 'state_dict_ema'])
+def test_non_finite_weights_are_an_error_naming_the_tensor(tmp_path, entry, bad):
+    ckpt = _training_checkpoint()
+    ckpt[entry] = dict(ckpt[entry])
+    ckpt[entry]['hybrid_fc.bias'] = ckpt[entry]['hybrid_fc.bias'].clone()
+    ckpt[entry]['hybrid_fc.bias'][1] = bad
+    path = tmp_path / 'diverged.pth'
+    atomic_save(ckpt, path)  # digests match: the file is intact, its weights are not usable
+    with pytest.raises(CheckpointError, match=re.escape(f'checkpoint {path}: the weights in {entry!r} are not finite '
+                                                        f'(tensor hybrid_fc.bias holds 1 NaN/inf values of 3)')):
+        load_checkpoint(path)
+
+
+def test_digest_reference():
+    """digest() against a hand computation of its documented recipe, and what it is sensitive to."""
+    a, b = torch.arange(6, dtype=torch.float32).reshape(2, 3), torch.tensor([1, 2], dtype=torch.int64)
+    h = hashlib.sha256()
+    for name, t in (('a', a), ('b', b)):  # sorted names; name, dtype+shape, byte count, bytes
+        data = t.numpy().tobytes()
+        h.update(f'{name}\0{t.dtype}{list(t.shape)}\0{len(data)}\0'.encode() + data)
+    assert digest({'b': b, 'a': a}) == 'sha256:' + h.hexdigest()
+    ref = digest({'a': a, 'b': b})
+    assert digest({'a': a.t().contiguous().t(), 'b': b}) == ref  # memory layout does not matter
+    for changed in ({'a': a.clone().index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(5.5)), 'b': b},
+                    {'a': a.double(), 'b': b}, {'a': a.reshape(3, 2), 'b': b}, {'a': a, 'c': b}, {'a': a},
+                    {'a': a, 'b': b, 'n': 1}, {'a': a, 'b': [b]}):
+        assert digest(changed) != ref, changed
+    assert digest({'x': 1}) != digest({'x': 1.0}) != digest({'x': '1'})
+
+
+def test_seal_is_a_copy_and_reseals():
+    ckpt = _training_checkpoint(ema=False)
+    sealed = seal_checkpoint(ckpt)
+    assert 'digests' not in ckpt and set(sealed['digests']) == set(ckpt)
+    assert seal_checkpoint(sealed)['digests'] == sealed['digests']  # old digests are not digested
+
+
+def test_another_architecture_is_one_line(tmp_path):
+    """A checkpoint whose weights belong to another architecture: one line naming file, arch and keys."""
+    other = timm.create_model('fgfocus_resnet18', num_classes=3)
+    path = tmp_path / 'mixed.pth'
+    atomic_save(checkpoint_dict(other, 'fgfocus_test', dict(num_classes=3), ['a', 'b', 'c']), path)
+    with pytest.raises(CheckpointError) as excinfo:
+        model_from_checkpoint(path)
+    msg = str(excinfo.value)
+    assert '\n' not in msg and len(msg) < 800
+    assert msg.startswith(f'checkpoint {path}: its state_dict does not fit fgfocus_test')
+    assert re.search(r'\d+ tensors missing \(backbone\.', msg) and re.search(r'\d+ tensors unexpected', msg)
+    assert 'with other shapes (file vs model: backbone.bn1.weight [64] vs [32]' in msg
+
+
+def test_initial_checkpoint_is_verified(tmp_path):
+    """train_fg --initial-checkpoint reads checkpoints itself: the same verification."""
+    from timm_fgfocus.training import TrainError
+    from timm_fgfocus.training.model import load_initial_weights
+    ckpt = _training_checkpoint()
+    path = tmp_path / 'best.pth'
+    atomic_save(ckpt, path)
+    _flip(path, _tensor_offset(path, ckpt['state_dict']['backbone.layer1.0.conv1.weight']) + 9)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    with pytest.raises(TrainError, match=re.escape(f'checkpoint {path} is corrupt')):
+        load_initial_weights(model, str(path))

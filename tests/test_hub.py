@@ -22,6 +22,7 @@ import timm
 import timm_fgfocus  # noqa: F401
 from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
 from timm_fgfocus.fgfocus import PretrainedWeightsError
+from timm_fgfocus.integrity import digest
 from timm_fgfocus.hub import HubUploadError, export_model_args, main, save_for_hub
 
 from hub_server import HubServer
@@ -397,9 +398,12 @@ def test_weights_missing_tensors_never_load_partially(published, hub_env, num_cl
     """timm loads non-strictly when num_classes changes; the filter still refuses missing tensors."""
     repo = f'timm-fgfocus/partial-{num_classes}'
 
-    def drop_layer4(files):
+    def drop_layer4(files):  # a consistent export of partial weights: the digest describes them
         sd = {k: v for k, v in load_weights(files['model.safetensors']).items() if '.layer4.' not in k}
         files['model.safetensors'] = save(sd)
+        config = json.loads(files['config.json'])
+        config['weights_digest'] = digest(sd)
+        files['config.json'] = json.dumps(config).encode()
     _publish_variant(hub_env, repo, drop_layer4)
     with pytest.raises(PretrainedWeightsError, match=re.escape(f'hf-hub:{repo} (file model.safetensors)')
                        + r'.*tensors missing \(backbone\.layer4'):
@@ -420,3 +424,293 @@ def test_in_memory_model_args_differing_from_defaults_are_recorded(hub_env, tmp_
         assert torch.equal(loaded(_inputs(5)), model(_inputs(5)))
     with pytest.raises(HubUploadError, match='3 class names'):
         save_for_hub(model, tmp_path / 'bad', 'timm-fgfocus/x', class_names=list('abc'))
+
+
+# --- the dry-run folder: never overwrite or delete a user's files -----------------------------------
+
+def _cli(argv, capsys):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err.strip()
+
+
+def _dry_run_args(run_dir, folder, *extra):
+    return ['--checkpoint', str(run_dir / 'last.pth'), '--repo-id', REPO, '--dry-run', str(folder), *extra]
+
+
+def test_dry_run_refuses_a_folder_with_files(run_dir, tmp_path, capsys):
+    folder = tmp_path / 'project'
+    folder.mkdir()
+    (folder / 'README.md').write_text('my project')
+    (folder / 'notes.txt').write_text('keep me')
+    rc, out, err = _cli(_dry_run_args(run_dir, folder), capsys)
+    assert rc == 2 and out == '' and len(err.splitlines()) == 1
+    assert str(folder) in err and 'not empty' in err and 'README.md' in err and '--overwrite' in err
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'notes.txt']
+    assert (folder / 'README.md').read_text() == 'my project'
+
+
+def test_dry_run_dot_in_a_project_leaves_it_alone(run_dir, tmp_path, monkeypatch, capsys):
+    project = tmp_path / 'proj'
+    project.mkdir()
+    (project / 'README.md').write_text('# my project\n')
+    (project / 'config.json').write_text('{"mine": true}')
+    monkeypatch.chdir(project)
+    rc, _, err = _cli(_dry_run_args(run_dir, '.'), capsys)
+    assert rc == 2 and 'not empty' in err
+    assert (project / 'README.md').read_text() == '# my project\n'
+    assert (project / 'config.json').read_text() == '{"mine": true}'
+    assert sorted(p.name for p in project.iterdir()) == ['README.md', 'config.json']
+
+
+def test_overwrite_replaces_the_three_files_and_keeps_the_rest(run_dir, tmp_path, capsys):
+    folder = tmp_path / 'clone'  # e.g. a git clone of the Hub repo
+    folder.mkdir()
+    for name, text in (('README.md', 'old card'), ('config.json', '{}'), ('.gitattributes', '*.bin lfs'),
+                       ('pytorch_model.bin', 'an older export')):
+        (folder / name).write_text(text)
+    rc, out, err = _cli(_dry_run_args(run_dir, folder, '--overwrite'), capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        '.gitattributes', 'README.md', 'config.json', 'model.safetensors', 'pytorch_model.bin']
+    assert (folder / '.gitattributes').read_text() == '*.bin lfs'
+    assert (folder / 'pytorch_model.bin').read_text() == 'an older export'
+    assert (folder / 'README.md').read_text().startswith('---')
+    original, _ = model_from_checkpoint(run_dir / 'last.pth')
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()  # model.safetensors is taken
+    with torch.no_grad():
+        assert torch.equal(loaded(_inputs(6)), original(_inputs(6)))
+    assert _cli(['--checkpoint', str(run_dir / 'last.pth'), '--repo-id', REPO, '--overwrite'], capsys)[0] == 2
+
+
+def test_save_for_hub_api_is_safe_too(tmp_path):
+    model = timm.create_model('fgfocus_test', num_classes=2)
+    folder = tmp_path / 'repo'
+    folder.mkdir()
+    (folder / 'README.md').write_text('mine')
+    with pytest.raises(HubUploadError, match='not empty'):
+        save_for_hub(model, folder, 'timm-fgfocus/x')
+    assert (folder / 'README.md').read_text() == 'mine'
+    save_for_hub(model, folder, 'timm-fgfocus/x', overwrite=True)
+    assert (folder / 'README.md').read_text() != 'mine'
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    save_for_hub(model, empty, 'timm-fgfocus/x')  # an existing empty folder is fine
+    with pytest.raises(HubUploadError, match='not a valid Hub repo id'):
+        save_for_hub(model, tmp_path / 'new', 'timm-fgfocus/na me')
+    assert not (tmp_path / 'new').exists()
+
+
+def test_dry_run_into_a_file_or_below_one(run_dir, tmp_path, capsys):
+    target = tmp_path / 'repo.txt'
+    target.write_text('a file')
+    rc, _, err = _cli(_dry_run_args(run_dir, target), capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and 'is a file, not a folder' in err
+    rc, _, err = _cli(_dry_run_args(run_dir, target / 'sub'), capsys)
+    assert rc == 1 and len(err.splitlines()) == 1 and 'cannot write into' in err and 'Traceback' not in err
+    assert target.read_text() == 'a file'
+
+
+def test_dry_run_into_a_read_only_folder(run_dir, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / 'ro'
+    folder.mkdir()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, 'Permission denied')
+    import timm_fgfocus.hub as hub
+    monkeypatch.setattr(hub.tempfile, 'mkdtemp', denied)  # as a read-only folder answers, also for root
+    rc, _, err = _cli(_dry_run_args(run_dir, folder), capsys)
+    assert rc == 1 and err == f'hf_upload: cannot write into {folder}: Permission denied'
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root writes into read-only folders')
+def test_dry_run_into_a_chmod_read_only_folder(run_dir, tmp_path, capsys):
+    folder = tmp_path / 'ro'
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        rc, _, err = _cli(_dry_run_args(run_dir, folder), capsys)
+    finally:
+        folder.chmod(0o755)
+    assert rc == 1 and 'Permission denied' in err and len(err.splitlines()) == 1
+
+
+def test_failed_write_changes_nothing(run_dir, tmp_path, monkeypatch, capsys):
+    """A full disk half way through: the folder keeps its old files, no half-written ones, no staging folder."""
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    import timm_fgfocus.hub as hub
+
+    def full_disk(model, directory, **kwargs):
+        (Path(directory) / 'model.safetensors').write_bytes(b'half')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(hub, 'save_for_hf', full_disk)
+    rc, _, err = _cli(_dry_run_args(run_dir, folder, '--overwrite'), capsys)
+    assert rc == 1 and len(err.splitlines()) == 1 and 'No space left on device' in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # hidden staging folder gone too
+    new = tmp_path / 'new'
+    assert _cli(_dry_run_args(run_dir, new), capsys)[0] == 1
+    assert not new.exists()  # a folder this run created is removed again
+
+
+# --- arguments checked before anything ------------------------------------------------------------
+
+@pytest.mark.parametrize('repo_id', ['timm-fgfocus/na me', 'timm-fgfocus/' + 'a' * 200, 'timm-fgfocus/name?x=1',
+                                     'timm-fgfocus/x--y', 'timm-fgfocus/name.git', 'no-namespace', 'a/b/c'])
+def test_invalid_repo_ids_are_refused(run_dir, tmp_path, capsys, repo_id):
+    folder = tmp_path / 'repo'
+    rc = main(['--checkpoint', str(run_dir / 'last.pth'), '--repo-id', repo_id, '--dry-run', str(folder)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == '' and len(err.strip().splitlines()) == 1 and '--repo-id' in err
+    assert not folder.exists()
+
+
+def _summary_case(tmp_path, case):
+    path = tmp_path / 'summary.csv'
+    if case == 'binary':
+        path.write_bytes(b'\x89PNG\r\n\x1a\n\x00\x00\xff\xfe garbage')
+    elif case == 'no-epoch-column':
+        path.write_text('loss,acc\n0.5,90\n')
+    elif case == 'bad-epoch':
+        path.write_text('epoch,eval_top1\n0,50\nthree,60\n')
+    return path
+
+
+@pytest.mark.parametrize('case', ['missing', 'binary', 'no-epoch-column', 'bad-epoch'])
+def test_summary_missing_or_garbage_is_an_error(run_dir, tmp_path, capsys, case):
+    summary = _summary_case(tmp_path, case)
+    folder = tmp_path / 'repo'
+    rc, out, err = _cli(_dry_run_args(run_dir, folder, '--summary', str(summary)), capsys)
+    assert rc == 2 and out == '' and len(err.splitlines()) == 1 and str(summary) in err
+    expected = {'missing': 'does not exist', 'binary': 'not a readable CSV', 'no-epoch-column': 'no "epoch" column',
+                'bad-epoch': "line 3: epoch 'three'"}[case]
+    assert expected in err
+    assert not folder.exists()
+
+
+def test_garbage_summary_beside_the_checkpoint_is_an_error(run_dir, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'last.pth').write_bytes((run_dir / 'last.pth').read_bytes())
+    (run / 'summary.csv').write_text('not,a,summary\n')
+    rc, _, err = _cli(['--checkpoint', str(run / 'last.pth'), '--repo-id', REPO, '--dry-run', str(tmp_path / 'r')],
+                      capsys)
+    assert rc == 1 and 'no "epoch" column' in err and str(run / 'summary.csv') in err
+    (run / 'summary.csv').unlink()  # none at all: a card without the log, as before
+    assert _cli(['--checkpoint', str(run / 'last.pth'), '--repo-id', REPO, '--dry-run', str(tmp_path / 'r')],
+                capsys)[0] == 0
+
+
+def test_checkpoint_of_another_architecture_is_one_line(tmp_path, capsys):
+    other = timm.create_model('fgfocus_resnet18', num_classes=5)
+    path = tmp_path / 'mixed.pth'
+    atomic_save(checkpoint_dict(other, 'fgfocus_test', MODEL_ARGS, CLASSES), path)
+    rc, _, err = _cli(['--checkpoint', str(path), '--repo-id', REPO, '--dry-run', str(tmp_path / 'r')], capsys)
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert str(path) in err and 'fgfocus_test' in err and 'tensors missing (backbone.' in err
+
+
+# --- published weights: the digest in config.json ------------------------------------------------
+
+def _flipped(data: bytes, name: str, at: int = 7) -> bytes:
+    """Safetensors bytes with one bit flipped inside tensor ``name`` (its header gives the offsets)."""
+    data = bytearray(data)
+    header_len = int.from_bytes(data[:8], 'little')
+    start, end = json.loads(data[8:8 + header_len])[name]['data_offsets']
+    data[8 + header_len + start + min(at, end - start - 1)] ^= 0x04
+    return bytes(data)
+
+
+def test_config_records_the_digest_of_the_weights(run_dir, tmp_path, capsys):
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['weights_digest'] == digest(load_file(folder / 'model.safetensors'))
+    assert 'weights_digest' not in config['pretrained_cfg']  # timm's PretrainedCfg would reject the key
+
+
+@pytest.mark.parametrize('tensor', ['backbone.layer1.0.conv1.weight', 'hybrid_fc.bias'])
+def test_flipped_byte_in_local_dir_weights_names_folder_and_file(run_dir, tmp_path, capsys, tensor):
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    (folder / 'model.safetensors').write_bytes(_flipped((folder / 'model.safetensors').read_bytes(), tensor))
+    load_file(folder / 'model.safetensors')  # safetensors itself reads it without complaint
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'local-dir:{folder} (file model.safetensors)')
+                       + '.*do not match the weights_digest'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_flipped_byte_in_hub_weights_names_repo_and_file(published, hub_env):
+    repo = 'timm-fgfocus/flipped'
+
+    def flip(files):
+        files['model.safetensors'] = _flipped(files['model.safetensors'], 'fc.weight', at=3)
+    _publish_variant(hub_env, repo, flip)
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'hf-hub:{repo} (file model.safetensors)')
+                       + '.*do not match the weights_digest'):
+        timm.create_model(f'hf-hub:{repo}', pretrained=True)
+
+
+def test_folder_without_digest_still_loads(run_dir, tmp_path, capsys):
+    """Folders written before the digest existed (or by hand) load as before."""
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    config = json.loads((folder / 'config.json').read_text())
+    del config['weights_digest']
+    (folder / 'config.json').write_text(json.dumps(config))
+    original, _ = model_from_checkpoint(run_dir / 'last.pth')
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(_inputs(7)), original(_inputs(7)))
+
+
+@pytest.mark.parametrize('with_digest', [True, False])
+def test_non_finite_published_weights_are_an_error(run_dir, tmp_path, capsys, with_digest):
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    sd = load_file(folder / 'model.safetensors')
+    sd['fc.bias'][2] = float('nan')
+    from safetensors.torch import save_file
+    save_file(sd, folder / 'model.safetensors')
+    config = json.loads((folder / 'config.json').read_text())
+    if with_digest:
+        config['weights_digest'] = digest(sd)  # NaN written on purpose: the file is intact, the weights are not
+    else:
+        del config['weights_digest']
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(PretrainedWeightsError, match=re.escape(f'local-dir:{folder} (file model.safetensors)')
+                       + r'.*not finite: tensor fc\.bias holds 1 NaN/inf values of 5'):
+        timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def test_non_finite_model_is_not_published(tmp_path):
+    model = timm.create_model('fgfocus_test', num_classes=2)
+    with torch.no_grad():
+        model.hybrid_fc.weight[0, 0] = float('inf')
+    with pytest.raises(HubUploadError, match=r'not finite \(tensor hybrid_fc\.weight holds 1 NaN/inf'):
+        save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/x')
+    assert not (tmp_path / 'repo').exists()
+
+
+def test_save_checkpoint_for_hub_api_requires_the_summary_it_is_given(run_dir, tmp_path):
+    from timm_fgfocus.hub import save_checkpoint_for_hub
+    with pytest.raises(HubUploadError, match=re.escape(f'training log {tmp_path / "nope.csv"} does not exist')):
+        save_checkpoint_for_hub(run_dir / 'last.pth', tmp_path / 'repo', REPO, summary_csv=tmp_path / 'nope.csv')
+    assert not (tmp_path / 'repo').exists()
+
+
+def test_predict_names_a_garbage_hub_config(published, hub_env, tmp_path, capsys):
+    from timm_fgfocus.predict import main as predict
+    from PIL import Image
+    repo = 'timm-fgfocus/garbage-config'
+
+    def garbage(files):
+        files['config.json'] = b'{"architecture": "fgfocus_test", oops'
+    _publish_variant(hub_env, repo, garbage)
+    Image.new('RGB', (40, 30), (90, 120, 30)).save(tmp_path / 'a.png')
+    assert predict([str(tmp_path / 'a.png'), '--model', f'hf-hub:{repo}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f'hf-hub:{repo}' in err and 'config.json is not valid JSON' in err

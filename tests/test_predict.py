@@ -224,3 +224,108 @@ def test_draw_regions_option(checkpoint, folder, tmp_path, capsys):
     assert not any((left == c).all(axis=-1).any() for c in REGION_COLORS[1:4])
     assert main([str(folder / 'wide.jpg'), '--checkpoint', str(checkpoint), '--draw-regions', '7']) == 2
     assert '--draw-regions must be in [1, m=6]' in capsys.readouterr().err
+
+
+# --- never NaN in the output; weights given by location are loaded; one-line errors ----------------
+
+def _strict_json(line):
+    def refuse(token):
+        raise ValueError(f'invalid JSON token {token}')
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_forward_gives_no_record_and_valid_json(folder, tmp_path, capsys):
+    """A model whose (finite) weights overflow: no NaN in --json output, the image is named on stderr."""
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    with torch.no_grad():
+        model.hybrid_fc.weight.fill_(3e38)  # finite, but every logit overflows to inf: softmax gives NaN
+    path = tmp_path / 'overflow.pth'
+    atomic_save(checkpoint_dict(model, 'fgfocus_test', dict(num_classes=3), class_names=NAMES), path)
+    rc = main([str(folder / 'wide.jpg'), '--checkpoint', str(path), '--json'])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ''
+    assert f'{folder / "wide.jpg"}: the model\'s output for this image is NaN or inf' in err
+    assert '0 image(s) classified, 1 failed' in err
+
+
+@pytest.mark.parametrize('field', ['logits', 'boxes', 'scores'])
+def test_non_finite_output_of_one_image_in_a_batch(checkpoint, folder, monkeypatch, capsys, field):
+    from timm_fgfocus.fgfocus import FgFocus
+    real = FgFocus.forward_structured
+
+    def second_image_nan(self, x, **kw):
+        out = real(self, x, **kw)
+        if x.shape[0] > 1:
+            getattr(out, field)[1].view(-1)[-1] = float('nan') if field == 'logits' else float('inf')
+        return out
+    monkeypatch.setattr(FgFocus, 'forward_structured', second_image_nan)
+    rc = main([str(folder / 'wide.jpg'), str(folder / 'sub' / 'tall.png'), '--checkpoint', str(checkpoint),
+               '--json', '-b', '2'])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    records = [_strict_json(line) for line in out.splitlines()]
+    assert [r['file'] for r in records] == [str(folder / 'wide.jpg')]
+    assert 'tall.png' in err and 'NaN or inf' in err
+
+
+def _hub_folder(tmp_path, seed=1):
+    from safetensors.torch import save_file
+    folder = tmp_path / f'hub{seed}'
+    folder.mkdir()
+    torch.manual_seed(seed)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    save_file(model.state_dict(), folder / 'model.safetensors')
+    (folder / 'config.json').write_text(json.dumps(dict(
+        architecture='fgfocus_test', num_classes=3, label_names=['x', 'y', 'z'],
+        pretrained_cfg=dict(input_size=[3, 128, 128], mean=[0.5] * 3, std=[0.5] * 3, crop_pct=1.0,
+                            interpolation='bilinear'))))
+    return folder
+
+
+def test_local_dir_without_pretrained_loads_its_weights(folder, tmp_path, capsys):
+    hub = _hub_folder(tmp_path)
+    image = str(folder / 'wide.jpg')
+    rc, (with_flag,), _ = run_json(capsys, [image, '--model', f'local-dir:{hub}', '--pretrained'])
+    assert rc == 0
+    rc, (without,), err = run_json(capsys, [image, '--model', f'local-dir:{hub}'])
+    assert rc == 0 and without == with_flag and 'warning' not in err
+    assert main([image, '--model', f'local-dir:{hub}', '--num-classes', '5']) == 2
+    assert 'untrained' in capsys.readouterr().err
+
+
+def test_registered_name_without_pretrained_warns(folder, capsys):
+    rc, _, err = run_json(capsys, [str(folder / 'wide.jpg'), '--model', 'fgfocus_test', '--num-classes', '3'])
+    assert rc == 0 and 'without --pretrained has random weights' in err
+
+
+@pytest.mark.parametrize('case', ['not-json', 'list', 'string', 'no-architecture', 'cfg-not-object',
+                                  'no-config', 'no-folder', 'binary'])
+def test_broken_local_dir_config_is_one_line_naming_the_file(folder, tmp_path, capsys, case):
+    hub = _hub_folder(tmp_path)
+    config = hub / 'config.json'
+    text = {'not-json': '{"architecture": "fgfocus_test",', 'list': '[1, 2]', 'string': '"fgfocus_test"',
+            'no-architecture': '{"num_classes": 3}',
+            'cfg-not-object': '{"architecture": "fgfocus_test", "pretrained_cfg": [3, 128, 128]}'}.get(case)
+    if text is not None:
+        config.write_text(text)
+    elif case == 'binary':
+        config.write_bytes(b'\xff\xfe\x00garbage')
+    elif case == 'no-config':
+        config.unlink()
+    model = f'local-dir:{tmp_path / "absent"}' if case == 'no-folder' else f'local-dir:{hub}'
+    rc = main([str(folder / 'wide.jpg'), '--model', model])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == '' and len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+    named = str(tmp_path / 'absent') if case == 'no-folder' else (str(hub) if case == 'no-config' else str(config))
+    assert named in err
+
+
+def test_checkpoint_of_another_architecture_is_one_line(folder, tmp_path, capsys):
+    other = timm.create_model('fgfocus_resnet18', num_classes=3)
+    path = tmp_path / 'mixed.pth'
+    atomic_save(checkpoint_dict(other, 'fgfocus_test', dict(num_classes=3), class_names=NAMES), path)
+    rc = main([str(folder / 'wide.jpg'), '--checkpoint', str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert str(path) in err and 'fgfocus_test' in err and 'tensors unexpected' in err

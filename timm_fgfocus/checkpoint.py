@@ -17,6 +17,24 @@ numbers, strings, lists, dicts, no pickled objects)::
 
 Files are written atomically: a temporary file in the same folder, flushed, then renamed over
 the target, so a crash never leaves a half-written checkpoint behind.
+
+Integrity: :func:`atomic_save` seals a checkpoint dict with ``'digests'``, one
+:func:`timm_fgfocus.integrity.digest` (SHA-256 over names, dtypes, shapes and bytes of the tensors, and
+the ``repr`` of every other value) per top-level entry, and :func:`load_checkpoint` recomputes them:
+torch's zip format has CRCs that ``torch.load`` never checks, so without this a flipped byte inside a
+tensor loads silently. A mismatch is a :class:`CheckpointError` naming the file and the entries that
+changed (``state_dict``, ``optimizer``, ...). Everything is covered, the optimizer state included: the
+cost is one SHA-256 pass over the tensors, measured by ``benchmarks/bench_integrity.py`` on a
+``fgfocus_resnet50`` checkpoint (weights, EMA weights, SGD momentum: 317 MB of tensors) on a shared
+2-core machine (load average ~5, 1 thread): sealing 0.33 s, within 10 % of a bare SHA-256 pass over
+the same bytes (0.30 s) and about as long as the save itself (0.36-0.47 s); loading 0.48 s instead of
+0.12 s for ``torch.load`` alone. Small next to the epoch before each save.
+
+The model weights (``state_dict``, ``state_dict_ema``) must also be finite: NaN / inf (a run that
+diverged) is an error naming the tensor. Checkpoints written before the digests existed have no
+``'digests'`` entry and load as before, unverified (their weights are still checked for NaN / inf); a
+checkpoint edited and saved again with plain ``torch.save`` must be re-saved with :func:`atomic_save`
+to be resealed.
 """
 import os
 import shutil
@@ -28,10 +46,17 @@ import torch
 
 import timm
 
-__all__ = ['CheckpointError', 'atomic_write', 'atomic_save', 'atomic_copy', 'checkpoint_dict', 'load_checkpoint', 'model_from_checkpoint', 'CHECKPOINT_FORMAT']
+from .integrity import describe_nonfinite, digest, nonfinite_tensors
+
+__all__ = [
+    'CheckpointError', 'atomic_write', 'atomic_save', 'atomic_copy', 'checkpoint_dict', 'seal_checkpoint',
+    'verify_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'CHECKPOINT_FORMAT',
+]
 
 CHECKPOINT_FORMAT = 'timm_fgfocus.checkpoint'
 CHECKPOINT_VERSION = 1
+DIGESTS_KEY = 'digests'
+WEIGHT_KEYS = ('state_dict', 'state_dict_ema')  # must be finite
 
 PathLike = Union[str, os.PathLike]
 
@@ -63,8 +88,51 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_write`); a checkpoint dict (one
+    with ``format='timm_fgfocus.checkpoint'``) is sealed with its digests first (:func:`seal_checkpoint`)."""
+    if _is_checkpoint(obj):
+        obj = seal_checkpoint(obj)
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get('format') == CHECKPOINT_FORMAT
+
+
+def seal_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of ``ckpt`` with ``'digests'``: one digest per top-level entry (the entry itself excluded)."""
+    ckpt = {k: v for k, v in ckpt.items() if k != DIGESTS_KEY}
+    ckpt[DIGESTS_KEY] = {k: digest(v) for k, v in ckpt.items()}
+    return ckpt
+
+
+def verify_checkpoint(ckpt: Dict[str, Any], path: PathLike) -> None:
+    """Check a loaded checkpoint against its digests and its weights for NaN / inf.
+
+    A checkpoint without digests (written before they existed) is only checked for finite weights.
+
+    Raises:
+        CheckpointError: naming ``path`` and the entries that changed, or the first non-finite tensor.
+    """
+    expected = ckpt.get(DIGESTS_KEY)
+    if expected is not None:
+        if not isinstance(expected, dict):
+            raise CheckpointError(f'checkpoint {path} is corrupt: its {DIGESTS_KEY!r} entry is not a dict')
+        changed = [k for k, d in expected.items() if k not in ckpt or digest(ckpt[k]) != d]
+        if changed:
+            raise CheckpointError(
+                f'checkpoint {path} is corrupt: {", ".join(repr(k) for k in changed)} '
+                f'{"does" if len(changed) == 1 else "do"} not match the digest written with it (the file changed '
+                f'after it was saved: disk, copy or transfer error); use another copy (best.pth and last.pth are '
+                f'separate files) or a backup')
+    for key in WEIGHT_KEYS:
+        weights = ckpt.get(key)
+        bad = nonfinite_tensors(weights) if isinstance(weights, dict) else []
+        if bad:
+            raise CheckpointError(
+                f'checkpoint {path}: the weights in {key!r} are not finite ({describe_nonfinite(bad)}); the run '
+                f'diverged before this checkpoint was written: use an earlier checkpoint (best.pth) or '
+                f'train with a lower --lr')
 
 
 def atomic_copy(src: PathLike, dst: PathLike) -> Path:
@@ -79,7 +147,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cp
     """Read a checkpoint written by :func:`atomic_save` (``weights_only=True``).
 
     Raises:
-        CheckpointError: naming the file, when it is missing, truncated or not an fgfocus checkpoint.
+        CheckpointError: naming the file, when it is missing, truncated, not an fgfocus checkpoint,
+            corrupt (:func:`verify_checkpoint`) or holds NaN / inf weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,6 +162,9 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cp
     for key in ('arch', 'model_args', 'state_dict'):
         if key not in ckpt:
             raise CheckpointError(f'checkpoint {path} has no {key!r} entry')
+    verify_checkpoint(ckpt, path)
+    if not isinstance(ckpt['state_dict'], dict):
+        raise CheckpointError(f'checkpoint {path}: its state_dict is a {type(ckpt["state_dict"]).__name__}, not a dict')
     return ckpt
 
 
@@ -124,13 +196,35 @@ def model_from_checkpoint(
         model = timm.create_model(ckpt['arch'], pretrained=False, **args)
     except (RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f'checkpoint {path}: cannot build {ckpt["arch"]} with {args}: {e}') from None
+    mismatch = _mismatch(model.state_dict(), ckpt[key])
+    if mismatch:
+        raise CheckpointError(
+            f'checkpoint {path}: its {key} does not fit {ckpt["arch"]} built with {args}: {mismatch}; '
+            f'the file holds another architecture or model_args than it names')
     try:
         model.load_state_dict(ckpt[key], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]} {args}: {e}') from None
+    except RuntimeError as e:  # dtypes torch cannot copy; the names and shapes were checked above
+        raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]}: {str(e).splitlines()[0]}') from None
     if ckpt.get('pretrained_cfg'):
         model.pretrained_cfg = dict(model.pretrained_cfg, **ckpt['pretrained_cfg'])
     return model.eval(), ckpt
+
+
+def _mismatch(own: Dict[str, Any], theirs: Dict[str, Any], show: int = 3) -> str:
+    """One line: the tensors missing from / unexpected in ``theirs`` and those with other shapes; '' if it fits.
+
+    (``load_state_dict``'s own message lists every key on its own line: 50 lines for a ResNet.)
+    """
+    def some(keys):
+        return ', '.join(keys[:show]) + (', ...' if len(keys) > show else '')
+
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shapes = [f'{k} {list(getattr(theirs[k], "shape", []))} vs {list(own[k].shape)}'
+              for k in own if k in theirs and tuple(getattr(theirs[k], 'shape', ())) != tuple(own[k].shape)]
+    return '; '.join(f'{len(keys)} tensors {what} ({note}{some(keys)})' for keys, what, note in (
+        (missing, 'missing', ''), (unexpected, 'unexpected', ''),
+        (shapes, 'with other shapes', 'file vs model: ')) if keys)
 
 
 def checkpoint_dict(

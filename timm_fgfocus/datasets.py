@@ -1,7 +1,8 @@
 """The paper's three benchmark data sets, read in the layout their authors distribute.
 
 ``create_fg_dataset(name, root, split, transform)`` returns a map-style dataset of
-``(transform(PIL RGB image), int label)`` with ``.classes`` (human-readable names in label order):
+``(transform(PIL RGB image), int label)`` with ``.classes`` (human-readable names in label order);
+every reader opens its images with :func:`timm_fgfocus.images.open_image`:
 
 - ``'cub200'``: CUB-200-2011, read here from its own text files (official 5994 / 5794 split).
 - ``'aircraft'``: FGVC-Aircraft 2013b at variant level (100 classes, ``trainval`` / ``test``),
@@ -18,8 +19,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from PIL import Image
 from torch.utils.data import Dataset
+
+from .images import open_image
 
 __all__ = ['DATASET_INFO', 'FgDatasetInfo', 'Cub200', 'create_fg_dataset']
 
@@ -205,8 +207,7 @@ class Cub200(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert('RGB')  # a few CUB images are grayscale or CMYK
+        img = open_image(path)  # a few CUB images are grayscale or CMYK
         if self.transform is not None:
             img = self.transform(img)
         return img, label
@@ -251,7 +252,8 @@ def _create_aircraft(root: str, split: str, transform: Optional[Callable]) -> Da
                     f'{variants_file}, got {line.strip()!r}')
             listed.append((lineno, os.path.join(data, 'images', f'{image_name}.jpg')))
     _check_images('aircraft', labels_file, listed)
-    return FGVCAircraft(parent, split=split, annotation_level='variant', transform=transform, download=False)
+    return FGVCAircraft(parent, split=split, annotation_level='variant', transform=transform, download=False,
+                        loader=open_image)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def _create_cars(root: str, split: str, transform: Optional[Callable]) -> Datase
     nested = os.path.join(image_dir, os.path.basename(image_dir))  # as some mirrors (e.g. Kaggle) ship it
     hint = f'The images seem to be in {nested}: move them up one level.' if os.path.isdir(nested) else ''
     _check_images('cars', annos_file, listed, unit='annotation', hint=hint)
-    return StanfordCars(parent, split=split, transform=transform, download=False)
+    return StanfordCars(parent, split=split, transform=transform, download=False, loader=open_image)
 
 
 # ---------------------------------------------------------------------------------------------------

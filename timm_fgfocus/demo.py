@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
-from PIL import Image
 
 from timm.data import create_transform
 
 from .checkpoint import model_from_checkpoint
 from .demo_data import ensure_demo_data, pretrain_backbone
+from .images import open_image
 from .training import TrainError, train
 from .training.run_files import read_summary
 from .visualize import save_region_sheet
@@ -62,8 +62,7 @@ def save_demo_sheet(checkpoint, root, path, data_config, num_images: int = 12) -
     for i in range(num_images):
         label = i % len(classes)
         files = sorted((Path(root) / 'val' / classes[label]).glob('*.png'))
-        with Image.open(files[i // len(classes)]) as img:
-            images.append(tf(img.convert('RGB')))
+        images.append(tf(open_image(files[i // len(classes)])))
         targets.append(label)
     sheet = save_region_sheet(model, torch.stack(images), path, mean=data_config['mean'], std=data_config['std'],
                               class_names=classes, targets=torch.tensor(targets))

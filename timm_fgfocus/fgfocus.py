@@ -38,6 +38,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
+from .integrity import verify_published_weights
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
 
 __all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError']
@@ -433,7 +434,10 @@ def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict
     Raises:
         PretrainedWeightsError: naming the repo or folder and file, when a tensor the model needs
             is missing, an extra one is present or a shape differs (never a silent partial load).
+        WeightsIntegrityError: the tensors differ from the ``weights_digest`` of the config.json
+            they came with, or hold NaN / inf (``_create_fgfocus`` names the repo or folder and file).
     """
+    verify_published_weights(state_dict, model.pretrained_cfg)  # config.json's weights_digest; finite
     state_dict = checkpoint_filter_fn(state_dict, model)
     _check_weights_fit(state_dict, model)
     return state_dict

@@ -28,7 +28,10 @@ Command line::
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/NAME --dry-run /tmp/repo
 """
 import argparse
+import csv
 import json
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,11 +44,13 @@ from timm.models import save_for_hf
 
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .fgfocus import HF_ORG
-from .model_card import _epoch, model_card, read_evaluation, read_summary
+from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
+from .model_card import _epoch, model_card, read_evaluation
 
 __all__ = [
-    'HubUploadError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub', 'push_checkpoint_to_hub',
-    'export_model_args', 'model_card', 'read_summary', 'main',
+    'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
+    'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
+    'check_local_dir', 'main',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -58,6 +63,11 @@ _HPARAMS = (
 
 class HubUploadError(RuntimeError):
     """Publishing failed for a reason the user can act on; the message is one clear line."""
+
+
+class HubConfigError(ValueError):
+    """A ``local-dir:`` folder's config.json is missing, not JSON, or not a timm model config (one line
+    naming the file)."""
 
 
 # --- config.json: the model args ------------------------------------------------------------------
@@ -102,6 +112,39 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
     return _plain(args)
 
 
+# --- the training log for the card -------------------------------------------------------------
+
+def read_summary(path: Union[str, Path], required: bool = False) -> List[Dict[str, str]]:
+    """Rows of a ``summary.csv`` written by ``train_fg.py``.
+
+    A missing file gives ``[]`` unless ``required`` (a file the user named).
+
+    Raises:
+        HubUploadError: naming the file, when it is required and missing, is not a readable CSV
+            text file, has no ``epoch`` column or a row whose epoch is not a whole number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            raise HubUploadError(f'training log {path} does not exist')
+        return []
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise HubUploadError(f'training log {path} is not a readable CSV file: {e}') from None
+    if 'epoch' not in columns:
+        raise HubUploadError(f'training log {path} is not a train_fg.py summary.csv: no "epoch" column '
+                             f'(columns: {", ".join(columns[:5]) or "none"})')
+    for line, row in enumerate(rows, 2):
+        epoch = row.get('epoch') or ''
+        if epoch != '' and not epoch.strip().isdigit():
+            raise HubUploadError(f'training log {path}, line {line}: epoch {epoch[:20]!r} is not a whole number')
+    return [row for row in rows if row.get('epoch', '') != '']
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -116,6 +159,60 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
 def _repo_tag(repo_id: str) -> Optional[str]:
     name = repo_id.split('/')[-1]
     return name.split('.', 1)[1] if '.' in name else None
+
+
+def check_repo_id(repo_id: str) -> None:
+    """``ORG/NAME`` that the Hub accepts (``huggingface_hub``'s own validator), else HubUploadError."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    if not isinstance(repo_id, str) or repo_id.count('/') != 1 or not all(repo_id.split('/')):
+        raise HubUploadError(f'--repo-id must be ORG/NAME, got {repo_id!r}')
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        reason = str(e).split(': ')[0]  # the validator repeats the id after the colon
+        raise HubUploadError(f'--repo-id {repo_id[:100]!r} is not a valid Hub repo id: {reason}') from None
+
+
+_FOLDER_FILES = ('README.md', 'config.json', WEIGHTS_NAME)  # what save_for_hub writes, and all it writes
+
+
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """``folder`` may be written: it is new, or an empty folder, or ``overwrite`` is set."""
+    if folder.exists() and not folder.is_dir():
+        raise HubUploadError(f'{folder} is a file, not a folder: name a new or empty folder for the repo files')
+    if folder.is_dir() and not overwrite:
+        entries = sorted(p.name for p in folder.iterdir())
+        if entries:
+            shown = ', '.join(entries[:4]) + (f', ... ({len(entries)} entries)' if len(entries) > 4 else '')
+            raise HubUploadError(
+                f'{folder} is not empty ({shown}); nothing was written. Name a new or empty folder, or pass '
+                f'--overwrite (overwrite=True) to replace {", ".join(_FOLDER_FILES)} in it (other files are kept)')
+
+
+def _write_folder(folder: Path, write: Any) -> None:
+    """Call ``write(staging)`` on a hidden folder inside ``folder``, then move the files it wrote into
+    ``folder``, replacing files of the same names and nothing else.
+
+    On an error (a full disk, no permission) nothing in ``folder`` has changed, the staging folder
+    is removed, and so is ``folder`` if this call created it.
+    """
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix='.hf_upload-', dir=folder))
+    except OSError as e:
+        raise HubUploadError(f'cannot write into {folder}: {e.strerror or e}') from None
+    try:
+        write(staging)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    except OSError as e:
+        raise HubUploadError(f'cannot write into {folder}: {e.strerror or e}; nothing in it was changed') from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def save_for_hub(
@@ -134,13 +231,21 @@ def save_for_hub(
         license: Optional[str] = None,
         verify: bool = True,
         evaluation: Optional[Dict[str, Any]] = None,
+        overwrite: bool = False,
 ) -> Path:
     """Write an fgfocus model as a Hub repo folder: model.safetensors, config.json, README.md.
 
+    The files are written into a hidden staging folder inside ``save_directory`` and moved into
+    place when all three are complete, so a failed write changes nothing. ``config.json`` gets the
+    top-level ``weights_digest`` (:func:`timm_fgfocus.integrity.digest` of the tensors), which the
+    model's ``pretrained_filter_fn`` checks whenever the folder or its Hub copy is loaded.
+
     Args:
         model: an fgfocus model made by ``timm.create_model`` (or :func:`model_from_checkpoint`).
-        save_directory: folder to write (created; existing files of the same names are replaced).
-        repo_id: ``ORG/NAME`` the folder is meant for (the card's usage snippet loads it).
+        save_directory: folder to write: new (created) or empty; a folder with files in it only with
+            ``overwrite``.
+        repo_id: ``ORG/NAME`` the folder is meant for (the card's usage snippet loads it); checked
+            with ``huggingface_hub``'s repo id validator.
         arch: registered architecture (default: the model's ``pretrained_cfg['architecture']``).
         class_names: one name per class, stored as ``label_names``.
         model_args: the kwargs the model was created with (default: what timm recorded).
@@ -152,11 +257,20 @@ def save_for_hub(
         verify: load the folder back with ``local-dir:`` and require identical tensors.
         evaluation: the evaluation report of these weights, for the card and its ``model-index``
             (:func:`timm_fgfocus.model_card.read_evaluation`).
+        overwrite: write into a folder that already has files: README.md, config.json and
+            model.safetensors are replaced, every other file is left as it is.
 
     Returns:
         The folder.
+
+    Raises:
+        HubUploadError: an invalid repo id, a non-empty folder without ``overwrite``, a file where the
+            folder should be, a folder that cannot be written, non-finite weights, a folder that
+            does not load back as the model (one line each).
     """
     save_directory = Path(save_directory)
+    check_repo_id(repo_id)
+    _check_folder(save_directory, overwrite)
     arch = arch or model.pretrained_cfg.get('architecture')
     if arch:  # a weights tag ('fgfocus_resnet50.tv_in1k') names the start point, not the architecture
         arch = timm.models.split_model_name_tag(arch)[0]
@@ -164,42 +278,90 @@ def save_for_hub(
         raise HubUploadError(f'hf_upload publishes fgfocus models; got architecture {arch!r}')
     if class_names is not None and len(class_names) != model.num_classes:
         raise HubUploadError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
+    state_dict = model.state_dict()
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise HubUploadError(f'the model\'s weights are not finite ({describe_nonfinite(bad)}); nothing was written')
     export_args = export_model_args(model, arch, model_args)
     license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
 
     model_config: Dict[str, Any] = {
         'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME, 'license': license},
+        WEIGHTS_DIGEST_KEY: digest(state_dict),  # what save_for_hf writes: model.state_dict()
     }
     if class_names is not None:
         model_config['label_names'] = [str(c) for c in class_names]
     source_cfg = model.pretrained_cfg
     # the source tag (e.g. a1_in1k: the ImageNet backbone the training started from) does not
     # describe these weights; the repo name's tag does, if it has one
-    model.pretrained_cfg = {k: v for k, v in source_cfg.items() if k not in ('tag', 'hf_hub_id', 'url', 'file')}
+    export_cfg = {k: v for k, v in source_cfg.items() if k not in ('tag', 'hf_hub_id', 'url', 'file')}
     if _repo_tag(repo_id):
-        model.pretrained_cfg['tag'] = _repo_tag(repo_id)
-    model.pretrained_cfg['architecture'] = arch
-    try:
-        save_for_hf(model, save_directory, model_config=model_config, model_args=export_args, safe_serialization=True)
-    finally:
-        model.pretrained_cfg = source_cfg
-    for stale in ('pytorch_model.bin',):  # a folder reused from an older export must not keep a pickle
-        (save_directory / stale).unlink(missing_ok=True)
+        export_cfg['tag'] = _repo_tag(repo_id)
+    export_cfg['architecture'] = arch
 
-    config = json.loads((save_directory / 'config.json').read_text())
-    # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
-    # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
-    # so only the top-level num_classes stays (the one timm's Hub loader reads)
-    if config.get('model_args', {}).pop('num_classes', None) is not None:
-        (save_directory / 'config.json').write_text(json.dumps(config, indent=2))
-    card = model_card(
-        repo_id, arch, config, metrics=metrics, train_args=train_args, summary=summary, ema=ema,
-        revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()),
-        evaluation=evaluation)
-    (save_directory / 'README.md').write_text(card, encoding='utf-8')
+    def write(staging: Path) -> None:
+        model.pretrained_cfg = export_cfg
+        try:
+            save_for_hf(model, staging, model_config=model_config, model_args=export_args, safe_serialization=True)
+        finally:
+            model.pretrained_cfg = source_cfg
+        config = json.loads((staging / 'config.json').read_text())
+        # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
+        # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
+        # so only the top-level num_classes stays (the one timm's Hub loader reads)
+        if config.get('model_args', {}).pop('num_classes', None) is not None:
+            (staging / 'config.json').write_text(json.dumps(config, indent=2))
+        card = model_card(
+            repo_id, arch, config, metrics=metrics, train_args=train_args, summary=summary, ema=ema,
+            revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()),
+            evaluation=evaluation)
+        (staging / 'README.md').write_text(card, encoding='utf-8')
+        written = sorted(p.name for p in staging.iterdir())
+        if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
+            raise HubUploadError(f'timm\'s save_for_hf wrote {written}, expected {sorted(_FOLDER_FILES)}')
+
+    # (a pytorch_model.bin left in the folder by an older export is kept: timm's local-dir loader
+    # takes model.safetensors first, and only the three files above are ever pushed)
+    _write_folder(save_directory, write)
     if verify:
         _verify_folder(save_directory, model)
     return save_directory
+
+
+def check_local_dir(model_name: str) -> None:
+    """Check the folder of a ``local-dir:DIR`` model name before timm reads it (other names pass).
+
+    timm reads ``DIR/config.json`` with ``json.load`` and indexes it, so a garbage or non-object
+    file gives a bare ``JSONDecodeError`` / ``TypeError`` / ``KeyError`` that names no file.
+
+    Raises:
+        HubConfigError: one line naming the folder or ``config.json``: no such folder, no config.json,
+            not UTF-8 JSON, not an object, no ``architecture`` name, a ``pretrained_cfg`` or
+            ``model_args`` that is not an object.
+    """
+    source, path = timm.models.parse_model_name(model_name)
+    if source != 'local-dir':
+        return
+    folder = Path(path)
+    if not folder.is_dir():
+        raise HubConfigError(f'local-dir:{folder}: no such folder (expected a folder with config.json and '
+                             f'{WEIGHTS_NAME}, e.g. written by hf_upload --dry-run)')
+    config_file = folder / 'config.json'
+    if not config_file.is_file():
+        raise HubConfigError(f'local-dir:{folder} has no config.json (expected config.json and {WEIGHTS_NAME}, '
+                             f'e.g. written by hf_upload --dry-run)')
+    try:
+        config = json.loads(config_file.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HubConfigError(f'{config_file} is not a readable JSON file: {e}') from None
+    if not isinstance(config, dict):
+        raise HubConfigError(f'{config_file} holds a JSON {type(config).__name__}, not an object with '
+                             f'"architecture" and "pretrained_cfg" (a timm model config)')
+    if not isinstance(config.get('architecture'), str) or not config['architecture']:
+        raise HubConfigError(f'{config_file} names no "architecture" (a timm model config starts with it)')
+    for key in ('pretrained_cfg', 'model_args'):
+        if key in config and not isinstance(config[key], dict):
+            raise HubConfigError(f'{config_file}: "{key}" is a JSON {type(config[key]).__name__}, not an object')
 
 
 def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
@@ -227,20 +389,25 @@ def save_checkpoint_for_hub(
         summary_csv: Optional[Union[str, Path]] = None,
         revision: Optional[str] = None,
         license: Optional[str] = None,
+        overwrite: bool = False,
 ) -> Tuple[Path, Dict[str, Any]]:
     """Write the Hub folder of a ``train_fg.py`` checkpoint; returns (folder, checkpoint dict).
 
-    ``summary_csv`` defaults to the ``summary.csv`` beside the checkpoint; an evaluation report of
-    this very checkpoint beside it (``eval/``, see :func:`timm_fgfocus.model_card.read_evaluation`)
-    goes into the card.
+    ``summary_csv`` defaults to the ``summary.csv`` beside the checkpoint (none there: no log in
+    the card); a ``summary_csv`` given must exist. ``overwrite`` as in :func:`save_for_hub`. An
+    evaluation report of this very checkpoint beside it (``eval/``, see
+    :func:`timm_fgfocus.model_card.read_evaluation`) goes into the card.
     """
     checkpoint = Path(checkpoint)
+    check_repo_id(repo_id)  # the cheap checks first, before the checkpoint is read
+    _check_folder(Path(save_directory), overwrite)
+    summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv',
+                           required=summary_csv is not None)
     model, ckpt = model_from_checkpoint(checkpoint, use_ema=use_ema)
-    summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv')
     folder = save_for_hub(
         model, save_directory, repo_id, arch=ckpt['arch'], class_names=ckpt.get('class_names'),
         model_args=ckpt['model_args'], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
-        summary=summary, ema=use_ema, revision=revision, license=license,
+        summary=summary, ema=use_ema, revision=revision, license=license, overwrite=overwrite,
         evaluation=read_evaluation(checkpoint, use_ema))
     return folder, ckpt
 
@@ -376,19 +543,34 @@ def _parser() -> argparse.ArgumentParser:
                    help='branch to push to (created if needed)')
     p.add_argument('--commit-message', default=None)
     p.add_argument('--dry-run', metavar='DIR', default=None,
-                   help='write the repo folder into DIR and list what would be pushed; no network, no token')
+                   help='write the repo folder into DIR (new or empty) and list what would be pushed; no network, '
+                        'no token')
+    p.add_argument('--overwrite', action='store_true',
+                   help='with --dry-run: write into a folder that has files (README.md, config.json, '
+                        'model.safetensors are replaced, other files kept)')
     p.add_argument('--ema', action='store_true', help="publish the checkpoint's EMA weights")
     p.add_argument('--summary', default=None,
-                   help='training log for the card (default: summary.csv beside the checkpoint)')
+                   help='training log for the card (default: summary.csv beside the checkpoint, if any); '
+                        'a file named here must exist and be a train_fg.py summary.csv')
     p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``hf_upload`` / ``python -m hf_upload``; returns the exit status (0 ok, 1 error, 2 usage)."""
+    """``hf_upload`` / ``python -m hf_upload``; returns the exit status (0 ok, 1 error, 2 usage: a bad
+    repo id, a ``--dry-run`` folder that is a file or not empty without ``--overwrite``, a missing or
+    unreadable ``--summary``)."""
     args = _parser().parse_args(argv)
-    if args.repo_id.count('/') != 1 or not all(args.repo_id.split('/')):
-        print(f'hf_upload: --repo-id must be ORG/NAME, got {args.repo_id!r}', file=sys.stderr)
+    try:  # usage errors, before anything is read or written
+        check_repo_id(args.repo_id)
+        if args.overwrite and not args.dry_run:
+            raise HubUploadError('--overwrite goes with --dry-run DIR (a push writes into a temporary folder)')
+        if args.dry_run:
+            _check_folder(Path(args.dry_run), args.overwrite)
+        if args.summary is not None:
+            read_summary(args.summary, required=True)
+    except HubUploadError as e:
+        print(f'hf_upload: {e}', file=sys.stderr)
         return 2
     import timm_fgfocus  # noqa: F401  registers the fgfocus models
     token = None
@@ -396,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dry_run:
             folder, ckpt = save_checkpoint_for_hub(
                 args.checkpoint, args.dry_run, args.repo_id, use_ema=args.ema, summary_csv=args.summary,
-                revision=args.revision, license=args.license)
+                revision=args.revision, license=args.license, overwrite=args.overwrite)
             where = args.repo_id + (f'@{args.revision}' if args.revision else '')
             print(f'hf_upload: dry run, nothing pushed. {folder} holds what would be pushed to {where}:')
             for name in ('README.md', 'config.json', WEIGHTS_NAME):

@@ -15,7 +15,6 @@ evaluation results. Two sources, never anything that was not measured:
 The body: what the model is (method, paper), the training recipe, the results, usage snippets for
 timm and for ``transformers`` (``pipeline('image-classification')``), the citation.
 """
-import csv
 import hashlib
 import json
 import math
@@ -28,7 +27,7 @@ import torch
 import timm
 
 __all__ = [
-    'model_card', 'model_card_data', 'read_summary', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
+    'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
     'CARD_TAGS', 'PAPER_TITLE', 'PAPER_URL', 'CITATION',
 ]
 
@@ -78,15 +77,6 @@ def _listify(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _listify(v) for k, v in value.items()}
     return value
-
-
-def read_summary(path: Union[str, Path]) -> List[Dict[str, str]]:
-    """Rows of a ``summary.csv`` written by ``train_fg.py`` (empty list if there is none)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline='') as f:
-        return [row for row in csv.DictReader(f) if row.get('epoch', '') != '']
 
 
 def _num(value: Any) -> Optional[float]:

@@ -6,8 +6,10 @@ Usage::
     python -m timm_fgfocus.predict photos/ --model hf-hub:ORG/NAME --pretrained
 
 The model comes from a ``train_fg.py`` checkpoint (``--checkpoint``: architecture, its kwargs
-and class names are read from it) or from timm (``--model``: a registered name or
-``hf-hub:ORG/NAME``; class names from the Hub config's ``label_names``). Images are prepared
+and class names are read from it) or from timm (``--model``: a registered name, or
+``hf-hub:ORG/NAME`` / ``local-dir:DIR``, whose weights are always loaded; class names from the
+config's ``label_names``). Images are read by :func:`timm_fgfocus.images.open_image` (16-bit
+images scaled to 8 bits, transparency over white) and prepared
 with the model's eval transform (``resolve_data_config`` + ``create_transform``: resize, center
 crop, normalize), and the boxes are mapped back through that resize and crop into the
 ORIGINAL image's pixels (``x0, y0, x1, y1``, pixel ``i`` covering ``[i, i + 1)``; a box the crop
@@ -21,9 +23,12 @@ Output: one line per image, or with ``--json`` one JSON object per line on stdou
 ``boxes`` holds all m proposed regions, best first; the first ``num_hybrid_regions`` (l) are
 the ones the prediction uses. Errors, the progress bar and the summary go to stderr.
 
-Exit status: 0 when every image was classified, 1 when some could not be read (each is
-named on stderr, the others are still classified), 2 for a usage error, a missing or broken
-checkpoint or model.
+An image whose forward pass gives NaN / inf (logits, boxes or scores) gets no output line: it
+is named on stderr like an unreadable image, and ``--json`` never prints ``NaN``.
+
+Exit status: 0 when every image was classified, 1 when some could not be read or gave a
+non-finite output (each is named on stderr, the others are still classified), 2 for a usage
+error, a missing or broken checkpoint or model.
 """
 import argparse
 import json
@@ -33,7 +38,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
+
+from .images import open_image
 
 __all__ = ['InputGeometry', 'input_geometry', 'find_images', 'main']
 
@@ -184,12 +190,6 @@ def find_images(paths: Sequence[str]) -> Tuple[List[_Input], List[Tuple[str, str
     return found, missing, any_folder
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        img.load()
-        return img.convert('RGB')
-
-
 # --- model ------------------------------------------------------------------------------------
 
 def _read_class_names(path: str) -> List[str]:
@@ -214,11 +214,26 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
             raise PredictError(str(e)) from None
         class_names = ckpt.get('class_names')
     else:
+        from timm_fgfocus.hub import HubConfigError, check_local_dir
+
+        # hf-hub:/local-dir: name a set of weights: they are loaded, never swapped for random ones
+        by_location = timm.models.parse_model_name(args.model)[0] in ('hf-hub', 'local-dir')
+        if by_location and args.num_classes is not None:
+            raise PredictError(f'--num-classes would replace the trained heads of {args.model} with untrained ones; '
+                               f'predict with its own classes (drop --num-classes)')
+        if not by_location and not args.pretrained:
+            print(f'{PROG}: warning: --model {args.model} without --pretrained has random weights: '
+                  f'its predictions mean nothing', file=sys.stderr)
         kwargs = {} if args.num_classes is None else dict(num_classes=args.num_classes)
         try:
-            model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+            check_local_dir(args.model)
+            model = timm.create_model(args.model, pretrained=args.pretrained or by_location, **kwargs)
+        except HubConfigError as e:
+            raise PredictError(str(e)) from None
         except Exception as e:  # unknown name, Hub not reachable, weights that do not fit, ...
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, json.JSONDecodeError):  # an hf-hub: config.json (local-dir: is checked above)
+                msg = f'its config.json is not valid JSON ({msg})'
             raise PredictError(f'cannot create model {args.model!r}: {msg}') from None
         class_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
     if not hasattr(model, 'forward_structured'):
@@ -267,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='image files, or folders searched recursively for images')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--checkpoint', metavar='PATH', help='a train_fg.py checkpoint (last.pth / best.pth)')
-    src.add_argument('--model', metavar='NAME', help='timm model name or hf-hub:ORG/NAME')
-    p.add_argument('--pretrained', action='store_true', help='with --model: load its pretrained weights')
+    src.add_argument('--model', metavar='NAME',
+                     help='timm model name, or hf-hub:ORG/NAME / local-dir:DIR (their weights are always loaded)')
+    p.add_argument('--pretrained', action='store_true',
+                   help='with --model NAME: load its pretrained weights (implied for hf-hub: / local-dir:)')
     p.add_argument('--num-classes', type=int, default=None, help='with --model: number of classes')
     p.add_argument('--use-ema', action='store_true', help='with --checkpoint: use its EMA weights')
     p.add_argument('--class-names', metavar='FILE', help='class names, one per line (overrides the model\'s)')
@@ -287,16 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _predict_batch(model, batch, geoms, topk: int):
-    """Run one batch; per image (probs topk, boxes in original pixels, scores, valid, attention)."""
+    """Run one batch; per image (finite, probs topk, boxes in original pixels, scores, valid, attention).
+
+    ``finite`` is False when the image's logits, boxes or scores hold NaN / inf (weights that
+    overflow on this input, a broken device): such an image gets no prediction.
+    """
     x = torch.stack(batch).to(next(model.parameters()).device)
     with torch.no_grad():
         out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+    finite = (torch.isfinite(out.logits.float()).all(dim=-1) & torch.isfinite(out.boxes.float()).flatten(1).all(dim=1)
+              & torch.isfinite(out.scores.float()).all(dim=-1)).cpu()
     probs = out.logits.float().softmax(dim=-1).cpu()
     top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
     results = []
     for j, geom in enumerate(geoms):
-        results.append((top_p[j], top_i[j], geom.to_original(out.boxes[j]), out.scores[j].float().cpu(),
-                        out.valid[j].cpu(), out.attention[j].float().cpu()))
+        results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(out.boxes[j]),
+                        out.scores[j].float().cpu(), out.valid[j].cpu(), out.attention[j].float().cpu()))
     return results
 
 
@@ -341,15 +364,20 @@ def run(args) -> int:
         if not pending:
             return
         results = _predict_batch(model, [p[2] for p in pending], [p[3] for p in pending], args.topk)
-        for (item, img, _, geom), (top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
+        for (item, img, _, geom), (finite, top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
+            if not finite:
+                failures.append((str(item.path), 'non-finite model output'))
+                report(f'{item.path}: the model\'s output for this image is NaN or inf, no prediction '
+                       f'(its weights overflow on this input?)')
+                continue
             topk = [dict(index=int(i), name=_label(int(i), class_names), prob=round(float(p), 6))
                     for p, i in zip(top_p, top_i)]
-            if args.json:
+            if args.json:  # allow_nan=False: never the invalid JSON tokens NaN / Infinity
                 print(json.dumps(dict(
                     file=str(item.path), image_size=list(geom.original_size), topk=topk,
                     boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
                     scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
-                    num_hybrid_regions=l)), flush=True)
+                    num_hybrid_regions=l), allow_nan=False), flush=True)
             else:
                 print(_format_text(str(item.path), topk), flush=True)
             if out_dir is not None:
@@ -373,7 +401,7 @@ def run(args) -> int:
     try:
         for item in items:
             try:
-                img = _open_rgb(item.path)
+                img = open_image(item.path)
             except Exception as e:  # Pillow raises several types for broken / non-image files
                 failures.append((str(item.path), str(e)))
                 report(f'{item.path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')

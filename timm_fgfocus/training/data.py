@@ -13,6 +13,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from timm.data.readers.img_extensions import get_img_extensions
 
 from ..datasets import DATASET_INFO, create_fg_dataset
+from ..images import open_image, to_rgb
 from .errors import TrainError
 
 __all__ = [
@@ -52,14 +53,15 @@ class RobustImageDataset(Dataset):
         return f'sample {index} of {type(self.base).__name__}'
 
     def _load(self, index: int):
+        # every image through the package's one reader (16-bit scaled, transparency over white): the
+        # files of timm's folder reader are opened here (timm's ImageDataset would convert('RGB'));
+        # images other datasets decoded already are converted by the same rules
         if self._files is not None:
             path, target = self._files[index]
-            with Image.open(path) as img:
-                img = img.convert('RGB')
-            return img, target
+            return open_image(path), target
         img, target = self.base[index]
-        if isinstance(img, Image.Image) and img.mode != 'RGB':
-            img = img.convert('RGB')
+        if isinstance(img, Image.Image):
+            img = to_rgb(img)
         return img, target
 
     def __getitem__(self, index: int):
@@ -132,7 +134,8 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
                 raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
     elif args.dataset and not args.dataset.startswith(('folder', 'imagefolder')):
         made = {split: create_dataset(args.dataset, root=args.data_dir, split=split,
-                                      is_training=split == args.train_split)
+                                      is_training=split == args.train_split,
+                                      input_img_mode=None)  # RobustImageDataset converts: to_rgb
                 for split in splits}
     else:
         if not args.data_dir:

@@ -11,6 +11,7 @@ from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
+from ..checkpoint import CheckpointError, verify_checkpoint
 from ..fgfocus import checkpoint_filter_fn
 from .errors import TrainError
 
@@ -77,6 +78,10 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     except Exception as e:
         raise TrainError(f'cannot read weights {p}: {e}') from None
     if isinstance(state, dict) and state.get('format') == 'timm_fgfocus.checkpoint':
+        try:
+            verify_checkpoint(state, p)  # its digests and finite weights, as load_checkpoint does
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
         state = state['state_dict']
     if not isinstance(state, dict):
         raise TrainError(f'weights {p} are not a state dict')
