@@ -284,6 +284,11 @@ def test_report_command_errors_are_one_line(evaluated, tmp_path, capsys):
     assert err.count('\n') == 0 and 'eval.json does not exist' in err and str(tmp_path) in err
     run = tmp_path / 'run'
     shutil.copytree(evaluated[0], run)
+    gone = sorted((run / 'eval' / 'inputs').iterdir())[0]
+    gone.unlink()
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and f'{gone} cannot be read' in err
     (run / 'eval' / 'predictions.npz').write_bytes(b'truncated')
     assert main([str(run)]) == 1
     err = capsys.readouterr().err.strip()

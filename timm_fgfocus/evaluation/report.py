@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Dict, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..images import open_image
 from .collect import Predictions
 from .errors import EvaluationError
 from .page import render_html
@@ -86,9 +87,8 @@ def read_examples(eval_dir: Union[str, Path]) -> Dict[int, Dict[str, Any]]:
     for i, att in zip(index.tolist(), attention):
         file = eval_dir / 'inputs' / f'{i}.jpg'
         try:
-            with Image.open(file) as img:
-                out[i] = {'attention': att.astype(np.float32), 'image': img.convert('RGB')}
-        except OSError as e:
+            out[i] = {'attention': att.astype(np.float32), 'image': open_image(file)}
+        except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for missing or broken files
             raise EvaluationError(f'{file} cannot be read ({e})') from None
     return out
 
