@@ -16,7 +16,7 @@ from .checkpoint import model_from_checkpoint
 from .demo_data import ensure_demo_data, pretrain_backbone
 from .images import open_image
 from .training import TrainError, train
-from .training.run_files import read_summary
+from .training.run_files import prepare_output, read_summary
 from .visualize import save_region_sheet
 
 __all__ = ['run_demo', 'save_demo_sheet']
@@ -28,6 +28,9 @@ def run_demo(args, device) -> Dict[str, Any]:
         raise TrainError('--demo runs in one process: start it without torchrun')
     t0 = time.time()
     root = Path(args.data_dir or Path('output') / 'demo' / 'data')
+    if not args.output:
+        args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
+    prepare_output(args)  # a non-empty or unwritable --output is refused before data and pretraining
     try:
         ensure_demo_data(root)
     except ValueError as e:
@@ -38,8 +41,6 @@ def run_demo(args, device) -> Dict[str, Any]:
         if not weights.is_file():
             pretrain_backbone(weights, seed=args.seed)
         args.initial_checkpoint = str(weights)
-    if not args.output:
-        args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
     result = train(args, device)
     out = result['output']
     rows = read_summary(out / 'summary.csv')

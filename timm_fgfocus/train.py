@@ -69,9 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             print(f'train_fg: error: {_clean_message(e)}', file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         raise
-    except KeyboardInterrupt:
-        print('train_fg: interrupted; the last complete epoch is in last.pth (continue with --resume)',
-              file=sys.stderr, flush=True)
+    except KeyboardInterrupt as e:
+        # a TrainInterrupted from the run says which checkpoint holds the last complete epoch
+        msg = str(e) or 'interrupted before training started: no checkpoint was written'
+        print(f'train_fg: {msg}', file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -1,10 +1,13 @@
 """The training library behind ``train_fg``, one module per concern.
 
 * :mod:`.args`: the parser (timm ``train.py`` flag names), recipes and resumed settings merged;
-* :mod:`.data`: data sets, the class-folder check, transforms and loaders;
+* :mod:`.validate`: every argument checked once, after the merge (a table of rules);
+* :mod:`.data`: data sets (``--dataset`` names), transforms and loaders;
+* :mod:`.image_folders`: the one definition of a class in ``DIR/<split>/<class>/`` folders;
 * :mod:`.model`: the model with its starting weights, parameter groups, optimizer and scheduler;
 * :mod:`.loops`: one training epoch, one evaluation pass;
-* :mod:`.run_files`: the output folder, ``summary.csv``, ``args.yaml``;
+* :mod:`.preflight`: readable splits and one dummy training forward before the first epoch;
+* :mod:`.run_files`: the output folder and its checks, ``summary.csv``, ``args.yaml``, kill recovery;
 * :mod:`.runner`: a whole run (:func:`train`, with exact resume) and ``--eval-only``.
 
 The command line (:mod:`timm_fgfocus.train`) and the demo (:mod:`timm_fgfocus.demo`) sit on top of it;
@@ -12,13 +15,13 @@ nothing here imports them.
 """
 from .args import build_parser, parse_args
 from .data import build_transforms, check_image_folder, create_datasets
-from .errors import TrainError
+from .errors import TrainError, TrainInterrupted
 from .loops import evaluate, train_one_epoch
 from .model import create_fg_model, create_optimizer_and_scheduler, param_groups
 from .runner import run_eval_only, train
 
 __all__ = [
-    'TrainError', 'build_parser', 'parse_args', 'build_transforms', 'check_image_folder', 'create_datasets',
+    'TrainError', 'TrainInterrupted', 'build_parser', 'parse_args', 'build_transforms', 'check_image_folder', 'create_datasets',
     'create_fg_model', 'create_optimizer_and_scheduler', 'param_groups', 'train_one_epoch', 'evaluate', 'train',
     'run_eval_only',
 ]

@@ -14,6 +14,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..recipes import RecipeError, load_recipe
 from .data import FG_DATASETS
 from .errors import TrainError
+from .validate import validate_args
 
 __all__ = ['build_parser', 'parse_args', 'INVOCATION_ARGS']
 
@@ -26,7 +27,10 @@ class _MergeKwargs(argparse.Action):
     """``--model-kwargs k=v ...`` merged over the recipe's ``model_kwargs`` dict."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        kw = dict(getattr(namespace, self.dest, None) or {})
+        kw = getattr(namespace, self.dest, None) or {}
+        if not isinstance(kw, dict):
+            raise TrainError(f'{option_string}: the recipe (or checkpoint) gives model_kwargs={kw!r}, not a mapping')
+        kw = dict(kw)
         for value in values:
             if not value:
                 continue
@@ -159,10 +163,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command line over the args of a resumed (or ``--eval-only``) checkpoint over the recipe over
-    the parser's defaults."""
+    the parser's defaults, checked by :func:`~timm_fgfocus.training.validate.validate_args`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     dests = {a.dest for a in parser._actions}
+    defaults = {a.dest: a.default for a in parser._actions}
     pre, _ = parser.parse_known_args(argv)
 
     config = pre.config or ('demo' if pre.demo else 'paper')
@@ -175,6 +180,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     # a resumed or evaluated checkpoint brings the settings of its run (input size, crop, splits, ...)
     source, flag = (pre.resume, '--resume') if pre.resume else (pre.checkpoint if pre.eval_only else '', '--checkpoint')
+    saved = {}
     if source:
         try:
             ckpt = load_checkpoint(source)
@@ -190,7 +196,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.val_split is None:
         args.val_split = 'test' if args.dataset in FG_DATASETS else 'val'
     for key in ('input_size', 'mean', 'std', 'scale', 'ratio'):
-        if getattr(args, key) is not None:
+        if isinstance(getattr(args, key), tuple):
             setattr(args, key, list(getattr(args, key)))
+    validate_args(args, parser, argv, {f'recipe {config}': recipe, f'{flag} {source}': saved}, defaults)
     return args
 

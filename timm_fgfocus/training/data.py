@@ -3,26 +3,29 @@ transforms and loaders."""
 import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from PIL import Image
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from timm.data import create_dataset, create_transform, resolve_data_config
-from timm.data.readers.img_extensions import get_img_extensions
 
 from ..datasets import DATASET_INFO, create_fg_dataset
 from ..images import open_image, to_rgb
 from .errors import TrainError
+from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
-    'FG_DATASETS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder', 'create_datasets',
+    'FG_DATASETS', 'UNREADABLE_ERRORS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder',
+    'dataset_kind', 'create_datasets',
     'build_transforms', 'train_loader', 'train_sampler', 'eval_loader', 'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
 DATA_CONFIG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
+# what reading a broken image raises (PIL: OSError for truncated data, SyntaxError/ValueError for bad headers)
+UNREADABLE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class RobustImageDataset(Dataset):
@@ -65,11 +68,12 @@ class RobustImageDataset(Dataset):
         return img, target
 
     def __getitem__(self, index: int):
-        for _ in range(min(len(self), 50)):
+        start, tries = index, min(len(self), 50)
+        for _ in range(tries):
             try:
                 img, target = self._load(index)
                 break
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            except UNREADABLE_ERRORS as e:
                 name = self._name(index)
                 if self.bad_images == 'error':
                     raise TrainError(f'cannot read image {name}: {e}. Fix or remove the file, '
@@ -77,7 +81,8 @@ class RobustImageDataset(Dataset):
                 print(f'warning: skipping unreadable image {name}: {e}', file=sys.stderr, flush=True)
                 index = (index + 1) % len(self)
         else:
-            raise TrainError(f'50 consecutive unreadable images from {self._name(index)} on: check the data folder')
+            raise TrainError(f'{tries} consecutive unreadable images from {self._name(start)} on'
+                             + (f' (all {tries} of the split)' if tries == len(self) else '') + ': check the data folder')
         if self.transform is not None:
             img = self.transform(img)
         return img, int(target)
@@ -93,67 +98,86 @@ def dataset_classes(ds) -> List[str]:
     return list(classes) if classes is not None else []
 
 
-def check_image_folder(root: Path, split: str) -> List[str]:
-    """Check ``root/split/<class>/<images>``; returns the class names (sorted).
+# --dataset names: '' and these read DIR/<split>/<class>/ folders (image_folders.py); the paper's
+# benchmarks read their official layouts (datasets.py); names with these prefixes go to timm's create_dataset
+FOLDER_NAMES = ('', 'folder', 'imagefolder')
+TIMM_DATASET_PREFIXES = ('hfds/', 'hfids/', 'tfds/', 'wds/', 'torch/')
 
-    Raises:
-        TrainError: naming the folder, when it is missing, empty, or a class folder has no images.
-    """
-    folder = root / split
-    if not root.is_dir():
-        raise TrainError(f'data folder {root} does not exist: pass --data-dir DIR with DIR/{split}/<class>/*.jpg '
-                         f'(or run train_fg --demo to generate a demo data set)')
-    if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise TrainError(f'data folder {root} has no {split!r} split folder {folder} (found: {found or "nothing"}); '
-                         f'expected {root}/{split}/<class>/*.jpg, or set --train-split/--val-split')
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    if not class_dirs:
-        raise TrainError(f'data folder {folder} is empty: expected one sub-folder of images per class, '
-                         f'{folder}/<class>/*.jpg')
-    exts = tuple(get_img_extensions())
-    for d in class_dirs:
-        if not any(f.suffix.lower() in exts for f in d.rglob('*') if f.is_file()):
-            raise TrainError(f'class folder {d} has no images ({", ".join(sorted(set(exts)))}): '
-                             f'add images or remove the folder')
-    return [d.name for d in class_dirs]
+
+DATASET_NAMES = (f'{", ".join(FG_DATASETS)}, \'\' or folder (DIR/<split>/<class>/ image folders), or a timm '
+                 f'create_dataset name {", ".join(p + "NAME" for p in TIMM_DATASET_PREFIXES)}')
+
+
+def dataset_kind(name: str) -> Optional[str]:
+    """What reads ``--dataset name``: ``'folder'``, ``'benchmark'`` (cub200, aircraft, cars), ``'timm'``,
+    or None for an unknown name (timm's reader would take it as a plain folder and read whatever its
+    split search finds: ``--dataset cub`` trained on the validation images)."""
+    lowered = (name or '').lower()
+    if lowered in FOLDER_NAMES:
+        return 'folder'
+    if lowered in FG_DATASETS:
+        return 'benchmark'
+    prefix = lowered.split('/', 1)[0] + '/'
+    if prefix in TIMM_DATASET_PREFIXES and len(lowered) > len(prefix):
+        return 'timm'
+    return None
+
+
+def _benchmark_splits(args, splits) -> Dict[str, Dataset]:
+    if not args.data_dir or not Path(args.data_dir).exists():
+        raise TrainError(f'data folder {args.data_dir or "(none)"} does not exist: '
+                         f'pass --data-dir with the {args.dataset} data set')
+    made = {}
+    for split in splits:
+        try:
+            made[split] = create_fg_dataset(args.dataset.lower(), args.data_dir, split)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
+    return made
+
+
+def _timm_splits(args, splits) -> Dict[str, Dataset]:
+    made = {}
+    for split in splits:
+        try:
+            made[split] = create_dataset(args.dataset, root=args.data_dir, split=split,
+                                         is_training=split == args.train_split,
+                                         input_img_mode=None)  # RobustImageDataset converts: to_rgb
+        except (AssertionError, ImportError, KeyError, OSError, RuntimeError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrainError(f'--dataset {args.dataset} {split} split (--data-dir {args.data_dir!r}): {msg}') from None
+    return made
+
+
+def _folder_splits(args, splits) -> Dict[str, Dataset]:
+    """One :func:`scan_image_folder` per split; train and val need the same classes, in the same order."""
+    if not args.data_dir:
+        raise TrainError('no data: pass --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg '
+                         '(or run train_fg --demo)')
+    root = Path(args.data_dir)
+    scans = {split: scan_image_folder(root, split) for split in splits}
+    first = scans[splits[0]]
+    for split in splits[1:]:
+        if scans[split].classes != first.classes:
+            a, b = set(first.classes), set(scans[split].classes)
+            diff = '; '.join(f'only in {s}: {sorted(x)[:5]}' for s, x in ((splits[0], a - b), (split, b - a)) if x)
+            raise TrainError(f'class folders of {first.folder} and {scans[split].folder} differ ({diff}): '
+                             f'both splits need the same classes')
+    return {split: image_folder_dataset(scan) for split, scan in scans.items()}
 
 
 def create_datasets(args, train_transform, eval_transform, need_train: bool = True):
     """(train dataset or None, val dataset, class names), validated with one-line errors."""
     splits = ([args.train_split] if need_train else []) + [args.val_split]
-    if args.dataset in FG_DATASETS:
-        if not args.data_dir or not Path(args.data_dir).exists():
-            raise TrainError(f'data folder {args.data_dir or "(none)"} does not exist: '
-                             f'pass --data-dir with the {args.dataset} data set')
-        made = {}
-        for split in splits:
-            try:
-                made[split] = create_fg_dataset(args.dataset, args.data_dir, split)
-            except (OSError, ValueError, RuntimeError) as e:
-                raise TrainError(f'{args.dataset} {split} split in {args.data_dir}: {e}') from None
-    elif args.dataset and not args.dataset.startswith(('folder', 'imagefolder')):
-        made = {split: create_dataset(args.dataset, root=args.data_dir, split=split,
-                                      is_training=split == args.train_split,
-                                      input_img_mode=None)  # RobustImageDataset converts: to_rgb
-                for split in splits}
+    kind = dataset_kind(args.dataset)
+    if kind is None:
+        raise TrainError(f'--dataset {args.dataset!r} is not a known data set: use {DATASET_NAMES}')
+    if kind == 'benchmark':
+        made = _benchmark_splits(args, splits)
+    elif kind == 'timm':
+        made = _timm_splits(args, splits)
     else:
-        if not args.data_dir:
-            raise TrainError('no data: pass --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg '
-                             '(or run train_fg --demo)')
-        root = Path(args.data_dir)
-        class_lists = {split: check_image_folder(root, split) for split in splits}
-        made = {}
-        for split in splits:
-            made[split] = create_dataset('', root=str(root / split), split=split, search_split=False,
-                                         is_training=split == args.train_split)
-            if len(made[split]) == 0:
-                raise TrainError(f'data folder {root / split} holds no images')
-        if need_train and class_lists[args.train_split] != class_lists[args.val_split]:
-            a, b = set(class_lists[args.train_split]), set(class_lists[args.val_split])
-            diff = sorted(a ^ b)[:5]
-            raise TrainError(f'class folders of {root / args.train_split} and {root / args.val_split} differ '
-                             f'(e.g. {diff}): both splits need the same classes')
+        made = _folder_splits(args, splits)
     val = RobustImageDataset(made[args.val_split], eval_transform, args.bad_images)
     train = RobustImageDataset(made[args.train_split], train_transform, args.bad_images) if need_train else None
     classes = (train or val).classes

@@ -114,8 +114,15 @@ def create_fg_model(args, num_classes: int):
     try:
         model = timm.create_model(args.model, pretrained=pretrained, **model_args)
     except (TypeError, ValueError) as e:
-        raise TrainError(f'cannot build {args.model} with {model_args}: {e}') from None
+        raise TrainError(_build_error(args.model, model_args, e)) from None
     except Exception as e:  # network / hub errors from timm's pretrained loading
+        if pretrained:
+            # timm builds the model before it loads weights, and a failure to build surfaces as a
+            # weights failure too (an unknown backbone read as a download error): tell them apart
+            try:
+                timm.create_model(args.model, pretrained=False, **model_args)
+            except Exception as build_error:
+                raise TrainError(_build_error(args.model, model_args, build_error)) from None
         cfg = timm.models.get_pretrained_cfg(args.model)
         src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
         raise TrainError(
@@ -127,6 +134,11 @@ def create_fg_model(args, num_classes: int):
     if args.initial_checkpoint:
         load_initial_weights(model, args.initial_checkpoint)
     return model, model_args
+
+
+def _build_error(model: str, model_args: Dict[str, Any], e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return f'cannot build {model} with --model-kwargs {model_args}: {type(e).__name__}: {msg}'
 
 
 def arch_name(model_name: str) -> str:

@@ -22,9 +22,13 @@ from .data import (
     DATA_CONFIG_KEYS, build_transforms, checkpoint_data_cfg, create_datasets, eval_loader, resolve_run_data_config,
     train_loader, train_sampler,
 )
-from .errors import TrainError
+from .errors import TrainError, TrainInterrupted
 from .model import arch_name, check_checkpoint_fits, create_fg_model, create_optimizer_and_scheduler
-from .run_files import args_dict, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic
+from .preflight import dummy_forward, first_readable
+from .run_files import (
+    RunProgress, same_path, args_dict, best_weights_source, check_free_space, clean_stale_temps,
+    estimate_checkpoint_bytes, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic, writing,
+)
 
 __all__ = ['train', 'run_eval_only']
 
@@ -45,6 +49,7 @@ def run_eval_only(args, device) -> Dict[str, float]:
     data_config = resolve_run_data_config(args, model)
     eval_tf = create_transform(**data_config, is_training=False)
     _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
+    first_readable(val, 'val', f'{args.data_dir} {args.val_split}')
     if model.num_classes != len(classes):
         raise TrainError(f'checkpoint {args.checkpoint} was trained for {model.num_classes} classes but '
                          f'{args.data_dir}/{args.val_split} has {len(classes)}: evaluate on the data it was trained on')
@@ -79,7 +84,19 @@ def _print_report(metrics: Dict[str, Any]) -> None:
 
 
 def train(args, device) -> Dict[str, Any]:
-    """The training run; returns the final metrics and paths."""
+    """The training run; returns the final metrics and paths.
+
+    Raises:
+        TrainInterrupted: on Ctrl-C, saying which checkpoint holds the last complete epoch (if any).
+    """
+    progress = RunProgress()
+    try:
+        return _train(args, device, progress)
+    except KeyboardInterrupt:
+        raise TrainInterrupted(f'interrupted; {progress.kept()}') from None
+
+
+def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     out = prepare_output(args)  # before anything is created, on every rank (same answer)
     if args.distributed:
         torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
@@ -89,6 +106,7 @@ def train(args, device) -> Dict[str, Any]:
             ckpt = load_checkpoint(args.resume)
         except CheckpointError as e:
             raise TrainError(f'--resume: {e}') from None
+        progress.last, progress.epoch = Path(args.resume), int(ckpt['epoch'])
 
     # classes first (the model's class count comes from the data), transforms after the model
     train_ds, val_ds, classes = create_datasets(args, None, None)
@@ -97,6 +115,8 @@ def train(args, device) -> Dict[str, Any]:
         raise TrainError(f'--num-classes {num_classes} but {args.data_dir} has {len(classes)} classes')
     if ckpt is not None:
         check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
+    train_index = first_readable(train_ds, 'train', f'{args.data_dir} {args.train_split}')
+    first_readable(val_ds, 'val', f'{args.data_dir} {args.val_split}')
 
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
@@ -112,7 +132,7 @@ def train(args, device) -> Dict[str, Any]:
     scaler = NativeScaler(device=device.type) if use_scaler else None
     loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
 
-    start_epoch, num_updates, best_metric, best_epoch = 0, 0, None, None
+    start_epoch, num_updates, best_metric, best_epoch, best_source = 0, 0, None, None, None
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt['state_dict'], strict=True)
@@ -128,6 +148,31 @@ def train(args, device) -> Dict[str, Any]:
         start_epoch = int(ckpt['epoch']) + 1
         num_updates = int(ckpt.get('num_updates', 0))
         best_metric, best_epoch = ckpt.get('best_metric'), ckpt.get('best_epoch')
+        best_source = best_weights_source(ckpt, Path(args.resume))
+        if best_source is None and best_epoch is not None:
+            if args.rank == 0:
+                print(f'warning: no best.pth beside {args.resume} holds its best epoch {best_epoch + 1} and it '
+                      f'cannot be rebuilt: best.pth is chosen again among the epochs from {start_epoch + 1} on',
+                      file=sys.stderr, flush=True)
+            best_metric = best_epoch = None
+        elif args.rank == 0 and best_source == Path(args.resume) and same_path(out, best_source.parent):
+            # a kill (or a full disk) stopped the copy of the best epoch's last.pth: restore it now
+            with writing(out / 'best.pth', progress):
+                atomic_copy(best_source, out / 'best.pth')
+            print(f'train_fg: restored {out / "best.pth"} (epoch {best_epoch + 1}, the best) from {best_source}',
+                  flush=True)
+            best_source = out / 'best.pth'
+    if start_epoch >= num_epochs:
+        if start_epoch == num_epochs:
+            raise TrainError(f'{args.resume} is a finished run: it holds all {num_epochs} epochs; pass --epochs N '
+                             f'with N > {num_epochs} to train longer')
+        raise TrainError(f'--epochs {args.epochs} is fewer than the {start_epoch} epochs {args.resume} already '
+                         f'holds: nothing to train; pass --epochs N with N > {start_epoch} to train longer')
+
+    # every model-side problem surfaces now, before the first epoch (BatchNorm statistics are put back)
+    dummy_forward(model, loss_fn, train_ds, train_index, args, device)
+    # on every rank, like prepare_output: one rank stopping alone would leave the others waiting
+    check_free_space(out, estimate_checkpoint_bytes(model, args.opt, args.model_ema))
 
     ema = None
     if args.model_ema:
@@ -146,8 +191,16 @@ def train(args, device) -> Dict[str, Any]:
     val_loader = eval_loader(val_ds, args, device)
 
     # nothing is written before the first epoch completes: a run that fails early leaves no folder
-    summary_rows = [r for r in read_summary(out / 'summary.csv') if ckpt is not None and int(r['epoch']) < start_epoch]
+    # (a resumed run continued in another folder takes the rows of its own summary.csv along)
+    summary_rows = []
+    if ckpt is not None:
+        summary_rows = [r for r in read_summary(Path(args.resume).parent / 'summary.csv')
+                        if int(r['epoch']) < start_epoch]
     if args.rank == 0:
+        removed = clean_stale_temps(out)
+        if removed:
+            print(f'train_fg: removed {len(removed)} temporary file(s) a killed run left in {out} '
+                  f'({", ".join(p.name for p in removed[:3])})', flush=True)
         n_back = sum(p.numel() for p in model.backbone.parameters())
         print(f'train_fg: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, backbone '
               f'{n_back / 1e6:.2f}M) on {len(train_ds)} train / {len(val_ds)} val images, {num_classes} classes, '
@@ -174,11 +227,7 @@ def train(args, device) -> Dict[str, Any]:
         metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
                        lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
         if args.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            if epoch == start_epoch:
-                write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
             summary_rows.append({k: fmt(v) for k, v in metrics.items()})
-            write_summary(out / 'summary.csv', summary_rows)
             state = checkpoint_dict(
                 model, arch_name(args.model), model_args, classes,
                 pretrained_cfg=checkpoint_data_cfg(data_config),
@@ -187,9 +236,8 @@ def train(args, device) -> Dict[str, Any]:
                 best_metric=best_metric, best_epoch=best_epoch, args=args_dict(args),
                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict() if scaler is not None else None)
-            atomic_save(state, out / 'last.pth')
-            if is_best:
-                atomic_copy(out / 'last.pth', out / 'best.pth')
+            _write_epoch(out, args, state, summary_rows, is_best, best_source, epoch == start_epoch, progress)
+            best_source = None  # best.pth in `out` now holds the best epoch
             ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
             print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
                   f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
@@ -218,3 +266,23 @@ def _report_best(model, val_ds, classes, args, device, out, data_config):
         _print_report(report)
     return report
 
+
+def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: bool, best_source, first: bool,
+                 progress: RunProgress) -> None:
+    """The files of one epoch, each atomic: ``args.yaml`` (first epoch of this invocation),
+    ``summary.csv``, ``last.pth``, then ``best.pth``. ``best.pth`` is copied from ``last.pth``
+    when this epoch is the best, or from ``best_source`` (the best weights of the run being
+    continued in a new folder). A failed write is one line with its cause; files already there stay."""
+    out.mkdir(parents=True, exist_ok=True)
+    if first:
+        with writing(out / 'args.yaml', progress):
+            write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
+    with writing(out / 'summary.csv', progress):
+        write_summary(out / 'summary.csv', summary_rows)
+    with writing(out / 'last.pth', progress):
+        atomic_save(state, out / 'last.pth')
+    progress.last, progress.epoch = out / 'last.pth', state['epoch']
+    source = out / 'last.pth' if is_best else best_source
+    if source is not None and not same_path(source, out / 'best.pth'):
+        with writing(out / 'best.pth', progress):
+            atomic_copy(source, out / 'best.pth')
