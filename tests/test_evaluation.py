@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from timm_fgfocus.evaluation import EvaluationError, Predictions
-from timm_fgfocus.evaluation.collect import collect_predictions, head_names, merge_predictions, prediction_loader
+from timm_fgfocus.evaluation.collect import (
+    collect_predictions, head_names, merge_predictions, prediction_loader, to_model_input,
+)
 from timm_fgfocus.evaluation.metrics import (
     confusion_matrix, expected_calibration_error, most_confused, per_class_accuracy, reliability_bins,
     topk_accuracy, worst_classes,
@@ -216,6 +218,40 @@ def test_collect_without_regions_in_the_hybrid_head():
                               region_scales=[0.5], crop_size=32).eval()
     preds = collect_predictions(model, prediction_loader(_Tensors(3, 3), 2), 'cpu')
     assert preds.heads == ['hybrid', 'image'] and preds.boxes.shape == (3, 2, 4)
+
+
+def test_uint8_inputs_of_the_prefetcher_transform_are_normalised_like_timms_prefetcher():
+    """train_fg's eval transform on CUDA ends in uint8 (timm's PrefetchLoader normalises on the device)."""
+    from timm.data import create_transform
+    from timm.data.loader import PrefetchLoader
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)) for _ in range(5)]
+    cfg = dict(input_size=(3, 64, 64), mean=mean, std=std, crop_pct=1.0, interpolation='bilinear')
+    as_float, as_uint8 = (create_transform(**cfg, is_training=False, use_prefetcher=p) for p in (False, True))
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, tf):
+            self.tf = tf
+
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return self.tf(images[i]), i % 3
+
+    model = tiny_model(3)
+    ref = collect_predictions(model, prediction_loader(Images(as_float), 2), 'cpu')
+    got = collect_predictions(model, prediction_loader(Images(as_uint8), 2), 'cpu', normalize=(mean, std))
+    np.testing.assert_allclose(got.confidence['hybrid'], ref.confidence['hybrid'], rtol=1e-5)
+    assert got.topk['hybrid'].tolist() == ref.topk['hybrid'].tolist()
+    # the same numbers as timm's own prefetcher (on the CPU here)
+    loader = torch.utils.data.DataLoader(Images(as_uint8), batch_size=5)
+    x_timm = next(iter(PrefetchLoader(loader, mean=mean, std=std, device=torch.device('cpu'))))[0]
+    x_ours = to_model_input(next(iter(loader))[0], 'cpu', (mean, std))
+    torch.testing.assert_close(x_ours, x_timm)
+    with pytest.raises(ValueError, match='uint8 images need normalize'):
+        collect_predictions(model, prediction_loader(Images(as_uint8), 2), 'cpu')
 
 
 def test_flat_metrics_equal_the_training_loop_evaluate():

@@ -176,7 +176,7 @@ def test_sigkill_during_best_copy_then_resume(data, tmp_path, monkeypatch, capsy
     worse_every_epoch(monkeypatch)
     train_mod.main(['--resume', str(out / 'last.pth'), '--no-progress'])
     assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'eval', 'last.pth', 'report.html',
-                                                     'summary.csv']  # + the evaluation report of best.pth
+                                                     'summary.csv', 'summary.png']  # + the report of best.pth
     last = load_checkpoint(out / 'last.pth')
     assert last['epoch'] == 1 and load_checkpoint(out / 'best.pth')['epoch'] == last['best_epoch'] == 0
 

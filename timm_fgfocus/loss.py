@@ -37,16 +37,24 @@ def fgfocus_loss_terms(
     Args:
         output: ``model(x)`` in train mode, ``(hybrid [B, C], image [B, C], regions [B * m, C])``,
             or a :class:`~timm_fgfocus.fgfocus.FgFocusOutput`.
-        target: Tensor[B] class indices, or Tensor[B, C] soft targets (mixup / cutmix).
-        label_smoothing: as in ``F.cross_entropy`` (class-index targets only).
+        target: Tensor[B] class indices, or Tensor[B, C] soft targets (class probabilities, e.g.
+            from timm's ``Mixup``, which has already applied any label smoothing).
+        label_smoothing: as in ``F.cross_entropy``, for class-index targets. Soft targets are used
+            as given: each term is then timm's ``SoftTargetCrossEntropy``, ``mean_b sum_c -t log p``.
 
     Returns:
         ``{'hybrid', 'image', 'region'}`` scalar losses; ``'region'`` is the mean over all B * m
-        regions, each region labelled with its image's class.
+        regions, each region labelled with its image's class (or its image's soft target).
     """
     batch_size = target.shape[0]
     hybrid, image, regions = _split(output, batch_size)
     num_classes = hybrid.shape[-1]
+    if target.ndim == 2:
+        if target.shape[1] != num_classes:
+            raise ValueError(f'soft targets {tuple(target.shape)} do not match the {num_classes} classes of the logits')
+        label_smoothing = 0.0  # soft targets carry their own smoothing (timm's Mixup applies it)
+    elif target.ndim != 1:
+        raise ValueError(f'targets must be class indices [B] or soft targets [B, C], got {tuple(target.shape)}')
     # a clear message for bad class indices on CPU in eager mode; on CUDA (and under torch.compile,
     # where reading the check back would be a graph break) the CE kernel below checks them
     if target.ndim == 1 and target.numel() and target.device.type == 'cpu' and not torch.compiler.is_compiling():
@@ -55,7 +63,10 @@ def fgfocus_loss_terms(
             raise ValueError(f'targets must be class indices in [0, {num_classes}), got {target[bad].tolist()}')
     m = regions.shape[0] // batch_size
     region_target = target.repeat_interleave(m, dim=0)
-    ce = lambda logits, t: F.cross_entropy(logits.float(), t, label_smoothing=label_smoothing)  # noqa: E731
+
+    def ce(logits: Tensor, t: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), t.float() if t.is_floating_point() else t,
+                               label_smoothing=label_smoothing)
     return {
         'hybrid': ce(hybrid, target),
         'image': ce(image, target),
@@ -74,7 +85,8 @@ class FgFocusLoss(nn.Module):
     "image level only" ablation of Table 2.
 
     Args:
-        label_smoothing: label smoothing of every term.
+        label_smoothing: label smoothing of every term, for class-index targets (soft targets,
+            e.g. from mixup / cutmix, are used as given).
         hybrid_weight, image_weight, region_weight: weights of the three terms.
     """
 

@@ -20,7 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Union
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from .tta import TTAView, forward_tta
 
 __all__ = [
     'Predictions', 'head_names', 'head_label', 'prediction_loader', 'collect_predictions', 'gather_predictions',
-    'merge_predictions', 'sample_names',
+    'merge_predictions', 'sample_names', 'to_model_input',
 ]
 
 TOPK = 5
@@ -180,6 +180,23 @@ def prediction_loader(
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 
+def to_model_input(x: torch.Tensor, device, normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+                   channels_last: bool = False) -> torch.Tensor:
+    """A batch as the model takes it, on ``device``. uint8 images (a transform made for timm's
+    prefetcher, as ``train_fg`` uses on CUDA) are normalised there with ``normalize = (mean, std)``,
+    as timm's ``PrefetchLoader`` does; float batches are already normalised."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        if normalize is None:
+            raise ValueError('uint8 images need normalize=(mean, std)')
+        mean = torch.tensor([255 * m for m in normalize[0]], device=device).view(1, -1, 1, 1)
+        std = torch.tensor([255 * s for s in normalize[1]], device=device).view(1, -1, 1, 1)
+        x = x.float().sub_(mean).div_(std)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -195,6 +212,7 @@ def collect_predictions(
         channels_last: bool = False,
         tta_views: Optional[Sequence[TTAView]] = None,
         progress: Optional[Callable] = None,
+        normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
 ) -> Predictions:
     """Run ``model`` (eval mode, no gradients) over ``loader`` and keep :class:`Predictions`.
 
@@ -208,6 +226,7 @@ def collect_predictions(
         tta_views: test-time augmentation views (:func:`~.tta.tta_views`); the first must be the
             single view ``(1.0, no flip)``, whose output is reused. ``None``: no TTA.
         progress: wraps the loader (e.g. a tqdm bar).
+        normalize: ``(mean, std)`` for uint8 inputs (see :func:`to_model_input`).
 
     Returns:
         Predictions in loader order, ``seconds`` measured around the forwards only.
@@ -227,9 +246,7 @@ def collect_predictions(
     amp = autocast or nullcontext
     try:
         for x, y, idx in (progress(loader) if progress else loader):
-            x, y = x.to(device), y.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = to_model_input(x, device, normalize, channels_last), y.to(device)
             _sync(device)
             t0 = time.perf_counter()
             with amp():

@@ -22,10 +22,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..visualize import denormalize
-from .collect import Predictions, collect_predictions, gather_predictions, prediction_loader, sample_names
+from .collect import (
+    Predictions, collect_predictions, gather_predictions, prediction_loader, sample_names, to_model_input,
+)
 from .errors import EvaluationError
 from .metrics import confusion_matrix, most_confused, topk_accuracy
 from .pictures import select_mistakes, select_pair_examples
@@ -102,17 +105,18 @@ def _progress(args, desc: str):
 
 
 @torch.no_grad()
-def _attention_of(model, dataset, indices: Sequence[int], batch_size: int, device, autocast) -> Dict[int, Any]:
+def _attention_of(model, dataset, indices: Sequence[int], batch_size: int, device, autocast,
+                  normalize) -> Dict[int, Any]:
     """Model inputs and attention maps of a few samples (re-read from the data set; the model is
     run again on them only)."""
     out = {}
     amp = autocast or nullcontext
     for start in range(0, len(indices), max(1, batch_size)):
         chunk = list(indices[start:start + batch_size])
-        x = torch.stack([dataset[i][0] for i in chunk])
+        x = to_model_input(torch.stack([dataset[i][0] for i in chunk]), device, normalize)
         with amp():
-            res = model.forward_structured(x.to(device), num_crops=model.num_hybrid_regions)
-        for i, xi, att in zip(chunk, x, res.attention.float().cpu()):
+            res = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+        for i, xi, att in zip(chunk, x.float().cpu(), res.attention.float().cpu()):
             out[i] = (xi, att.numpy())
     return out
 
@@ -133,7 +137,7 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
     mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
     meta['examples'] = {'mistakes': mistakes, 'pairs': pairs}
     shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None})
-    seen = _attention_of(model, dataset, shown, args.batch_size, device, _autocast(args, device))
+    seen = _attention_of(model, dataset, shown, args.batch_size, device, _autocast(args, device), (mean, std))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f'.eval.new-{uuid.uuid4().hex[:12]}'  # not mkdtemp: its 0700 would hide the report
@@ -208,6 +212,9 @@ def evaluate_run(
     """
     rank, world = getattr(args, 'rank', 0), getattr(args, 'world_size', 1)
     distributed = world > 1
+    if isinstance(dataset, IterableDataset):
+        raise EvaluationError('the evaluation report needs a map-style data set (image folders, cub200, '
+                              'aircraft, cars, csv, hfds/): an iterable one has no sample indices to gather')
     if len(class_names) != model.num_classes:
         raise EvaluationError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
     views = None
@@ -221,9 +228,10 @@ def evaluate_run(
     data_config = data_config or {}
 
     loader = prediction_loader(dataset, args.batch_size, args.workers, rank, world, pin_memory=device.type == 'cuda')
+    mean_std = (data_config.get('mean', (0.5,) * 3), data_config.get('std', (0.5,) * 3))
     local = collect_predictions(model, loader, device, autocast=_autocast(args, device),
                                 channels_last=getattr(args, 'channels_last', False), tta_views=views,
-                                progress=_progress(args, 'eval report' if out_dir else 'eval'))
+                                progress=_progress(args, 'eval report' if out_dir else 'eval'), normalize=mean_std)
     status: List[Any] = [None]
     error: Optional[BaseException] = None
     try:
@@ -247,8 +255,7 @@ def evaluate_run(
                     'seconds': {k: round(v, 4) for k, v in preds.seconds.items()},
                     'device': str(device), 'world_size': world,
                 }
-                page = _save_evaluation(Path(out_dir), preds, meta, model, dataset, args, device,
-                                        data_config.get('mean', (0.5,) * 3), data_config.get('std', (0.5,) * 3))
+                page = _save_evaluation(Path(out_dir), preds, meta, model, dataset, args, device, *mean_std)
                 metrics['eval_report'] = str(page)
             status = [('ok', metrics)]
     except Exception as e:  # under DDP every rank must hear of it, or the others wait forever

@@ -14,6 +14,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..recipes import RecipeError, load_recipe
 from .data import FG_DATASETS
 from .errors import TrainError
+from .transforms import TRAIN_INTERPOLATIONS
 from .validate import validate_args
 
 __all__ = ['build_parser', 'parse_args', 'INVOCATION_ARGS']
@@ -75,6 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('-j', '--workers', type=int, default=4)
     g.add_argument('--bad-images', default='skip', choices=('skip', 'error'),
                    help='an unreadable image mid-epoch: skip it with a warning, or stop with an error')
+    g.add_argument('--input-key', default=None, help='hfds/wds: the image field (timm default: image / jpg;png;webp)')
+    g.add_argument('--target-key', default=None, help='hfds/wds: the label field (timm default: label / .cls)')
+    g.add_argument('--train-num-samples', type=int, default=None, metavar='N',
+                   help='wds: train samples per epoch when the shards carry no _info.json')
+    g.add_argument('--val-num-samples', type=int, default=None, metavar='N',
+                   help='wds: val samples when the shards carry no _info.json')
+    g.add_argument('--no-prefetcher', action='store_true',
+                   help="on CUDA, load float tensors in the workers instead of timm's prefetcher "
+                        '(uint8 batches normalised on the device)')
+
+    # timm train.py's augmentation flags, same names and meanings
+    g = p.add_argument_group('augmentation (timm)')
+    g.add_argument('--train-interpolation', default='', choices=TRAIN_INTERPOLATIONS,
+                   help="train resize interpolation ('random' needs --train-crop rrc); default: --interpolation")
+    g.add_argument('--vflip', type=float, default=0.0, help='vertical flip probability')
+    g.add_argument('--aa', default=None, metavar='NAME',
+                   help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3, v0")
+    g.add_argument('--reprob', type=float, default=0.0, help='random erasing probability')
+    g.add_argument('--remode', default='pixel', choices=('const', 'rand', 'pixel'), help='random erasing fill')
+    g.add_argument('--recount', type=int, default=1, help='random erasing regions per image')
+    g.add_argument('--mixup', type=float, default=0.0, help='mixup alpha, mixup on if > 0')
+    g.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha, cutmix on if > 0')
+    g.add_argument('--cutmix-minmax', type=float, nargs=2, default=None, metavar=('MIN', 'MAX'),
+                   help='cutmix box area ratio range; overrides --cutmix and turns cutmix on')
+    g.add_argument('--mixup-prob', type=float, default=1.0, help='probability of mixing a batch (or element)')
+    g.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                   help='probability of cutmix instead of mixup when both are on')
+    g.add_argument('--mixup-mode', default='batch', choices=('batch', 'pair', 'elem'),
+                   help='mixup/cutmix parameters per batch, pair of images or image')
+    g.add_argument('--mixup-off-epoch', type=int, default=0, metavar='N',
+                   help='no mixup/cutmix from epoch N on (0: never off)')
 
     g = p.add_argument_group('model')
     g.add_argument('--model', default='fgfocus_resnet50')
@@ -89,18 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help='create_model kwargs, e.g. crop_size=112 num_regions=4')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
+    g.add_argument('--drop-path', type=float, default=None, metavar='PCT',
+                   help="the backbone's stochastic depth rate (its drop_path_rate)")
+    g.add_argument('--sync-bn', action='store_true', help='synchronised BatchNorm across DDP processes (CUDA)')
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help="recompute the backbone's activations in backward (less memory, more time)")
 
     g = p.add_argument_group('optimisation')
     g.add_argument('--epochs', type=int, default=100)
     g.add_argument('-b', '--batch-size', type=int, default=16)
-    g.add_argument('--opt', default='sgd')
+    g.add_argument('--opt', default='sgd', help="any timm optimizer: sgd, momentum, adamw, lamb, ... "
+                                                  '(timm.optim.list_optimizers())')
+    g.add_argument('--opt-eps', type=float, default=None, metavar='EPSILON', help='optimizer epsilon (timm default)')
+    g.add_argument('--opt-betas', type=float, nargs='+', default=None, metavar='BETA',
+                   help='optimizer betas (timm default)')
     g.add_argument('--lr', type=float, default=0.01, help='base lr (heads); the backbone gets lr * backbone_lr_scale')
     g.add_argument('--backbone-lr-scale', type=float, default=0.1)
+    g.add_argument('--layer-decay', type=float, default=None,
+                   help="timm's layer-wise lr decay over the backbone's layers (times --backbone-lr-scale); "
+                        'the heads keep the full lr')
     g.add_argument('--momentum', type=float, default=0.9)
     g.add_argument('--weight-decay', type=float, default=5e-4)
-    g.add_argument('--sched', default='step')
+    g.add_argument('--filter-bias-and-bn', action=argparse.BooleanOptionalAction, default=False,
+                   help="no weight decay on biases and norm weights (timm's create_optimizer_v2 default); "
+                        'the paper decays every parameter')
+    g.add_argument('--sched', default='step', help='any timm scheduler: step, cosine, multistep, poly, ...')
     g.add_argument('--decay-epochs', type=float, default=40)
     g.add_argument('--decay-rate', type=float, default=0.1)
+    g.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270], metavar='EPOCH',
+                   help="epochs at which --sched multistep decays the lr")
     g.add_argument('--warmup-epochs', type=int, default=0)
     g.add_argument('--warmup-lr', type=float, default=1e-5)
     g.add_argument('--min-lr', type=float, default=0.0)
@@ -120,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'))
     g.add_argument('--model-ema', action='store_true')
     g.add_argument('--model-ema-decay', type=float, default=0.9998)
+    g.add_argument('--model-ema-warmup', action='store_true',
+                   help="ModelEmaV3's decay warmup: a low decay over the first updates, rising to --model-ema-decay")
     g.add_argument('--seed', type=int, default=42)
 
     g = p.add_argument_group('run')
@@ -133,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     g.add_argument('--dist-backend', default=None)
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True, help='progress bar')
+
+    g = p.add_argument_group('logging')
+    g.add_argument('--log-tensorboard', action='store_true',
+                   help='write TensorBoard events to OUTPUT/tensorboard (pip install "timm-fgfocus[tensorboard]")')
+    g.add_argument('--log-wandb', action='store_true',
+                   help='log to Weights & Biases (pip install "timm-fgfocus[wandb]"; WANDB_MODE=offline works)')
+    g.add_argument('--wandb-project', default=None, help='W&B project (default: W&B\'s own)')
+    g.add_argument('--wandb-tags', nargs='*', default=[], help='W&B run tags')
+    g.add_argument('--wandb-resume-id', default='',
+                   help='W&B run id to continue (set by the first run and kept in its checkpoints)')
     _add_eval_args(p)
     return p
 
@@ -200,4 +261,3 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             setattr(args, key, list(getattr(args, key)))
     validate_args(args, parser, argv, {f'recipe {config}': recipe, f'{flag} {source}': saved}, defaults)
     return args
-

@@ -1,25 +1,25 @@
-"""Data for ``train_fg``: data sets (image folders, timm ``create_dataset`` names, the paper's benchmarks),
-transforms and loaders."""
-import math
+"""Data sets for ``train_fg``: image folders, the paper's benchmarks, label tables (CSV/TSV) and
+the sources timm's ``create_dataset`` reads (``hfds/`` Hugging Face datasets, ``wds/`` WebDataset
+shards, ...). Transforms live in :mod:`.transforms`, loaders in :mod:`.loaders`."""
+import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from PIL import Image
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, IterableDataset
 
-from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data import create_dataset, resolve_data_config
 
 from ..datasets import DATASET_INFO, create_fg_dataset
 from ..images import open_image, to_rgb
+from .csv_source import create_csv_datasets
 from .errors import TrainError
 from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
     'FG_DATASETS', 'UNREADABLE_ERRORS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder',
-    'dataset_kind', 'create_datasets',
-    'build_transforms', 'train_loader', 'train_sampler', 'eval_loader', 'resolve_run_data_config', 'checkpoint_data_cfg',
+    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
@@ -102,21 +102,24 @@ def dataset_classes(ds) -> List[str]:
 # benchmarks read their official layouts (datasets.py); names with these prefixes go to timm's create_dataset
 FOLDER_NAMES = ('', 'folder', 'imagefolder')
 TIMM_DATASET_PREFIXES = ('hfds/', 'hfids/', 'tfds/', 'wds/', 'torch/')
+TABLE_NAMES = ('csv',)  # a CSV/TSV label table (csv_source.py)
 
 
-DATASET_NAMES = (f'{", ".join(FG_DATASETS)}, \'\' or folder (DIR/<split>/<class>/ image folders), or a timm '
-                 f'create_dataset name {", ".join(p + "NAME" for p in TIMM_DATASET_PREFIXES)}')
+DATASET_NAMES = (f'{", ".join(FG_DATASETS)}, \'\' or folder (DIR/<split>/<class>/ image folders), csv (a label '
+                 f'table), or a timm create_dataset name {", ".join(p + "NAME" for p in TIMM_DATASET_PREFIXES)}')
 
 
 def dataset_kind(name: str) -> Optional[str]:
-    """What reads ``--dataset name``: ``'folder'``, ``'benchmark'`` (cub200, aircraft, cars), ``'timm'``,
-    or None for an unknown name (timm's reader would take it as a plain folder and read whatever its
-    split search finds: ``--dataset cub`` trained on the validation images)."""
+    """What reads ``--dataset name``: ``'folder'``, ``'benchmark'`` (cub200, aircraft, cars), ``'csv'``
+    (a label table), ``'timm'``, or None for an unknown name (timm's reader would take it as a plain
+    folder and read whatever its split search finds: ``--dataset cub`` trained on the validation images)."""
     lowered = (name or '').lower()
     if lowered in FOLDER_NAMES:
         return 'folder'
     if lowered in FG_DATASETS:
         return 'benchmark'
+    if lowered in TABLE_NAMES:
+        return 'csv'
     prefix = lowered.split('/', 1)[0] + '/'
     if prefix in TIMM_DATASET_PREFIXES and len(lowered) > len(prefix):
         return 'timm'
@@ -136,17 +139,62 @@ def _benchmark_splits(args, splits) -> Dict[str, Dataset]:
     return made
 
 
+_PACKAGES = {'hfds': 'datasets', 'hfids': 'datasets', 'wds': 'webdataset', 'tfds': 'tensorflow-datasets'}
+
+
+def create_timm_dataset(args, split: str) -> Dataset:
+    """One split of a data set timm's ``create_dataset`` reads: ``hfds/NAME_OR_FOLDER`` (a Hugging
+    Face ``datasets`` data set, class names from its ``ClassLabel`` feature; ``--data-dir`` is the
+    ``datasets`` cache), ``wds/NAME`` (WebDataset shards in ``--data-dir``, an iterable data set),
+    ``tfds/``, ``torch/``, ...; a missing package or folder is one line."""
+    name = args.dataset
+    prefix = name.partition('/')[0].lower() if '/' in name else ''
+    training = split == args.train_split
+    kwargs = dict(input_key=getattr(args, 'input_key', None), target_key=getattr(args, 'target_key', None))
+    if prefix in ('wds', 'tfds', 'hfids'):
+        kwargs['num_samples'] = getattr(args, 'train_num_samples' if training else 'val_num_samples', None)
+    package = _PACKAGES.get(prefix)
+    if package and importlib.util.find_spec(package.replace('-', '_')) is None:
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}')
+    # map-style sets hand their images to RobustImageDataset, which converts them (images.to_rgb);
+    # iterable ones (wds/, tfds/, hfids/) are used as timm makes them, so timm converts to RGB
+    img_mode = 'RGB' if prefix in ('wds', 'tfds', 'hfids') else None
+    try:
+        return create_dataset(name, root=args.data_dir or None, split=split, is_training=training,
+                              batch_size=args.batch_size, seed=args.seed, input_img_mode=img_mode, **kwargs)
+    except ImportError as e:
+        package = _PACKAGES.get(prefix) or e.name or str(e)
+        raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}') from None
+    except (AssertionError, KeyError, OSError, RuntimeError, ValueError) as e:
+        hint = ('; WebDataset shards need an _info.json beside them (split names, shard files, sample counts), '
+                'or pass the split as SHARDS-{000..N}.tar with --train-num-samples/--val-num-samples'
+                if prefix == 'wds' else '')
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise TrainError(f'--dataset {name}, split {split!r} (--data-dir {args.data_dir or "(none)"}): '
+                         f'{msg}{hint}') from None
+
+
 def _timm_splits(args, splits) -> Dict[str, Dataset]:
-    made = {}
-    for split in splits:
-        try:
-            made[split] = create_dataset(args.dataset, root=args.data_dir, split=split,
-                                         is_training=split == args.train_split,
-                                         input_img_mode=None)  # RobustImageDataset converts: to_rgb
-        except (AssertionError, ImportError, KeyError, OSError, RuntimeError, ValueError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TrainError(f'--dataset {args.dataset} {split} split (--data-dir {args.data_dir!r}): {msg}') from None
-    return made
+    return {split: create_timm_dataset(args, split) for split in splits}
+
+
+def _with_transform(ds: Dataset, transform, args) -> Dataset:
+    """Map-style data sets skip (or stop at) unreadable images; an iterable one (``wds/``) is used
+    as timm made it: its reader skips undecodable samples with a warning."""
+    if isinstance(ds, IterableDataset):
+        ds.transform = transform
+        return ds
+    return RobustImageDataset(ds, transform, args.bad_images)
+
+
+def _class_names(ds: Dataset, args) -> List[str]:
+    classes = getattr(ds, 'classes', None) or dataset_classes(ds)
+    if not classes:  # WebDataset shards, or an integer label column: no names to read
+        if not args.num_classes:
+            raise TrainError(f'--dataset {args.dataset or args.data_dir} carries no class names: '
+                             f'pass --num-classes N (labels 0..N-1)')
+        classes = [str(i) for i in range(args.num_classes)]
+    return list(classes)
 
 
 def _folder_splits(args, splits) -> Dict[str, Dataset]:
@@ -172,64 +220,22 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
     kind = dataset_kind(args.dataset)
     if kind is None:
         raise TrainError(f'--dataset {args.dataset!r} is not a known data set: use {DATASET_NAMES}')
+    classes = None
     if kind == 'benchmark':
         made = _benchmark_splits(args, splits)
+    elif kind == 'csv':
+        made, classes = create_csv_datasets(args.data_dir, splits, class_split=splits[0])
     elif kind == 'timm':
         made = _timm_splits(args, splits)
     else:
         made = _folder_splits(args, splits)
-    val = RobustImageDataset(made[args.val_split], eval_transform, args.bad_images)
-    train = RobustImageDataset(made[args.train_split], train_transform, args.bad_images) if need_train else None
-    classes = (train or val).classes
+    val = _with_transform(made[args.val_split], eval_transform, args)
+    train = _with_transform(made[args.train_split], train_transform, args) if need_train else None
+    classes = classes or _class_names(train if train is not None else val, args)
     for name, ds in (('train', train), ('val', val)):
         if ds is not None and len(ds) == 0:
             raise TrainError(f'the {name} split of {args.data_dir} holds no images')
     return train, val, classes
-
-
-def build_transforms(args, data_config) -> Tuple[Any, Any]:
-    """Train and eval transforms: timm's ``create_transform`` (rrc) or resize + random crop."""
-    eval_tf = create_transform(**data_config, is_training=False)
-    if args.train_crop == 'rrc':
-        train_tf = create_transform(
-            **data_config, is_training=True, scale=tuple(args.scale), ratio=tuple(args.ratio),
-            hflip=args.hflip, vflip=0., color_jitter=args.color_jitter or None)
-    else:
-        from torchvision import transforms
-        from timm.data.transforms import str_to_interp_mode
-        size = data_config['input_size'][-2:]
-        crop_pct = data_config.get('crop_pct') or 1.0
-        scale_size = tuple(math.floor(s / crop_pct) for s in size)
-        tfs = [transforms.Resize(scale_size, interpolation=str_to_interp_mode(data_config['interpolation'])),
-               transforms.RandomCrop(size)]
-        if args.hflip > 0:
-            tfs.append(transforms.RandomHorizontalFlip(args.hflip))
-        if args.color_jitter:
-            tfs.append(transforms.ColorJitter(*(3 * [args.color_jitter])))
-        tfs += [transforms.ToTensor(), transforms.Normalize(data_config['mean'], data_config['std'])]
-        train_tf = transforms.Compose(tfs)
-    return train_tf, eval_tf
-
-
-class _StridedSubset(Dataset):
-    """Every ``world_size``-th sample from ``rank``: an exact split of the val set across ranks."""
-
-    def __init__(self, ds, rank, world_size):
-        self.ds, self.indices = ds, list(range(rank, len(ds), world_size))
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.ds[self.indices[i]]
-
-
-def eval_loader(ds, args, device) -> DataLoader:
-    """The val loader: in order; under DDP each rank takes every ``world_size``-th image."""
-    if args.distributed:
-        ds = _StridedSubset(ds, args.rank, args.world_size)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                      pin_memory=device.type == 'cuda')
 
 
 def resolve_run_data_config(args, model) -> Dict[str, Any]:
@@ -243,24 +249,3 @@ def resolve_run_data_config(args, model) -> Dict[str, Any]:
 def checkpoint_data_cfg(data_config) -> Dict[str, Any]:
     """The part of a data config a checkpoint keeps as its ``pretrained_cfg`` (plain lists, no tuples)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
-
-
-def train_loader(ds, args, device, epoch: int, sampler=None) -> DataLoader:
-    """The train loader of one epoch: shuffled by a generator seeded with ``seed + epoch`` (or by the
-    DDP ``sampler``, set to ``epoch``), so a resumed run replays the same order."""
-    pin = device.type == 'cuda'
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                          pin_memory=pin, drop_last=True)
-    g = torch.Generator().manual_seed(args.seed + epoch)
-    return DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=g, num_workers=args.workers,
-                      pin_memory=pin, drop_last=len(ds) > args.batch_size)
-
-
-def train_sampler(ds, args):
-    """timm-style distributed sampling of the train set (None in one process)."""
-    if not args.distributed:
-        return None
-    from torch.utils.data.distributed import DistributedSampler
-    return DistributedSampler(ds, shuffle=True, seed=args.seed, drop_last=True)

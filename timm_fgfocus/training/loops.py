@@ -49,8 +49,13 @@ def progress(iterable, args, total, desc):
 
 
 def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scaler=None, ema=None,
-                    num_updates=0):
-    """One epoch; returns (metrics dict averaged over ranks, num_updates)."""
+                    num_updates=0, mixup_fn=None):
+    """One epoch; returns (metrics dict averaged over ranks, num_updates).
+
+    ``mixup_fn`` (timm's ``Mixup``) mixes each batch on the device and turns its targets into soft
+    targets ``[B, C]``, which the loss takes in every one of its three terms; train top-1 then
+    counts the dominant class of each mixed target.
+    """
     model.train()
     accum = max(1, args.accum_steps)
     # running sums stay on the device: loss, hybrid, image, region (x samples), correct
@@ -62,6 +67,8 @@ def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scal
     n_batches = len(loader)
     for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            x, y = mixup_fn(x, y)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         need_update = (i + 1) % accum == 0 or i + 1 == n_batches
@@ -90,7 +97,7 @@ def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scal
         with torch.no_grad():
             step = torch.stack([loss, terms['hybrid'], terms['image'], terms['region']]).detach().double() * b
             totals[:4] += step
-            totals[4] += (out[0].argmax(1) == y).sum()
+            totals[4] += (out[0].argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
         # reading values back waits for the device: on GPU only every --log-interval steps (and at the
         # end of the epoch), so the loop never syncs the host per step; on CPU it costs nothing
         if device.type == 'cpu' or (i + 1) % max(1, args.log_interval) == 0 or i + 1 == n_batches:

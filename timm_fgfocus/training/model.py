@@ -1,42 +1,107 @@
 """The model and optimiser of a ``train_fg`` run: ``timm.create_model`` with the run's kwargs, starting
 weights, parameter groups, timm's optimizer and scheduler factories."""
+import fnmatch
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
 
 import timm
+from timm.layers import convert_sync_batchnorm
 from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 
 from ..checkpoint import CheckpointError, verify_checkpoint
 from ..fgfocus import checkpoint_filter_fn
 from .errors import TrainError
 
-__all__ = ['HEADS', 'param_groups', 'create_optimizer_and_scheduler', 'load_initial_weights', 'create_fg_model',
-           'arch_name', 'check_checkpoint_fits']
+__all__ = ['HEADS', 'param_groups', 'group_lrs', 'create_optimizer_and_scheduler', 'create_model_ema',
+           'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'arch_name', 'check_checkpoint_fits']
 
 HEADS = ('fc', 'region_fc', 'hybrid_fc')
 
 
-def param_groups(model: nn.Module, backbone_lr_scale: float = 0.1) -> List[Dict[str, Any]]:
-    """Two parameter groups for ``create_optimizer_v2(param_group_fn=...)``: the layers matched by
-    the model's ``group_matcher`` (the backbone, pretrained in the paper) with
-    ``lr_scale=backbone_lr_scale``, and the rest (the three heads) with ``lr_scale=1``.
-    timm's schedulers multiply each group's lr by its ``lr_scale``."""
+def _no_weight_decay_patterns(model: nn.Module) -> Set[str]:
+    """Parameter names (fnmatch patterns) the model asks to keep out of weight decay (timm's
+    ``no_weight_decay()``: position embeddings, class tokens, ...), prefixed when they are the
+    backbone's own."""
+    if hasattr(model, 'no_weight_decay'):
+        return set(model.no_weight_decay())
+    backbone = getattr(model, 'backbone', None)
+    if backbone is not None and hasattr(backbone, 'no_weight_decay'):
+        return {f'backbone.{n}' for n in backbone.no_weight_decay()}
+    return set()
+
+
+def param_groups(
+        model: nn.Module,
+        backbone_lr_scale: float = 0.1,
+        layer_decay: Optional[float] = None,
+        filter_bias_and_bn: bool = False,
+) -> List[Dict[str, Any]]:
+    """Parameter groups for ``create_optimizer_v2(param_group_fn=...)``.
+
+    The layers matched by the model's ``group_matcher`` (the backbone, pretrained in the paper) get
+    ``lr_scale=backbone_lr_scale``; the rest (the three heads) ``lr_scale=1``. timm's schedulers
+    multiply each group's lr by its ``lr_scale``.
+
+    Args:
+        model: an fgfocus model (any model with ``group_matcher``).
+        backbone_lr_scale: lr factor of every backbone layer (the paper's 0.1).
+        layer_decay: timm's layer-wise lr decay (BEiT/MAE): with the fine ``group_matcher``
+            layers numbered ``0..L-1`` and the heads as layer ``L-1``, layer ``i`` gets
+            ``layer_decay ** (L - 1 - i)``, as in timm's ``param_groups_layer_decay``; the backbone's
+            factor is that times ``backbone_lr_scale``, the heads keep 1.
+        filter_bias_and_bn: no weight decay for biases, norm weights (every 1-d parameter) and the
+            model's ``no_weight_decay()`` names, as timm's ``create_optimizer_v2`` does by default.
+            Off by default: the paper (like NTS-Net) decays every parameter.
+
+    Returns:
+        Groups named ``heads``, ``backbone`` (or ``backbone.layer<i>`` with layer decay), with a
+        ``_no_decay`` twin (``weight_decay=0``) for the filtered parameters.
+    """
     # timm puts parameters no matcher claims (the heads) in the last group
-    *matched, unmatched = group_parameters(model, model.group_matcher(coarse=True)).values()
+    *matched, _ = group_parameters(model, model.group_matcher(coarse=True)).values()
     backbone_names = {n for names in matched for n in names}
-    backbone, heads = [], []
+    layer_of: Dict[str, int] = {}
+    num_layers = 1
+    if layer_decay is not None:
+        layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        num_layers = max(layer_of.values()) + 1
+    no_wd = _no_weight_decay_patterns(model) if filter_bias_and_bn else set()
+
+    groups: Dict[str, Dict[str, Any]] = {}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (backbone if name in backbone_names else heads).append(param)
-    return [
-        {'params': backbone, 'lr_scale': backbone_lr_scale, 'name': 'backbone'},
-        {'params': heads, 'lr_scale': 1.0, 'name': 'heads'},
-    ]
+        if not param.requires_grad:
+            continue
+        if name in backbone_names:
+            layer = layer_of.get(name, num_layers - 1)
+            scale = backbone_lr_scale * (layer_decay ** (num_layers - 1 - layer) if layer_decay is not None else 1.0)
+            group = f'backbone.layer{layer}' if layer_decay is not None else 'backbone'
+        else:
+            scale, group = 1.0, 'heads'
+        decay = not (filter_bias_and_bn and (param.ndim <= 1 or name.endswith('.bias')
+                                             or any(fnmatch.fnmatch(name, pat) for pat in no_wd)))
+        if not decay:
+            group += '_no_decay'
+        if group not in groups:
+            groups[group] = {'params': [], 'lr_scale': scale, 'name': group}
+            if not decay:
+                groups[group]['weight_decay'] = 0.0
+        groups[group]['params'].append(param)
+    # backbone groups first (stem to head), then the heads: the order the paper's two groups had
+    return sorted(groups.values(), key=lambda g: (g['name'].startswith('heads'), g['lr_scale'], g['name']))
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> Tuple[Optional[float], Optional[float]]:
+    """(heads lr, backbone lr) of an optimizer over :func:`param_groups`; with layer decay the
+    backbone's lr is its top layer's (the largest)."""
+    heads = [g['lr'] for g in optimizer.param_groups if g.get('name', '').startswith('heads')]
+    backbone = [g['lr'] for g in optimizer.param_groups if g.get('name', '').startswith('backbone')]
+    return (heads[0] if heads else None), (max(backbone) if backbone else None)
 
 
 def create_optimizer_and_scheduler(model: nn.Module, args):
@@ -46,14 +111,47 @@ def create_optimizer_and_scheduler(model: nn.Module, args):
         (optimizer, scheduler, num_epochs); ``scheduler.step(epoch)`` sets each group's lr to
         the schedule's value times the group's ``lr_scale``.
     """
+    opt_kwargs = {}
+    if getattr(args, 'opt_eps', None) is not None:
+        opt_kwargs['eps'] = args.opt_eps
+    if getattr(args, 'opt_betas', None):
+        opt_kwargs['betas'] = tuple(args.opt_betas)
     optimizer = create_optimizer_v2(
         model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
-        param_group_fn=lambda m: param_groups(m, args.backbone_lr_scale))
+        param_group_fn=lambda m: param_groups(
+            m, args.backbone_lr_scale, getattr(args, 'layer_decay', None),
+            getattr(args, 'filter_bias_and_bn', False)),
+        **opt_kwargs)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=list(getattr(args, 'decay_milestones', None) or (90, 180, 270)),
         decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
         warmup_epochs=args.warmup_epochs, step_on_epochs=True)
     return optimizer, scheduler, num_epochs
+
+
+def create_model_ema(model: nn.Module, args) -> Optional[ModelEmaV3]:
+    """timm's ``ModelEmaV3`` of the model (``--model-ema``), with its decay warmup under
+    ``--model-ema-warmup``; None without ``--model-ema``."""
+    if not args.model_ema:
+        return None
+    return ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=getattr(args, 'model_ema_warmup', False))
+
+
+def convert_sync_bn(model: nn.Module, args, device: torch.device) -> nn.Module:
+    """``--sync-bn`` under DDP: timm's ``convert_sync_batchnorm`` (BatchNorm and timm's BatchNormAct
+    layers become ``SyncBatchNorm``, same parameters and state dict keys). In one process there
+    is nothing to synchronise and the model is returned as it is, as timm's train.py does.
+
+    Raises:
+        TrainError: under DDP on CPU: torch's ``SyncBatchNorm`` trains on GPUs only.
+    """
+    if not (args.sync_bn and args.distributed):
+        return model
+    if device.type != 'cuda':
+        raise TrainError(f"--sync-bn needs CUDA devices: torch's SyncBatchNorm does not train on {device.type}; "
+                         f'drop --sync-bn for this run')
+    return convert_sync_batchnorm(model)
 
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
@@ -100,8 +198,17 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
 
 
 def create_fg_model(args, num_classes: int):
-    """``timm.create_model`` with the run's model args; returns (model, model_args)."""
+    """``timm.create_model`` with the run's model args; returns (model, model_args).
+
+    ``model_args`` are what a checkpoint records to rebuild the model: ``--drop-path`` (the
+    backbone's ``drop_path_rate``, a training-time regulariser) is given to the backbone but not
+    recorded. ``--grad-checkpointing`` turns on the model's ``set_grad_checkpointing``.
+    """
     model_args = dict(num_classes=num_classes, **(args.model_kwargs or {}))
+    build_args = model_args
+    if getattr(args, 'drop_path', None) is not None:
+        backbone_args = dict(model_args.get('backbone_args') or {}, drop_path_rate=args.drop_path)
+        build_args = dict(model_args, backbone_args=backbone_args)
     if not timm.is_model(arch_name(args.model)):
         raise TrainError(f'unknown model {args.model!r}: fgfocus models are {timm.list_models("fgfocus_*")}')
     # a weights file given on the command line replaces timm's pretrained download
@@ -112,17 +219,17 @@ def create_fg_model(args, num_classes: int):
             raise TrainError(f'{args.model} has no pretrained weights: train from scratch with --no-pretrained, '
                              f'or start from a file with --pretrained-path FILE')
     try:
-        model = timm.create_model(args.model, pretrained=pretrained, **model_args)
+        model = timm.create_model(args.model, pretrained=pretrained, **build_args)
     except (TypeError, ValueError) as e:
-        raise TrainError(_build_error(args.model, model_args, e)) from None
+        raise TrainError(_build_error(args.model, build_args, e)) from None
     except Exception as e:  # network / hub errors from timm's pretrained loading
         if pretrained:
             # timm builds the model before it loads weights, and a failure to build surfaces as a
             # weights failure too (an unknown backbone read as a download error): tell them apart
             try:
-                timm.create_model(args.model, pretrained=False, **model_args)
+                timm.create_model(args.model, pretrained=False, **build_args)
             except Exception as build_error:
-                raise TrainError(_build_error(args.model, model_args, build_error)) from None
+                raise TrainError(_build_error(args.model, build_args, build_error)) from None
         cfg = timm.models.get_pretrained_cfg(args.model)
         src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
         raise TrainError(
@@ -133,6 +240,8 @@ def create_fg_model(args, num_classes: int):
             f'or train from scratch with --no-pretrained') from None
     if args.initial_checkpoint:
         load_initial_weights(model, args.initial_checkpoint)
+    if getattr(args, 'grad_checkpointing', False):
+        model.set_grad_checkpointing(True)
     return model, model_args
 
 

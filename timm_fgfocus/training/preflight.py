@@ -5,6 +5,7 @@ from typing import Any, List
 
 import torch
 import torch.nn as nn
+from torch.utils.data import IterableDataset
 
 from .data import UNREADABLE_ERRORS
 from .errors import TrainError
@@ -22,6 +23,8 @@ def first_readable(ds, split: str, where: str) -> int:
     Raises:
         TrainError: naming the split, the count and the first file with its error.
     """
+    if isinstance(ds, IterableDataset):  # wds/ shards: nothing to index (timm's reader skips bad samples)
+        return -1
     try:
         n = len(ds)
     except TypeError:  # an iterable data set: nothing to index
@@ -48,13 +51,19 @@ def dummy_forward(model: nn.Module, loss_fn: nn.Module, ds, index: int, args, de
     Returns:
         the batch's shape.
     """
-    try:
-        img, target = ds[index]
-    except TrainError:
-        raise
-    except Exception as e:
-        raise TrainError(f'the train transform fails on {ds._name(index)}: {type(e).__name__}: '
-                         f'{_first_line(e)}') from None
+    if index < 0:
+        # an iterable data set (first_readable): read no sample here, since a reader set up in this
+        # process would travel to the loader workers already set up; a blank image of the run's size
+        size = args.input_size or model.pretrained_cfg.get('input_size')
+        img, target = torch.zeros(tuple(size)), 0
+    else:
+        try:
+            img, target = ds[index]
+        except TrainError:
+            raise
+        except Exception as e:
+            raise TrainError(f'the train transform fails on {ds._name(index)}: {type(e).__name__}: '
+                             f'{_first_line(e)}') from None
     x = torch.stack([img, img]).to(device)
     y = torch.tensor([target, target], device=device)
     if args.channels_last:

@@ -7,10 +7,11 @@ from typing import Any, Dict
 
 import torch
 import torch.nn as nn
+from torch.utils.data import IterableDataset
 import yaml
 
 from timm.data import create_transform
-from timm.utils import ModelEmaV3, NativeScaler, random_seed
+from timm.utils import NativeScaler, random_seed
 
 from ..checkpoint import (
     CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
@@ -18,17 +19,21 @@ from ..checkpoint import (
 from ..evaluation import EvaluationError, evaluate_run, report_best_checkpoint
 from ..loss import FgFocusLoss
 from . import loops
-from .data import (
-    DATA_CONFIG_KEYS, build_transforms, checkpoint_data_cfg, create_datasets, eval_loader, resolve_run_data_config,
-    train_loader, train_sampler,
-)
+from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
 from .errors import TrainError, TrainInterrupted
-from .model import arch_name, check_checkpoint_fits, create_fg_model, create_optimizer_and_scheduler
+from .loaders import eval_loader, set_epoch, train_loader, use_prefetcher
+from .loggers import EpochLoggers, check_logger_packages
+from .model import (
+    arch_name, check_checkpoint_fits, convert_sync_bn, create_fg_model, create_model_ema,
+    create_optimizer_and_scheduler, group_lrs,
+)
 from .preflight import dummy_forward, first_readable
 from .run_files import (
     RunProgress, same_path, args_dict, best_weights_source, check_free_space, clean_stale_temps,
     estimate_checkpoint_bytes, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic, writing,
 )
+from .run_plot import save_run_plot
+from .transforms import build_transforms, create_mixup
 
 __all__ = ['train', 'run_eval_only']
 
@@ -47,7 +52,8 @@ def run_eval_only(args, device) -> Dict[str, float]:
         if getattr(args, k) in (None, '') and cfg.get(k) is not None:
             setattr(args, k, cfg[k])
     data_config = resolve_run_data_config(args, model)
-    eval_tf = create_transform(**data_config, is_training=False)
+    prefetch = use_prefetcher(args, device)
+    eval_tf = create_transform(**data_config, is_training=False, use_prefetcher=prefetch)
     _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
     first_readable(val, 'val', f'{args.data_dir} {args.val_split}')
     if model.num_classes != len(classes):
@@ -56,7 +62,8 @@ def run_eval_only(args, device) -> Dict[str, float]:
     if ckpt.get('class_names') and list(ckpt['class_names']) != list(classes):
         print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
               file=sys.stderr)
-    metrics = _evaluate(model, val, list(ckpt.get('class_names') or classes), args, device, data_config, ckpt)
+    metrics = _evaluate(model, val, list(ckpt.get('class_names') or classes), args, device, data_config, ckpt,
+                        prefetch)
     if args.rank == 0:
         print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
@@ -64,9 +71,14 @@ def run_eval_only(args, device) -> Dict[str, float]:
     return metrics
 
 
-def _evaluate(model, val, class_names, args, device, data_config, ckpt) -> Dict[str, Any]:
+def _evaluate(model, val, class_names, args, device, data_config, ckpt, prefetch) -> Dict[str, Any]:
     """``--eval-only``: the evaluation (:mod:`timm_fgfocus.evaluation`) and, with ``--eval-report``, the
-    report in ``--output`` (default: the checkpoint's folder)."""
+    report in ``--output`` (default: the checkpoint's folder). An iterable data set (``wds/...``) has
+    no sample indices to gather and re-read: its metrics only, through the training loop's evaluate."""
+    if isinstance(val, IterableDataset):
+        if args.rank == 0 and (args.eval_report or args.tta):
+            print('note: no evaluation report (nor --tta) for an iterable data set: metrics only', file=sys.stderr)
+        return loops.evaluate(model, eval_loader(val, args, device, data_config, prefetch), args, device)
     out = (Path(args.output) if args.output else Path(args.checkpoint).parent) if args.eval_report else None
     try:
         return evaluate_run(model, val, class_names, args, device, out_dir=out, checkpoint=args.checkpoint,
@@ -98,6 +110,7 @@ def train(args, device) -> Dict[str, Any]:
 
 def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     out = prepare_output(args)  # before anything is created, on every rank (same answer)
+    check_logger_packages(args)
     if args.distributed:
         torch.distributed.barrier()  # no rank may see the folder rank 0 is about to create
     ckpt = None
@@ -121,8 +134,12 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
     data_config = resolve_run_data_config(args, model)
-    train_tf, eval_tf = build_transforms(args, data_config)
-    train_ds.transform, val_ds.transform = train_tf, eval_tf
+    prefetch = use_prefetcher(args, device)  # uint8 batches normalised on the GPU (timm's PrefetchLoader)
+    train_tf, eval_tf = build_transforms(args, data_config, use_prefetcher=prefetch)
+    # the pre-flight forward below takes the float form of the train transform
+    train_ds.transform = build_transforms(args, data_config)[0] if prefetch else train_tf
+    val_ds.transform = eval_tf
+    model = convert_sync_bn(model, args, device)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -174,11 +191,9 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     # on every rank, like prepare_output: one rank stopping alone would leave the others waiting
     check_free_space(out, estimate_checkpoint_bytes(model, args.opt, args.model_ema))
 
-    ema = None
-    if args.model_ema:
-        ema = ModelEmaV3(model, decay=args.model_ema_decay)
-        if ckpt is not None and ckpt.get('state_dict_ema') is not None:
-            ema.module.load_state_dict(ckpt['state_dict_ema'])
+    ema = create_model_ema(model, args)
+    if ema is not None and ckpt is not None and ckpt.get('state_dict_ema') is not None:
+        ema.module.load_state_dict(ckpt['state_dict_ema'])
 
     train_model = model
     if args.distributed:
@@ -187,8 +202,14 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
     if args.torchcompile:
         train_model = torch.compile(train_model, backend=args.torchcompile)
 
-    sampler = train_sampler(train_ds, args)
-    val_loader = eval_loader(val_ds, args, device)
+    # mixup needs full batches; the loaders are made once, their workers persist across epochs
+    mixup_fn = create_mixup(args, num_classes)
+    if mixup_fn is not None and len(train_ds) < args.batch_size * args.world_size:
+        raise TrainError(f'--mixup/--cutmix needs full batches: {len(train_ds)} train images do not fill one batch '
+                         f'of {args.batch_size} per process; lower --batch-size')
+    loader = train_loader(train_ds, train_tf, args, device, data_config, prefetch,
+                          drop_last=True if mixup_fn is not None else None)
+    val_loader = eval_loader(val_ds, args, device, data_config, prefetch)
 
     # nothing is written before the first epoch completes: a run that fails early leaves no folder
     # (a resumed run continued in another folder takes the rows of its own summary.csv along)
@@ -209,14 +230,19 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
               flush=True)
 
     metrics: Dict[str, Any] = {}
+    # TensorBoard / W&B: opened on rank 0 at the first epoch's end; each epoch is flushed as it is logged
+    loggers = EpochLoggers(args, out, start_epoch, args_dict(args))
     for epoch in range(start_epoch, num_epochs):
         loops.seed_epoch(args.seed, epoch, args.rank)
         scheduler.step(epoch)
-        lrs = {g.get('name', str(i)): g['lr'] for i, g in enumerate(optimizer.param_groups)}
-        loader = train_loader(train_ds, args, device, epoch, sampler)
+        lr_heads, lr_backbone = group_lrs(optimizer)
+        set_epoch(loader, epoch)
+        if mixup_fn is not None:
+            mixup_fn.mixup_enabled = not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
         t0 = time.time()
         train_metrics, num_updates = loops.train_one_epoch(
-            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates)
+            epoch, train_model, loader, loss_fn, optimizer, args, device, scaler, ema, num_updates,
+            mixup_fn=mixup_fn)
         eval_metrics = loops.evaluate(model, val_loader, args, device)
         if ema is not None:
             eval_metrics['eval_top1_ema'] = loops.evaluate(ema.module, val_loader, args, device, 'eval ema')['eval_top1']
@@ -224,9 +250,10 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
         is_best = best_metric is None or metric > best_metric
         if is_best:
             best_metric, best_epoch = metric, epoch
-        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lrs.get('heads'),
-                       lr_backbone=lrs.get('backbone'), epoch_time=time.time() - t0)
+        metrics = dict(epoch=epoch, **train_metrics, **eval_metrics, lr=lr_heads,
+                       lr_backbone=lr_backbone, epoch_time=time.time() - t0)
         if args.rank == 0:
+            loggers.log_epoch(epoch, metrics)  # first, so a new W&B run id is in args.yaml and the checkpoint
             summary_rows.append({k: fmt(v) for k, v in metrics.items()})
             state = checkpoint_dict(
                 model, arch_name(args.model), model_args, classes,
@@ -240,10 +267,11 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
             best_source = None  # best.pth in `out` now holds the best epoch
             ema_txt = f'  ema {eval_metrics["eval_top1_ema"]:.1f}' if ema is not None else ''
             print(f'epoch {epoch + 1:3d}/{num_epochs}  loss {train_metrics["train_loss"]:.4f}  '
-                  f'lr {lrs.get("heads"):.2e}/{lrs.get("backbone"):.2e}  '
+                  f'lr {lr_heads:.2e}/{lr_backbone:.2e}  '
                   f'top1 {eval_metrics["eval_top1"]:5.1f} hybrid  {eval_metrics["eval_top1_image"]:5.1f} image  '
                   f'top5 {eval_metrics["eval_top5"]:5.1f}{ema_txt}  {metrics["epoch_time"]:.0f}s'
                   + ('  *best' if is_best else ''), flush=True)
+    loggers.close()
     result = {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
               'data_config': data_config, 'classes': classes}
     if args.eval_report:
@@ -254,6 +282,8 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
 def _report_best(model, val_ds, classes, args, device, out, data_config):
     """End of training: the evaluation report of ``best.pth`` in the run folder (a warning, not an
     error, when it cannot be written: the run itself is complete)."""
+    if isinstance(val_ds, IterableDataset):
+        return None  # no sample indices to gather and re-read (see _evaluate)
     try:
         report = report_best_checkpoint(model, val_ds, classes, args, device, out, data_config)
     except EvaluationError as e:
@@ -270,7 +300,7 @@ def _report_best(model, val_ds, classes, args, device, out, data_config):
 def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: bool, best_source, first: bool,
                  progress: RunProgress) -> None:
     """The files of one epoch, each atomic: ``args.yaml`` (first epoch of this invocation),
-    ``summary.csv``, ``last.pth``, then ``best.pth``. ``best.pth`` is copied from ``last.pth``
+    ``summary.csv``, ``summary.png`` (the run's curves), ``last.pth``, then ``best.pth``. ``best.pth`` is copied from ``last.pth``
     when this epoch is the best, or from ``best_source`` (the best weights of the run being
     continued in a new folder). A failed write is one line with its cause; files already there stay."""
     out.mkdir(parents=True, exist_ok=True)
@@ -279,6 +309,8 @@ def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: 
             write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
     with writing(out / 'summary.csv', progress):
         write_summary(out / 'summary.csv', summary_rows)
+    with writing(out / 'summary.png', progress):
+        save_run_plot(summary_rows, out / 'summary.png', title=f'{args.model}  {out}')
     with writing(out / 'last.pth', progress):
         atomic_save(state, out / 'last.pth')
     progress.last, progress.epoch = out / 'last.pth', state['epoch']

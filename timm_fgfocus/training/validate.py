@@ -28,6 +28,7 @@ import timm
 from .data import DATASET_NAMES, dataset_kind
 from .errors import TrainError
 from .model_kwargs import check_model_kwargs
+from .transforms import auto_augment_problem, mixup_active
 
 __all__ = ['Rule', 'RULES', 'validate_args', 'at_least', 'greater_than', 'in_range', 'each', 'one_of']
 
@@ -150,6 +151,31 @@ def _model_kwargs(v: Any, args) -> Optional[str]:
     return check_model_kwargs(args.model, v) if isinstance(v, dict) else None
 
 
+# timm's augmentation flags (their transforms: transforms.py)
+
+def _auto_augment(v: Any, args) -> Optional[str]:
+    return auto_augment_problem(v) if isinstance(v, str) and v else None
+
+
+def _cutmix_minmax(v: Any, args) -> Optional[str]:
+    if not v or len(v) != 2 or not all(_number(x) for x in v):
+        return None
+    return None if 0 < v[0] < v[1] <= 1 else 'needs 0 < MIN < MAX <= 1 (box area ratios)'
+
+
+def _train_interpolation(v: Any, args) -> Optional[str]:
+    if v == 'random' and args.train_crop != 'rrc':
+        return ("works with --train-crop rrc only (timm's random-resized-crop); "
+                'pick bilinear or bicubic for --train-crop resize_crop')
+    return None
+
+
+def _even_with_mixup(v: Any, args) -> Optional[str]:
+    if _number(v) and v % 2 and mixup_active(args):
+        return 'must be even with --mixup/--cutmix (timm mixes each image with its mirror in the batch)'
+    return None
+
+
 # --- the table --------------------------------------------------------------------------------
 
 RULES: Sequence[Rule] = (
@@ -192,6 +218,28 @@ RULES: Sequence[Rule] = (
     Rule('grad_accum', at_least(1)),
     Rule('model_ema_decay', in_range(0, 1)),
     Rule('threads', at_least(0)),
+    # timm's augmentation, regularisation and optimiser flags
+    Rule('vflip', in_range(0, 1)),
+    Rule('aa', _auto_augment),
+    Rule('reprob', in_range(0, 1)),
+    Rule('recount', at_least(1)),
+    Rule('mixup', at_least(0)),
+    Rule('cutmix', at_least(0)),
+    Rule('cutmix_minmax', _cutmix_minmax),
+    Rule('mixup_prob', in_range(0, 1)),
+    Rule('mixup_switch_prob', in_range(0, 1)),
+    Rule('mixup_off_epoch', at_least(0)),
+    Rule('batch_size', _even_with_mixup),
+    Rule('train_interpolation', _train_interpolation),
+    Rule('drop_path', in_range(0, 1, high_open=True)),
+    Rule('layer_decay', greater_than(0)),
+    Rule('layer_decay', in_range(0, 1)),
+    Rule('opt_eps', greater_than(0)),
+    Rule('opt_betas', each(in_range(0, 1, high_open=True))),
+    Rule('decay_milestones', each(at_least(0))),
+    Rule('decay_milestones', ascending),
+    Rule('train_num_samples', at_least(1)),
+    Rule('val_num_samples', at_least(1)),
 )
 
 

@@ -1,0 +1,482 @@
+"""train_fg's data path on timm.data: transforms, loaders (prefetcher, persistent workers, per-epoch
+seeding), and the data sources (image folders, CSV/TSV tables, hfds/ parquet, wds/ shards)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from timm.data import create_dataset, create_transform
+from timm.data.loader import PrefetchLoader
+from timm.data.random_erasing import RandomErasing
+
+from timm_fgfocus import train as train_mod
+from timm_fgfocus import training
+from timm_fgfocus.checkpoint import load_checkpoint
+from timm_fgfocus.demo_data import CLASSES, generate_demo_data
+from timm_fgfocus.training import loaders, loops
+from timm_fgfocus.training.transforms import build_transforms
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
+        '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """3 classes x (6 train, 3 val) images of 64 px."""
+    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=6, val_per_class=3,
+                              num_classes=3, image_size=64, wing_units=6, seed=1)
+
+
+def run_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mod.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and 'Traceback' not in '\n'.join(err)
+    return err[-1]
+
+
+def photo(w=50, h=37, seed=0):
+    """A non-square RGB image with texture (crops and flips change it)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).resize((w * 10, h * 10))
+
+
+def data_config(size=448, crop_pct=0.7466, interpolation='bilinear'):
+    return {'input_size': (3, size, size), 'crop_pct': crop_pct, 'interpolation': interpolation,
+            'mean': MEAN, 'std': STD, 'crop_mode': 'squash'}
+
+
+# --- transforms -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('hflip,jitter', [(0.5, 0.0), (0.5, 0.3), (0.0, 0.0)])
+def test_paper_crop_gives_the_same_tensors_as_before(hflip, jitter):
+    """The paper recipe's train data is unchanged: same seed, same tensors as the torchvision
+    pipeline train_fg used before it moved to timm's transforms."""
+    args = training.parse_args(['--config', 'cub200', '--hflip', str(hflip), '--color-jitter', str(jitter)])
+    new, _ = build_transforms(args, data_config())
+    old = transforms.Compose(
+        [transforms.Resize((600, 600), interpolation=transforms.InterpolationMode.BILINEAR), transforms.RandomCrop(448)]
+        + ([transforms.RandomHorizontalFlip(hflip)] if hflip else [])
+        + ([transforms.ColorJitter(jitter, jitter, jitter)] if jitter else [])
+        + [transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    img = photo()
+    outs = []
+    for seed in range(6):
+        loops.seed_epoch(seed, 0, 0)
+        a = old(img)
+        loops.seed_epoch(seed, 0, 0)
+        b = new(img)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        outs.append(b)
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # the crops do vary with the seed
+
+
+def test_rrc_train_transform_is_timms():
+    args = training.parse_args(['--train-crop', 'rrc', '--scale', '0.3', '1.0', '--hflip', '0.5', '--color-jitter', '0.2',
+                                '--train-interpolation', 'bicubic'])
+    cfg = data_config(224, 0.875)
+    ours, _ = build_transforms(args, cfg)
+    timms = create_transform(input_size=(3, 224, 224), is_training=True, scale=(0.3, 1.0), ratio=tuple(args.ratio),
+                             hflip=0.5, color_jitter=0.2, interpolation='bicubic', mean=MEAN, std=STD)
+    assert repr(ours) == repr(timms)
+    img = photo(seed=1)
+    loops.seed_epoch(3, 0, 0)  # timm's crop draws from Python's random, the flips from torch's
+    a = timms(img)
+    loops.seed_epoch(3, 0, 0)
+    torch.testing.assert_close(ours(img), a, rtol=0, atol=0)
+
+
+def test_augmentation_flags_reach_the_transform():
+    args = training.parse_args(['--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25', '--remode', 'const', '--recount', '2',
+                                '--vflip', '0.3', '--train-interpolation', 'bicubic', '--color-jitter', '0.4'])
+    tf, _ = build_transforms(args, data_config(64, 1.0))
+    names = [type(t).__name__ for t in tf.transforms]
+    assert names[:4] == ['Resize', 'RandomCrop', 'RandomHorizontalFlip', 'RandomVerticalFlip']
+    assert tf.transforms[0].interpolation == transforms.InterpolationMode.BICUBIC
+    assert tf.transforms[3].p == 0.3
+    assert 'RandAugment' in names
+    assert 'ColorJitter' not in names  # timm turns jitter off under RandAugment
+    erase = tf.transforms[-1]
+    assert isinstance(erase, RandomErasing)
+    assert (erase.probability, erase.mode, erase.max_count) == (0.25, 'const', 2)
+    assert tf(photo()).shape == (3, 64, 64)
+    # the prefetcher path: uint8 from the workers, erasing moves to the device side
+    tf_pre, eval_pre = build_transforms(args, data_config(64, 1.0), use_prefetcher=True)
+    assert not any(isinstance(t, RandomErasing) for t in tf_pre.transforms)
+    assert tf_pre(photo()).dtype == torch.uint8 and eval_pre(photo()).dtype == torch.uint8
+
+
+@pytest.mark.parametrize('aa,op_name,level', [('rand-m9-mstd0.5-inc1', 'PosterizeIncreasing', 10),
+                                               ('rand-m9-mstd0.5', 'Posterize', 0), ('v0', 'Posterize', 0)])
+def test_posterize_to_zero_bits_gives_black_not_an_error(aa, op_name, level):
+    """timm's posterize levels reach 0 bits, which Pillow 13 rejects: a random batch of a run with
+    the fine-tune recipes' RandAugment would raise. 0 bits is a black image (TF's reference)."""
+    args = training.parse_args(['--aa', aa])
+    tf, _ = build_transforms(args, data_config(64, 1.0))
+    aug = next(t for t in tf.transforms if hasattr(t, 'ops') or hasattr(t, 'policy'))
+    ops = list(getattr(aug, 'ops', None) or []) + [op for sub in getattr(aug, 'policy', None) or [] for op in sub]
+    op = next(o for o in ops if o.name == op_name)
+    op.prob, op.magnitude, op.magnitude_std = 1.0, level, 0
+    img = photo()
+    out = op(img)
+    assert out.size == img.size and not np.asarray(out).any()
+    op.magnitude = 5 if op_name == 'PosterizeIncreasing' else 8  # 2 and 3 bits kept: Pillow's own posterize
+    from PIL import ImageOps
+    bits = 4 - int(5 / 10 * 4) if op_name == 'PosterizeIncreasing' else int(8 / 10 * 4)
+    assert np.array_equal(np.asarray(op(img)), np.asarray(ImageOps.posterize(img, bits)))
+
+
+def test_augmentation_flag_errors(capsys):
+    assert 'rand-m9' in run_error(['--aa', 'rnd-m9'], capsys)
+    assert '--reprob' in run_error(['--reprob', '1.5'], capsys)
+    assert '--drop-path' in run_error(['--drop-path', '1.0'], capsys)
+    assert '--layer-decay' in run_error(['--layer-decay', '0'], capsys)
+    assert '--cutmix-minmax' in run_error(['--cutmix-minmax', '0.8', '0.2'], capsys)
+    assert 'rrc' in run_error(['--train-interpolation', 'random'], capsys)
+
+
+# --- loaders ----------------------------------------------------------------------------------
+
+def loader_args(**kw):
+    args = training.parse_args(TINY + ['--seed', '7'])
+    args.distributed, args.rank, args.world_size = False, 0, 1
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def make_ds(data, split='train', transform=None):
+    base = create_dataset('', root=str(Path(data) / split), split=split, search_split=False)
+    return training.data.RobustImageDataset(base, transform)
+
+
+def test_prefetcher_only_on_cuda():
+    args = loader_args()
+    assert not loaders.use_prefetcher(args, torch.device('cpu'))
+    assert loaders.use_prefetcher(args, torch.device('cuda'))
+    args.no_prefetcher = True
+    assert not loaders.use_prefetcher(args, torch.device('cuda'))
+
+
+def test_prefetcher_path_gives_the_same_batches(data):
+    """uint8 batches normalised by timm's PrefetchLoader equal the float path's (on CPU here)."""
+    args = loader_args(aa='rand-m9-mstd0.5-inc1')
+    cfg = data_config(64, 1.0)
+    batches = {}
+    for prefetch in (False, True):
+        train_tf, eval_tf = build_transforms(args, cfg, use_prefetcher=prefetch)
+        tl = loaders.train_loader(make_ds(data), train_tf, args, torch.device('cpu'), cfg, prefetch)
+        vl = loaders.eval_loader(make_ds(data, 'val', eval_tf), args, torch.device('cpu'), cfg, prefetch)
+        assert isinstance(tl, PrefetchLoader) == prefetch and isinstance(vl, PrefetchLoader) == prefetch
+        loaders.set_epoch(tl, 1)
+        loops.seed_epoch(args.seed, 1, 0)
+        batches[prefetch] = [b for b in tl] + [b for b in vl]
+    assert len(batches[True]) == len(batches[False]) == 3 + 2
+    for (x0, y0), (x1, y1) in zip(batches[False], batches[True]):
+        assert x1.dtype == torch.float32 and torch.equal(y0, y1)
+        torch.testing.assert_close(x1, x0, rtol=0, atol=1e-5)
+
+
+def epoch_batches(loader, epoch, seed):
+    loaders.set_epoch(loader, epoch)
+    loops.seed_epoch(seed, epoch, 0)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_persistent_workers_replay_an_epoch_exactly(data):
+    """Epoch 1 from workers that already ran epoch 0 equals epoch 1 from fresh workers (a resumed
+    run): timm's loader seeds workers once, train_fg reseeds them per epoch."""
+    args = loader_args(workers=2, aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='pixel', hflip=0.5)
+    cfg = data_config(64, 0.8)
+    train_tf, _ = build_transforms(args, cfg)
+    cpu = torch.device('cpu')
+    a = loaders.train_loader(make_ds(data), train_tf, args, cpu, cfg)
+    assert a.persistent_workers and a.num_workers == 2
+    first = epoch_batches(a, 0, args.seed)
+    second = epoch_batches(a, 1, args.seed)
+    b = loaders.train_loader(make_ds(data), train_tf, args, cpu, cfg)
+    resumed = epoch_batches(b, 1, args.seed)
+    for (x, y), (xr, yr) in zip(second, resumed):
+        assert torch.equal(y, yr) and torch.equal(x, xr)
+    assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(first, second))
+
+
+def test_loaders_leave_the_global_rng_alone(data):
+    """Starting an epoch draws no number from torch's global RNG (drop path and mixup draw from it:
+    a draw in the first epoch of a process only would shift a resumed run's)."""
+    args = loader_args()
+    cfg = data_config(64, 1.0)
+    _, eval_tf = build_transforms(args, cfg)
+    cpu = torch.device('cpu')
+    tl = loaders.train_loader(make_ds(data), eval_tf, args, cpu, cfg)  # a transform without random draws
+    vl = loaders.eval_loader(make_ds(data, 'val', eval_tf), args, cpu, cfg)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    loaders.set_epoch(tl, 3)
+    assert tl.sampler.epoch == 3 and tl.dataset.transform.epoch.value == 3  # order and worker seeds follow
+    assert len(list(tl)) == 3 and len(list(vl)) == 2
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_train_order_is_the_seeded_permutation(data):
+    """The train order of an epoch is torch.randperm seeded with seed + epoch, in one process too;
+    under DDP the ranks split it without overlap."""
+    ds = make_ds(data)
+    args = loader_args(seed=11)
+    sampler = loaders.train_sampler(ds, args)
+    for epoch in (0, 3):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == torch.randperm(len(ds), generator=torch.Generator().manual_seed(11 + epoch)).tolist()
+    parts = []
+    for rank in (0, 1):
+        s = loaders.train_sampler(ds, loader_args(seed=11, distributed=True, rank=rank, world_size=2))
+        s.set_epoch(2)
+        parts.append(list(s))
+    assert len(parts[0]) == len(parts[1]) == 9 and not set(parts[0]) & set(parts[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_runs_the_prefetcher(data, tmp_path, monkeypatch):
+    """On CUDA the train and val loaders are timm's PrefetchLoader and batches arrive on the GPU."""
+    seen = []
+    real = loops.train_one_epoch
+
+    def spy(epoch, model, loader, *a, **kw):
+        seen.append(loader)
+        return real(epoch, model, loader, *a, **kw)
+    monkeypatch.setattr(loops, 'train_one_epoch', spy)
+    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'), '--device', 'cuda',
+                           '--reprob', '0.5'])
+    assert isinstance(seen[0], PrefetchLoader) and seen[0].random_erasing is not None
+    x, _ = next(iter(seen[0]))
+    assert x.is_cuda and x.dtype == torch.float32
+
+
+# --- sources: CSV / TSV --------------------------------------------------------------------------
+
+def write_table(path, rows, sep=','):
+    path.write_text('\n'.join(sep.join(r) for r in rows) + '\n')
+    return path
+
+
+def folder_rows(data, split, relative_to=None, with_split=True):
+    rows = []
+    for cls in sorted(p.name for p in (Path(data) / split).iterdir()):
+        for f in sorted((Path(data) / split / cls).iterdir()):
+            path = os.path.relpath(f, relative_to) if relative_to else str(f)
+            rows.append([path, cls] + ([split] if with_split else []))
+    return rows
+
+
+def test_csv_with_split_column_trains_like_the_folders(data, tmp_path):
+    """One labels.csv (header, relative paths, a split column) gives the same samples and classes
+    as the image folders."""
+    table = write_table(tmp_path / 'labels.csv', [['split', 'label', 'path']] + [
+        [s, lab, p] for s in ('train', 'val') for p, lab, _ in folder_rows(data, s, relative_to=tmp_path)])
+    args = training.parse_args(TINY + ['--dataset', 'csv', '--data-dir', str(table)])
+    train, val, classes = training.create_datasets(args, None, None)
+    args_f = training.parse_args(TINY + ['--data-dir', str(data)])
+    train_f, val_f, classes_f = training.create_datasets(args_f, None, None)
+    assert classes == classes_f == sorted(CLASSES[:3])
+    assert sorted(train.base.reader.samples) == sorted(train_f.base.reader.samples)
+    assert len(val) == 9
+    out = tmp_path / 'run'
+    train_mod.main(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--epochs', '1', '--output', str(out)])
+    assert load_checkpoint(out / 'last.pth')['class_names'] == classes
+
+
+def test_tsv_folder_one_file_per_split(data, tmp_path):
+    """DIR/train.tsv and DIR/val.tsv, no header, absolute paths; classes from the train labels."""
+    write_table(tmp_path / 'train.tsv', folder_rows(data, 'train', with_split=False), sep='\t')
+    write_table(tmp_path / 'val.tsv', folder_rows(data, 'val', with_split=False)[:4], sep='\t')
+    args = training.parse_args(TINY + ['--dataset', 'csv', '--data-dir', str(tmp_path)])
+    train, val, classes = training.create_datasets(args, None, None)
+    assert (len(train), len(val)) == (18, 4) and classes == sorted(CLASSES[:3])
+    img, target = val[3]
+    assert isinstance(img, Image.Image) and target == classes.index(folder_rows(data, 'val')[3][1])
+
+
+def test_csv_errors_name_file_and_row(data, tmp_path, capsys):
+    good = folder_rows(data, 'train')
+    base = TINY + ['--dataset', 'csv', '--output', str(tmp_path / 'o')]
+
+    bad = write_table(tmp_path / 'short.csv', [['path', 'label', 'split']] + good[:3] + [[good[3][0]]] + good[4:])
+    line = run_error(base + ['--data-dir', str(bad)], capsys)
+    assert f'{bad}, row 5' in line and 'path,label' in line
+
+    missing = [list(r) for r in good]
+    missing[2][0] = str(tmp_path / 'nowhere.png')
+    bad = write_table(tmp_path / 'missing.csv', missing + folder_rows(data, 'val'))
+    line = run_error(base + ['--data-dir', str(bad)], capsys)
+    assert f'{bad}, row 3' in line and 'nowhere.png' in line and 'does not exist' in line
+
+    unknown = good + folder_rows(data, 'val')
+    unknown[-1] = [unknown[-1][0], 'albatross', 'val']
+    bad = write_table(tmp_path / 'unknown.csv', unknown)
+    line = run_error(base + ['--data-dir', str(bad)], capsys)
+    assert f'{bad}, row {len(unknown)}' in line and "unknown label 'albatross'" in line
+
+    nosplit = write_table(tmp_path / 'nosplit.csv', [r[:2] for r in good])
+    line = run_error(base + ['--data-dir', str(nosplit)], capsys)
+    assert str(nosplit) in line and 'split' in line
+
+    noval = write_table(tmp_path / 'noval.csv', good)
+    line = run_error(base + ['--data-dir', str(noval)], capsys)
+    assert str(noval) in line and "'val'" in line and "['train']" in line
+
+    line = run_error(base + ['--data-dir', str(tmp_path / 'labels.json')], capsys)
+    assert 'labels.json' in line
+    assert not (tmp_path / 'o').exists()
+
+
+def test_csv_bad_image_is_skipped_and_named(data, tmp_path, capsys):
+    broken = tmp_path / 'broken.png'
+    broken.write_bytes(b'not a png')
+    rows = folder_rows(data, 'train') + [[str(broken), CLASSES[0], 'train']] + folder_rows(data, 'val')
+    table = write_table(tmp_path / 'labels.csv', rows)
+    train_mod.main(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--epochs', '1', '--output', str(tmp_path / 'o')])
+    assert f'skipping unreadable image {broken}' in capsys.readouterr().err
+
+
+# --- sources: Hugging Face datasets (hfds/) -------------------------------------------------------
+
+def write_parquet_dataset(root, data, splits=('train', 'validation'), folders=('train', 'val')):
+    """A local `datasets` parquet dataset with embedded image bytes and a ClassLabel feature."""
+    datasets = pytest.importorskip('datasets')
+    names = sorted(p.name for p in (Path(data) / 'train').iterdir())
+    features = datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=names)})
+    for split, folder in zip(splits, folders):
+        rows = folder_rows(data, folder, with_split=False)
+        ds = datasets.Dataset.from_dict(
+            {'image': [{'bytes': Path(p).read_bytes(), 'path': None} for p, _ in rows],
+             'label': [names.index(c) for _, c in rows]}, features=features)
+        ds.to_parquet(str(Path(root) / 'data' / f'{split}-00000-of-00001.parquet'))
+    return Path(root), names
+
+
+@pytest.mark.slow
+def test_hfds_parquet_dataset_trains(data, tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    root, names = write_parquet_dataset(tmp_path / 'birds', data)
+    argv = TINY + ['--dataset', f'hfds/{root}', '--data-dir', str(tmp_path / 'cache'), '--val-split', 'validation']
+    train, val, classes = training.create_datasets(training.parse_args(argv), None, None)
+    assert classes == names and (len(train), len(val)) == (18, 9)
+    img, target = val[4]
+    expected = Image.open(folder_rows(data, 'val', with_split=False)[4][0]).convert('RGB')
+    assert np.array_equal(np.asarray(img), np.asarray(expected)) and names[target] == folder_rows(data, 'val')[4][1]
+    out = tmp_path / 'run'
+    train_mod.main(argv + ['--epochs', '1', '--output', str(out)])
+    ckpt = load_checkpoint(out / 'last.pth')
+    assert ckpt['class_names'] == names and ckpt['metrics']['eval_samples'] == 9
+
+
+def test_hfds_missing_folder_or_split(data, tmp_path, capsys, monkeypatch):
+    pytest.importorskip('datasets')
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    root, _ = write_parquet_dataset(tmp_path / 'birds', data)
+    line = run_error(TINY + ['--dataset', f'hfds/{root}', '--data-dir', str(tmp_path / 'cache'),
+                             '--output', str(tmp_path / 'o')], capsys)  # default val split 'val' is not there
+    assert f'hfds/{root}' in line and "'val'" in line
+    line = run_error(TINY + ['--dataset', f'hfds/{tmp_path / "nothing"}', '--data-dir', str(tmp_path / 'cache'),
+                             '--output', str(tmp_path / 'o')], capsys)
+    assert 'nothing' in line
+
+
+# --- sources: WebDataset shards (wds/) ------------------------------------------------------------
+
+def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', 'val', 2, 8)), info=True):
+    """PNG + .cls WebDataset shards of the image folders (split, folder, shards, images), with
+    timm's _info.json."""
+    wds = pytest.importorskip('webdataset')
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in (Path(data) / 'train').iterdir())
+    splits = {}
+    for split, folder, num_shards, count in shards:
+        rows = folder_rows(data, folder, with_split=False)[:count]
+        files, lengths = [], []
+        for s in range(num_shards):
+            part = rows[s::num_shards]
+            name = f'birds-{split}-{s:04d}.tar'
+            with wds.TarWriter(str(root / name)) as w:
+                for i, (path, cls) in enumerate(part):
+                    w.write({'__key__': f'{split}{s}_{i:04d}', 'png': Path(path).read_bytes(),
+                             'cls': str(names.index(cls)).encode()})
+            files.append(name)
+            lengths.append(len(part))
+        splits[split] = {'name': split, 'num_samples': sum(lengths), 'filenames': files, 'shard_lengths': lengths}
+    if info:
+        (root / '_info.json').write_text(json.dumps({'name': 'birds', 'splits': splits}))
+    return root
+
+
+def test_wds_needs_info_or_counts_and_class_count(data, tmp_path, capsys):
+    shards = write_shards(tmp_path / 'noinfo', data, info=False)
+    line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
+                             '--num-classes', '3', '--output', str(tmp_path / 'o')], capsys)
+    assert 'wds/birds' in line and '_info.json' in line and '--train-num-samples' in line
+    # without _info.json: the splits as shard patterns and the sample counts as flags
+    args = training.parse_args(TINY + [
+        '--dataset', 'wds/birds', '--data-dir', str(shards), '--train-split', 'birds-train-{0000..0001}.tar',
+        '--val-split', 'birds-validation-{0000..0001}.tar', '--train-num-samples', '18', '--val-num-samples', '8',
+        '--num-classes', '3'])
+    train, val, classes = training.create_datasets(args, None, None)
+    assert classes == ['0', '1', '2'] and train.reader.num_samples == 18 and val.reader.num_samples == 8
+    assert sum(1 for _ in val) == 8
+    shards = write_shards(tmp_path / 'info', data)
+    line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
+                             '--output', str(tmp_path / 'o')], capsys)
+    assert '--num-classes' in line
+
+
+@pytest.mark.parametrize('prefix,package', [('wds', 'webdataset'), ('hfds', 'datasets')])
+def test_missing_reader_package_is_one_line(prefix, package, data, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == package else real(name, *a))
+    line = run_error(TINY + ['--dataset', f'{prefix}/birds', '--data-dir', str(tmp_path), '--output',
+                             str(tmp_path / 'o')], capsys)
+    assert f'--dataset {prefix}/birds needs the {package} package: pip install {package}' in line
+
+
+@pytest.mark.slow
+def test_wds_shards_train_on_two_ranks(data, tmp_path):
+    """torchrun, 2 ranks on 2 train shards: timm's reader gives each rank its shard; the run's
+    counts come from _info.json; class names are the label indices."""
+    shards = write_shards(tmp_path / 'shards', data)
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(REPO / 'train_fg.py')] + TINY + [
+        '--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation', '--num-classes', '3',
+        '--epochs', '1', '--output', str(out), '-b', '3']
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 process(es)' in proc.stdout
+    ckpt = load_checkpoint(out / 'last.pth')
+    assert ckpt['class_names'] == ['0', '1', '2']
+    # 18 train samples over 2 ranks: 9 each, rounded up to whole batches of 3 -> 18 in all
+    assert ckpt['metrics']['train_images'] == 18
+    # 8 val images in 2 shards of 4, one per rank. (With unequal shards timm's reader pads each rank
+    # to ceil(n / ranks) samples by repeating: docs/training.md says so.)
+    assert ckpt['metrics']['eval_samples'] == 8
