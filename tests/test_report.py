@@ -520,3 +520,17 @@ def test_two_ranks_gather_every_image_exactly_once(data, checkpoint, evaluated, 
     for head in single.heads:
         np.testing.assert_allclose(ddp.confidence[head], single.confidence[head], rtol=1e-4, atol=1e-6)
     assert (out / 'report.html').is_file()
+
+
+def test_iterable_data_set_gets_metrics_without_a_report(data, checkpoint, tmp_path, capsys):
+    """wds/ shards have no sample indices to gather and re-read: --eval-only prints its metrics and says
+    there is no report (the line it always printed stays)."""
+    pytest.importorskip('webdataset')
+    from test_train_data import write_shards
+    shards = write_shards(tmp_path / 'shards', data, shards=(('train', 'train', 1, 3), ('validation', 'val', 2, 12)))
+    metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--dataset', 'wds/birds', '--data-dir',
+                              str(shards), '--val-split', 'validation', '--num-classes', '3', '--output', str(tmp_path / 'o')] + FAST)
+    captured = capsys.readouterr()
+    assert metrics['eval_samples'] == 12 and 'eval_report' not in metrics
+    assert 'no evaluation report (nor --tta) for an iterable data set' in captured.err
+    assert 'on 12 images' in captured.out and not (tmp_path / 'o').exists()
