@@ -527,7 +527,8 @@ def test_iterable_data_set_gets_metrics_without_a_report(data, checkpoint, tmp_p
     there is no report (the line it always printed stays)."""
     pytest.importorskip('webdataset')
     from test_train_data import write_shards
-    shards = write_shards(tmp_path / 'shards', data, shards=(('train', 'train', 1, 3), ('validation', 'val', 2, 12)))
+    shards = write_shards(tmp_path / 'shards', data,
+                          shards=(('train', 'train', 1, 3), ('validation', 'val', 2, 12)))
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--dataset', 'wds/birds', '--data-dir',
                               str(shards), '--val-split', 'validation', '--num-classes', '3', '--output', str(tmp_path / 'o')] + FAST)
     captured = capsys.readouterr()
