@@ -175,8 +175,8 @@ def test_sigkill_during_best_copy_then_resume(data, tmp_path, monkeypatch, capsy
     assert load_checkpoint(out / 'last.pth')['best_epoch'] == 0
     worse_every_epoch(monkeypatch)
     train_mod.main(['--resume', str(out / 'last.pth'), '--no-progress'])
-    assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'last.pth', 'summary.csv',
-                                                        'summary.png']
+    assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'eval', 'last.pth', 'report.html',
+                                                     'summary.csv', 'summary.png']  # + the report of best.pth
     last = load_checkpoint(out / 'last.pth')
     assert last['epoch'] == 1 and load_checkpoint(out / 'best.pth')['epoch'] == last['best_epoch'] == 0
 

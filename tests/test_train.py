@@ -223,7 +223,8 @@ def test_torchrun_two_processes(data, tmp_path):
     assert len(rows) == 1
     # 18 train images, DistributedSampler gives each rank 9, one full batch of 6 each: 12 summed over ranks
     assert int(rows[0]['train_images']) == 12
-    assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'last.pth', 'summary.csv', 'summary.png']
+    assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'eval', 'last.pth', 'report.html',
+                                                     'summary.csv', 'summary.png']  # report: gathered over ranks
     # the val set split across ranks and reduced: same numbers as one process evaluating the checkpoint
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(out / 'last.pth'), '--data-dir', str(data),
                               '--workers', '0', '--no-progress'])

@@ -7,10 +7,12 @@ A checkpoint written by ``train_fg.py`` (or a model in memory) becomes a Hub mod
 * ``config.json``: written by timm's :func:`timm.models.save_for_hf`: ``architecture``,
   ``num_classes``, ``num_features``, ``label_names`` (the training classes), ``model_args`` (every
   constructor kwarg the training run set, plus any hyperparameter that differs from the
-  variant's defaults) and ``pretrained_cfg`` (input size, mean / std, crop settings), with
+  variant's defaults; not ``num_classes``, which timm reads from the top level and which
+  transformers' ``TimmWrapper`` passes itself) and ``pretrained_cfg`` (input size, mean / std, crop settings), with
   ``hf_hub_filename: model.safetensors`` so the loader reads exactly that file;
-* ``README.md``: a model card (front matter for the Hub, the method and paper, the training
-  recipe, the accuracy measured during training, a usage snippet, the citation).
+* ``README.md``: a model card (:mod:`timm_fgfocus.model_card`: front matter with ``model-index``,
+  the method and paper, the training recipe, the measured accuracy, timm and transformers usage
+  snippets, the citation).
 
 The folder is written first (``--dry-run DIR`` stops there, no network), loaded back with
 ``timm.create_model('local-dir:DIR', pretrained=True)`` and compared tensor by tensor, then pushed
@@ -28,9 +30,7 @@ Command line::
 import argparse
 import csv
 import json
-import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -45,6 +45,7 @@ from timm.models import save_for_hf
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .fgfocus import HF_ORG
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
+from .model_card import _epoch, model_card, read_evaluation
 
 __all__ = [
     'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
@@ -53,38 +54,11 @@ __all__ = [
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
-CARD_TAGS = ('image-classification', 'timm', 'fine-grained-classification', 'fgfocus')
-PAPER_TITLE = 'Learning to Focus and Discriminate for Fine-Grained Classification'
-PAPER_URL = 'https://doi.org/10.1109/ICIP.2019.8803165'
-CITATION = """@inproceedings{feng2019learning,
-  title={Learning to Focus and Discriminate for Fine-Grained Classification},
-  author={Feng, Zhicong and Fu, Keren and Zhao, Qijun},
-  booktitle={2019 IEEE International Conference on Image Processing (ICIP)},
-  year={2019},
-  doi={10.1109/ICIP.2019.8803165}
-}"""
-# ``--dataset`` names of train_fg.py -> (title, Hub front matter ``datasets`` entry)
-_DATASETS = {
-    'cub200': ('CUB-200-2011', 'cub-200-2011'),
-    'aircraft': ('FGVC-Aircraft (variants)', 'fgvc-aircraft'),
-    'cars': ('Stanford Cars', 'stanford-cars'),
-}
 # FgFocus hyperparameters compared with the variant's defaults by :func:`export_model_args`
 _HPARAMS = (
     'num_regions', 'num_hybrid_regions', 'region_scales', 'region_ratios', 'crop_size', 'nms_iou',
     'smooth_sigma', 'attention_mode', 'region_score', 'pre_nms_top_n', 'crop_sampling_ratio',
 )
-# training args shown first in the card's recipe, in this order
-_RECIPE_KEYS = (
-    'model', 'pretrained', 'dataset', 'num_classes', 'epochs', 'batch_size', 'opt', 'momentum', 'lr',
-    'backbone_lr_scale', 'weight_decay', 'sched', 'decay_epochs', 'decay_rate', 'warmup_epochs',
-    'img_size', 'input_size', 'train_crop', 'crop_pct', 'hflip', 'color_jitter', 'interpolation',
-    'model_kwargs', 'loss_weights', 'label_smoothing', 'amp', 'model_ema', 'model_ema_decay', 'seed',
-)
-# args that describe the machine or the invocation, not the recipe; secret-like names never shown
-_NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
-                         r'eval_only|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
-_SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
 
 
 class HubUploadError(RuntimeError):
@@ -142,7 +116,7 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
     return _plain(args)
 
 
-# --- README.md: the model card --------------------------------------------------------------------
+# --- the training log for the card -------------------------------------------------------------
 
 def read_summary(path: Union[str, Path], required: bool = False) -> List[Dict[str, str]]:
     """Rows of a ``summary.csv`` written by ``train_fg.py``.
@@ -175,215 +149,13 @@ def read_summary(path: Union[str, Path], required: bool = False) -> List[Dict[st
     return [row for row in rows if row.get('epoch', '') != '']
 
 
-def _num(value: Any) -> Optional[float]:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _pct(value: Any) -> str:
-    x = _num(value)
-    return '' if x is None else f'{x:.2f}'
-
-
-def _epoch(value: Any) -> str:
-    x = _num(value)  # train_fg.py counts epochs from 0 and prints them from 1
-    return '' if x is None else str(int(x) + 1)
-
-
-def _cell(value: Any) -> str:
-    x = _num(value)
-    return '' if x is None else f'{x:.4g}'
-
+# --- errors ---------------------------------------------------------------------------------------
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
     for s in secrets:
         if s:
             text = text.replace(s, '***')
     return text
-
-
-def _recipe_rows(train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
-    def shown(k, v):
-        if _SECRET.search(k) or _NOT_RECIPE.search(k) or v in (None, '', [], {}):
-            return False
-        # file system paths say where the run was, not how it was trained
-        return not (isinstance(v, str) and ('/' in v or '\\' in v) and k not in ('dataset', 'model'))
-
-    keys = [k for k in _RECIPE_KEYS if k in train_args and shown(k, train_args[k])]
-    keys += sorted(k for k, v in train_args.items() if k not in keys and shown(k, v)
-                   and isinstance(v, (bool, int, float, str, list, tuple, dict)))
-    rows = [(k, f'`{_plain(train_args[k])}`') for k in keys]
-    start = train_args.get('initial_checkpoint')
-    if isinstance(start, str) and start:  # where the weights started matters; its folder does not
-        rows.insert(2, ('initial_checkpoint', f'`{Path(start).name}`'))
-    return rows
-
-
-def model_card(
-        repo_id: str,
-        arch: str,
-        config: Dict[str, Any],
-        *,
-        metrics: Optional[Dict[str, Any]] = None,
-        train_args: Optional[Dict[str, Any]] = None,
-        summary: Optional[List[Dict[str, str]]] = None,
-        ema: bool = False,
-        revision: Optional[str] = None,
-        license: str = 'apache-2.0',
-        num_params: Optional[int] = None,
-) -> str:
-    """The README.md of a published fgfocus model (Hub front matter + markdown).
-
-    Accuracy comes only from ``metrics`` (the checkpoint's) and ``summary`` (the training log):
-    nothing is reported that was not measured.
-    """
-    metrics, train_args, summary = dict(metrics or {}), dict(train_args or {}), list(summary or [])
-    pcfg = config.get('pretrained_cfg', {})
-    model_args = config.get('model_args', {})
-    num_classes = config.get('num_classes')
-    labels = config.get('label_names') or []
-    dataset = str(train_args.get('dataset') or '')
-    title, dataset_id = _DATASETS.get(dataset, (dataset, ''))
-    if not title and train_args.get('demo'):
-        title = 'the generated fgfocus demo data set (`train_fg.py --demo`)'
-    pretrained_backbone = bool(train_args.get('pretrained'))
-    name = repo_id.split('/')[-1]
-    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
-    with torch.device('meta'):
-        model = timm.create_model(arch, pretrained=False, **model_args)
-    backbone = model.backbone.pretrained_cfg.get('architecture', '?')
-    size = 'x'.join(str(s) for s in pcfg.get('input_size', ())[1:])
-
-    front = ['---', 'tags:'] + [f'- {t}' for t in CARD_TAGS] + [
-        'library_name: timm', f'license: {license}', 'pipeline_tag: image-classification']
-    datasets = [d for d in (dataset_id, 'imagenet-1k' if pretrained_backbone else '') if d]
-    if datasets:
-        front += ['datasets:'] + [f'- {d}' for d in datasets]
-    front += ['---', '']
-
-    out = front + [f'# Model card for {name}', '']
-    out += [
-        f'An FgFocus fine-grained image classifier (`{arch}`, {backbone} backbone)'
-        + (f' trained on {title}' if title else '') + '. '
-        f'It implements "{PAPER_TITLE}" (Feng, Fu and Zhao, ICIP 2019): one backbone looks at the whole '
-        'image; the maximum over all classes of its class activation maps says where the discriminative '
-        f'parts are; the top {model.num_regions} regions after NMS are cropped, zoomed to '
-        f'{model.crop_size}x{model.crop_size} and passed through the same backbone; the prediction comes '
-        f'from a hybrid head on the image feature and the features of the best {model.num_hybrid_regions} '
-        'regions. The image-level and region-level heads are trained with it and kept in the checkpoint.',
-        '',
-        f'These are the {"EMA (exponential moving average)" if ema else "raw (non-EMA)"} weights'
-        + (f' of epoch {_epoch(metrics.get("epoch"))}' if _num(metrics.get('epoch')) is not None else '')
-        + (f' of {train_args["epochs"]}' if _num(train_args.get('epochs')) is not None and
-           _num(metrics.get('epoch')) is not None else '') + '.',
-        '',
-        '## Model Details',
-        '- **Model Type:** fine-grained image classification',
-        f'- **Architecture:** `{arch}` (timm-fgfocus), backbone `{backbone}`, '
-        f'{model.num_regions} proposed regions, {model.num_hybrid_regions} in the hybrid head, '
-        f'{model.crop_size} px zoomed crops',
-    ]
-    if num_params:
-        out.append(f'- **Params (M):** {num_params / 1e6:.1f}')
-    out += [
-        f'- **Image size:** {size}' + (f', crop_pct {pcfg["crop_pct"]}' if 'crop_pct' in pcfg else '')
-        + (f', {pcfg["interpolation"]} interpolation' if 'interpolation' in pcfg else ''),
-        f'- **Classes:** {num_classes}' + (' (names in `config.json` `label_names`)' if labels else
-                                           ' (no class names were stored with the checkpoint)'),
-        f'- **Dataset:** {title or "not recorded"}',
-    ]
-    if pretrained_backbone:
-        out.append('- **Pretrain dataset:** ImageNet-1k (the backbone, timm weights)')
-    out += [
-        f'- **Papers:** [{PAPER_TITLE}]({PAPER_URL})',
-        '- **Code:** timm-fgfocus, a timm plugin: `import timm_fgfocus` registers the architectures',
-        '- **Constructor kwargs (`model_args`):** ' + ', '.join(f'`{k}={v}`' for k, v in model_args.items()),
-        '',
-    ]
-
-    out += ['## Training Recipe', '']
-    rows = _recipe_rows(train_args)
-    if rows:
-        out += ['Trained with `train_fg.py`; the resolved arguments stored in the checkpoint:', '',
-                '| argument | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows] + ['']
-    else:
-        out += ['The checkpoint stores no training arguments.', '']
-
-    out += ['## Results', '']
-    evaluated = [('eval_top1', 'top-1, hybrid head (the prediction)'), ('eval_top5', 'top-5, hybrid head'),
-                 ('eval_top1_image', 'top-1, image-level head only'), ('eval_top5_image', 'top-5, image-level head'),
-                 ('eval_top1_ema', 'top-1 of the EMA weights, hybrid head')]
-    measured = [(label, _pct(metrics[k])) for k, label in evaluated if _pct(metrics.get(k))]
-    split = train_args.get('val_split')
-    where = (f'the {split} split of ' if split else '') + (title or 'the evaluation set')
-    if measured:
-        n = metrics.get('eval_samples')
-        out += [f'Accuracy (%) on {where}' + (f' ({int(n)} images)' if _num(n) else '')
-                + (f', measured after epoch {_epoch(metrics["epoch"])}'
-                   if _num(metrics.get('epoch')) is not None else '')
-                + ' by `train_fg.py`:', '', '| metric | value |', '|---|---|']
-        out += [f'| {label} | {v} |' for label, v in measured]
-        if ema and _pct(metrics.get('eval_top1_ema')):
-            out += ['', 'The weights published here are the EMA weights: theirs is the EMA row; the other '
-                        'rows were measured on the raw weights of the same epoch.']
-        elif ema:
-            out += ['', 'These numbers were measured on the raw weights; the EMA weights published here '
-                        'were not evaluated separately.']
-        elif _pct(metrics.get('eval_top1_ema')):
-            out += ['', 'The weights published here are the raw ones (the hybrid-head rows), not the EMA ones.']
-        out.append('')
-    else:
-        out += ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
-    if summary:
-        scored = [r for r in summary if _num(r.get('eval_top1')) is not None]
-        if scored:
-            best = max(scored, key=lambda r: _num(r['eval_top1']))
-            last = scored[-1]
-            out += [f'Training log (`summary.csv`, {len(summary)} epochs): best hybrid top-1 '
-                    f'{_pct(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
-                    f'{_epoch(last["epoch"])}: {_pct(last["eval_top1"])} %.', '']
-        cols = [c for c in ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image',
-                            'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)]
-        out += ['<details><summary>Per-epoch log</summary>', '', '| ' + ' | '.join(cols) + ' |',
-                '|' + '---|' * len(cols)]
-        for r in summary:
-            out.append('| ' + ' | '.join(_epoch(r.get(c)) if c == 'epoch' else _cell(r.get(c)) for c in cols) + ' |')
-        out += ['', '</details>', '']
-
-    out += ['## Model Usage', '', '### Image Classification', '', '```python', usage_snippet(model_id), '```', '']
-    out += [
-        'Fine-tune on another data set: `timm.create_model("' + model_id + '", pretrained=True, '
-        'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
-        'first convolution as timm does.', '',
-        '## Citation', '', '```bibtex', CITATION, '```', '',
-    ]
-    return '\n'.join(out)
-
-
-def usage_snippet(model_id: str) -> str:
-    """Python code that loads ``model_id`` and classifies one image; it runs as written."""
-    return f'''import timm
-import timm_fgfocus  # registers the fgfocus architectures with timm
-import torch
-from PIL import Image
-
-model = timm.create_model('{model_id}', pretrained=True).eval()
-
-# the preprocessing the model was trained and evaluated with
-data_config = timm.data.resolve_model_data_config(model)
-transform = timm.data.create_transform(**data_config, is_training=False)
-
-img = Image.new('RGB', (600, 450), (120, 90, 60))  # your image: Image.open('bird.jpg').convert('RGB')
-with torch.no_grad():
-    probs = model(transform(img).unsqueeze(0)).softmax(dim=-1)
-
-labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
-top = probs.topk(min(5, model.num_classes))
-for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):
-    print(f'{{labels[i]}}: {{100 * p:.1f}}%')'''
 
 
 # --- writing the folder ---------------------------------------------------------------------------
@@ -462,6 +234,7 @@ def save_for_hub(
         revision: Optional[str] = None,
         license: Optional[str] = None,
         verify: bool = True,
+        evaluation: Optional[Dict[str, Any]] = None,
         overwrite: bool = False,
 ) -> Path:
     """Write an fgfocus model as a Hub repo folder: model.safetensors, config.json, README.md.
@@ -486,6 +259,8 @@ def save_for_hub(
         revision: branch the folder will be pushed to (the snippet loads ``ORG/NAME@revision``).
         license: license of the weights (default: the pretrained cfg's, else apache-2.0).
         verify: load the folder back with ``local-dir:`` and require identical tensors.
+        evaluation: the evaluation report of these weights, for the card and its ``model-index``
+            (:func:`timm_fgfocus.model_card.read_evaluation`).
         overwrite: write into a folder that already has files: README.md, config.json and
             model.safetensors are replaced, every other file is left as it is.
 
@@ -535,9 +310,15 @@ def save_for_hub(
         finally:
             model.pretrained_cfg = source_cfg
         config = json.loads((staging / 'config.json').read_text())
+        # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
+        # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
+        # so only the top-level num_classes stays (the one timm's Hub loader reads)
+        if config.get('model_args', {}).pop('num_classes', None) is not None:
+            (staging / 'config.json').write_text(json.dumps(config, indent=2))
         card = model_card(
             repo_id, arch, config, metrics=metrics, train_args=train_args, summary=summary, ema=ema,
-            revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()))
+            revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()),
+            evaluation=evaluation)
         (staging / 'README.md').write_text(card, encoding='utf-8')
         written = sorted(p.name for p in staging.iterdir())
         if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
@@ -617,7 +398,9 @@ def save_checkpoint_for_hub(
     """Write the Hub folder of a ``train_fg.py`` checkpoint; returns (folder, checkpoint dict).
 
     ``summary_csv`` defaults to the ``summary.csv`` beside the checkpoint (none there: no log in
-    the card); a ``summary_csv`` given must exist. ``overwrite`` as in :func:`save_for_hub`.
+    the card); a ``summary_csv`` given must exist. ``overwrite`` as in :func:`save_for_hub`. An
+    evaluation report of this very checkpoint beside it (``eval/``, see
+    :func:`timm_fgfocus.model_card.read_evaluation`) goes into the card.
     """
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)  # the cheap checks first, before the checkpoint is read
@@ -628,7 +411,8 @@ def save_checkpoint_for_hub(
     folder = save_for_hub(
         model, save_directory, repo_id, arch=ckpt['arch'], class_names=ckpt.get('class_names'),
         model_args=ckpt['model_args'], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
-        summary=summary, ema=use_ema, revision=revision, license=license, overwrite=overwrite)
+        summary=summary, ema=use_ema, revision=revision, license=license, overwrite=overwrite,
+        evaluation=read_evaluation(checkpoint, use_ema))
     return folder, ckpt
 
 

@@ -194,7 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--wandb-tags', nargs='*', default=[], help='W&B run tags')
     g.add_argument('--wandb-resume-id', default='',
                    help='W&B run id to continue (set by the first run and kept in its checkpoints)')
+    _add_eval_args(p)
     return p
+
+
+def _tta_scale(text: str) -> float:
+    try:
+        scale = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not 0 < scale <= 4:
+        raise argparse.ArgumentTypeError(f'{text} is not in (0, 4]')
+    return scale
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    """The evaluation report of ``--eval-only`` and the end of training (docs/evaluation.md)."""
+    g = p.add_argument_group('evaluation report')
+    g.add_argument('--eval-report', action=argparse.BooleanOptionalAction, default=True,
+                   help='write report.html and eval/ (every head, per class, confusions, calibration, mistakes '
+                        'with their regions): --eval-only into --output (default the checkpoint\'s folder), '
+                        'training for best.pth at the end')
+    g.add_argument('--tta', action='store_true',
+                   help='also evaluate with test-time augmentation (flips x --tta-scales), reported beside '
+                        'the single view')
+    g.add_argument('--tta-scales', type=_tta_scale, nargs='+', default=[1.0, 1.25], metavar='S',
+                   help='input scales of the TTA views (each with and without a horizontal flip; 1.0 always in)')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 import torch
 import torch.nn as nn
+from torch.utils.data import IterableDataset
 import yaml
 
 from timm.data import create_transform
@@ -15,6 +16,7 @@ from timm.utils import NativeScaler, random_seed
 from ..checkpoint import (
     CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
 )
+from ..evaluation import EvaluationError, evaluate_run, report_best_checkpoint
 from ..loss import FgFocusLoss
 from . import loops
 from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
@@ -60,11 +62,37 @@ def run_eval_only(args, device) -> Dict[str, float]:
     if ckpt.get('class_names') and list(ckpt['class_names']) != list(classes):
         print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
               file=sys.stderr)
-    metrics = loops.evaluate(model, eval_loader(val, args, device, data_config, prefetch), args, device)
+    metrics = _evaluate(model, val, list(ckpt.get('class_names') or classes), args, device, data_config, ckpt,
+                        prefetch)
     if args.rank == 0:
         print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
+        _print_report(metrics)
     return metrics
+
+
+def _evaluate(model, val, class_names, args, device, data_config, ckpt, prefetch) -> Dict[str, Any]:
+    """``--eval-only``: the evaluation (:mod:`timm_fgfocus.evaluation`) and, with ``--eval-report``, the
+    report in ``--output`` (default: the checkpoint's folder). An iterable data set (``wds/...``) has
+    no sample indices to gather and re-read: its metrics only, through the training loop's evaluate."""
+    if isinstance(val, IterableDataset):
+        if args.rank == 0 and (args.eval_report or args.tta):
+            print('note: no evaluation report (nor --tta) for an iterable data set: metrics only', file=sys.stderr)
+        return loops.evaluate(model, eval_loader(val, args, device, data_config, prefetch), args, device)
+    out = (Path(args.output) if args.output else Path(args.checkpoint).parent) if args.eval_report else None
+    try:
+        return evaluate_run(model, val, class_names, args, device, out_dir=out, checkpoint=args.checkpoint,
+                            ema=args.model_ema, epoch=ckpt.get('epoch'), data_config=data_config)
+    except EvaluationError as e:
+        raise TrainError(str(e)) from None
+
+
+def _print_report(metrics: Dict[str, Any]) -> None:
+    if 'eval_top1_tta' in metrics:
+        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (hybrid)  '
+              f'top1 {metrics["eval_top1_image_tta"]:.2f} (image level)', flush=True)
+    if metrics.get('eval_report'):
+        print(f'report: {metrics["eval_report"]}', flush=True)
 
 
 def train(args, device) -> Dict[str, Any]:
@@ -244,8 +272,29 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
                   f'top5 {eval_metrics["eval_top5"]:5.1f}{ema_txt}  {metrics["epoch_time"]:.0f}s'
                   + ('  *best' if is_best else ''), flush=True)
     loggers.close()
-    return {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
-            'data_config': data_config, 'classes': classes}
+    result = {'output': out, 'metrics': metrics, 'best_metric': best_metric, 'best_epoch': best_epoch,
+              'data_config': data_config, 'classes': classes}
+    if args.eval_report:
+        result['report'] = _report_best(model, val_ds, classes, args, device, out, data_config)
+    return result
+
+
+def _report_best(model, val_ds, classes, args, device, out, data_config):
+    """End of training: the evaluation report of ``best.pth`` in the run folder (a warning, not an
+    error, when it cannot be written: the run itself is complete)."""
+    if isinstance(val_ds, IterableDataset):
+        return None  # no sample indices to gather and re-read (see _evaluate)
+    try:
+        report = report_best_checkpoint(model, val_ds, classes, args, device, out, data_config)
+    except EvaluationError as e:
+        if args.rank == 0:
+            print(f'warning: no evaluation report: {e}', file=sys.stderr, flush=True)
+        return None
+    if report is not None and args.rank == 0:
+        print(f'best.pth: top1 {report["eval_top1"]:.2f} (hybrid)  {report["eval_top1_image"]:.2f} (image level)',
+              flush=True)
+        _print_report(report)
+    return report
 
 
 def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: bool, best_source, first: bool,

@@ -1,0 +1,537 @@
+"""The evaluation report end to end: ``train_fg --eval-only`` (and the end of training) write report.html
+and eval/; its numbers against an independent computation; regenerated without the model; opened in a
+real browser; benchmark layouts; DDP with 2 ranks; bad input."""
+import csv
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from timm.data import create_transform
+from timm_fgfocus import train as train_mod
+from timm_fgfocus.checkpoint import model_from_checkpoint
+from timm_fgfocus.demo_data import CLASSES, generate_demo_data
+from timm_fgfocus.evaluation import Predictions
+from timm_fgfocus.evaluation.report import build_report
+from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
+
+from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = sorted(CLASSES[:3])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """3 classes x 4 val images (64 px), image folders."""
+    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=1, val_per_class=4,
+                              num_classes=3, image_size=64, wing_units=6, seed=2)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp('ckpt') / 'last.pth', NAMES, seed=3)
+
+
+@pytest.fixture(scope='module')
+def evaluated(data, checkpoint, tmp_path_factory):
+    """--eval-only with TTA into a fresh folder; (output folder, returned metrics, stdout)."""
+    out = tmp_path_factory.mktemp('eval') / 'report'
+    metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--tta',
+                              '--output', str(out)] + FAST)
+    return out, metrics
+
+
+def run_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mod.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and 'Traceback' not in '\n'.join(err)
+    return err[-1]
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+# --- the numbers ----------------------------------------------------------------------------------
+
+def test_eval_only_writes_the_report_files(evaluated):
+    out, metrics = evaluated
+    assert metrics['eval_report'] == str(out / 'report.html')
+    names = {p.name for p in (out / 'eval').iterdir()}
+    assert {'eval.json', 'predictions.npz', 'examples.npz', 'inputs', 'metrics.json', 'per_class.csv',
+            'confused_pairs.csv', 'predictions.csv', 'confusion.png', 'reliability.png', 'reliability_tta.png',
+            'mistakes.png'} <= names
+    assert not [p for p in out.iterdir() if p.name.startswith('.')]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out / 'report.html', out / 'eval' / 'confusion.png', out / 'eval' / 'eval.json'):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # shareable like any file the user writes
+    assert (out / 'eval').stat().st_mode & 0o777 == 0o777 & ~umask
+    meta = json.loads((out / 'eval' / 'eval.json').read_text())
+    assert meta['class_names'] == NAMES and meta['num_samples'] == 12 and meta['data']['split'] == 'val'
+    assert meta['tta']['views'] == [[1.0, False], [1.0, True], [1.25, False], [1.25, True]]
+
+
+def test_predictions_match_the_model_run_directly(evaluated, data, checkpoint):
+    """Independent: the checkpoint's model on each image file, with timm's eval transform."""
+    out, _ = evaluated
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    model, _ = model_from_checkpoint(checkpoint)
+    tf = create_transform(**DATA_CFG, is_training=False)
+    for p in range(len(preds)):
+        path = data / preds.files[p]
+        assert path.parent.name == NAMES[preds.target[p]]
+        with Image.open(path) as img:
+            x = tf(img.convert('RGB'))[None]
+        with torch.no_grad():
+            logits = model.forward_structured(x, num_crops=2).logits
+        assert int(logits.argmax()) == preds.pred('hybrid')[p]
+        assert float(logits.softmax(-1).max()) == pytest.approx(float(preds.confidence['hybrid'][p]), rel=1e-4)
+
+
+def test_report_numbers_against_an_independent_computation(evaluated):
+    out, metrics = evaluated
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    target, pred = preds.target.tolist(), preds.pred().tolist()
+    n = len(target)
+    # per-class accuracy, worst first
+    rows = read_csv(out / 'eval' / 'per_class.csv')
+    assert [r['class'] for r in rows] == sorted(NAMES, key=lambda c: (
+        sum(t == p == NAMES.index(c) for t, p in zip(target, pred)) / target.count(NAMES.index(c)),
+        -sum(t == NAMES.index(c) != p for t, p in zip(target, pred)), NAMES.index(c)))
+    for r in rows:
+        c = NAMES.index(r['class'])
+        right = sum(1 for t, p in zip(target, pred) if t == c and p == c)
+        assert int(r['images']) == target.count(c) and int(r['correct']) == right
+        assert float(r['accuracy']) == pytest.approx(100 * right / target.count(c), abs=0.005)
+    # confusion counts
+    pairs = read_csv(out / 'eval' / 'confused_pairs.csv')
+    counts = {}
+    for t, p in zip(target, pred):
+        if t != p:
+            counts[(t, p)] = counts.get((t, p), 0) + 1
+    assert {(int(r['true_index']), int(r['predicted_index'])): int(r['images']) for r in pairs} == counts
+    assert [int(r['images']) for r in pairs] == sorted(counts.values(), reverse=True)
+    # every head's top-1, ECE (15 bins) by hand
+    saved = json.loads((out / 'eval' / 'metrics.json').read_text())
+    for head in preds.heads:
+        top1 = 100 * sum(int(preds.topk[head][i, 0]) == target[i] for i in range(n)) / n
+        assert saved['heads'][head]['top1'] == pytest.approx(top1, abs=1e-3), head
+    conf, ok = preds.confidence['hybrid'], [p == t for p, t in zip(pred, target)]
+    ece = 0.0
+    for b in range(15):
+        members = [i for i in range(n) if b / 15 < conf[i] <= (b + 1) / 15]
+        if members:
+            ece += len(members) / n * abs(sum(ok[i] for i in members) / len(members)
+                                          - sum(conf[i] for i in members) / len(members))
+    assert saved['ece']['hybrid'] == pytest.approx(100 * ece, abs=1e-3)
+    assert metrics['eval_top1'] == pytest.approx(saved['heads']['hybrid']['top1'], abs=1e-3)
+    assert metrics['eval_top1_tta'] == pytest.approx(saved['heads']['hybrid_tta']['top1'], abs=1e-3)
+    # and the page shows them
+    page = (out / 'report.html').read_text()
+    for head in ('hybrid', 'image', 'region_1', 'region_2', 'region_mean'):
+        assert f'<td class="num">{saved["heads"][head]["top1"]:.2f}</td>' in page, head
+    assert f'{saved["ece"]["hybrid"]:.2f}%' in page
+    for r in pairs:
+        assert f'<td>{html.escape(r["true_class"])}</td><td>{html.escape(r["predicted_class"])}</td>' \
+               f'<td class="num">{r["images"]}</td>' in page
+    assert 'cost' in page.lower() and 'ms/image' in page
+
+
+def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
+    """build_report alone, on predictions made here: spread confidences, 200 classes."""
+    from timm_fgfocus.evaluation.report import EVAL_FORMAT
+    rng = np.random.default_rng(7)
+    n, c = 1000, 200
+    target = rng.integers(0, c, n)
+    conf = rng.uniform(0.02, 1.0, n).astype(np.float32)
+    right = rng.uniform(0, 1, n) < conf
+    pred = np.where(right, target, (target + rng.integers(1, c, n)) % c)
+    topk = np.stack([pred] + [(pred + j) % c for j in range(1, 5)], 1).astype(np.int32)
+    preds = Predictions(index=np.arange(n), target=target, loss=rng.uniform(0, 3, n).astype(np.float32),
+                        topk={'hybrid': topk, 'image': np.roll(topk, 1, axis=0)},
+                        confidence={'hybrid': conf, 'image': conf}, boxes=np.zeros((n, 2, 4), np.float32),
+                        valid=np.ones((n, 2), bool))
+    (tmp_path / 'eval').mkdir()
+    preds.save(tmp_path / 'eval' / 'predictions.npz')
+    names = [f'species {k:03d}' for k in range(c)]
+    (tmp_path / 'eval' / 'eval.json').write_text(json.dumps(dict(
+        format=EVAL_FORMAT, arch='fgfocus_test', class_names=names, num_samples=n, num_regions=2,
+        num_hybrid_regions=0, data=dict(split='test', dataset='cub200'))))
+    page = build_report(tmp_path).read_text()
+    saved = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    ece = 0.0
+    for b in range(15):
+        m = [(b / 15 < conf[i] <= (b + 1) / 15) for i in range(n)]
+        k = sum(m)
+        if k:
+            acc = sum(1 for i in range(n) if m[i] and right[i]) / k
+            ece += k / n * abs(acc - sum(float(conf[i]) for i in range(n) if m[i]) / k)
+    assert saved['ece']['hybrid'] == pytest.approx(100 * ece, abs=1e-3)
+    assert saved['heads']['hybrid']['top1'] == pytest.approx(100 * right.mean(), abs=1e-3)
+    assert saved['heads']['image']['top1'] == pytest.approx(100 * np.mean(np.roll(pred, 1) == target), abs=1e-3)
+    rows = read_csv(tmp_path / 'eval' / 'per_class.csv')
+    assert len(rows) == c
+    for r in rows[:20]:
+        k = int(r['class_index'])
+        assert int(r['images']) == int((target == k).sum()) and int(r['correct']) == int(((target == k) & right).sum())
+    accs = [float(r['accuracy']) for r in rows if r['accuracy']]
+    assert accs == sorted(accs)
+    with Image.open(tmp_path / 'eval' / 'confusion.png') as img:
+        assert img.width < 2000 and img.height < 1200  # the worst rows only: readable, not 200 x 200
+    assert '200 classes are too many for one readable grid' in page and 'species' in page
+
+
+def test_printed_lines(data, checkpoint, tmp_path, capsys):
+    train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--output',
+                    str(tmp_path / 'o'), '--no-eval-report'] + FAST)
+    out = capsys.readouterr().out
+    assert re.search(r'eval .*last\.pth: top1 \d+\.\d\d top5 \d+\.\d\d \(hybrid\)  top1 \d+\.\d\d \(image level\)  '
+                     r'on 12 images', out)
+    assert 'report:' not in out and not (tmp_path / 'o').exists()  # --no-eval-report: nothing written
+
+
+def test_pictures_read_back(evaluated):
+    out, _ = evaluated
+    meta = json.loads((out / 'eval' / 'eval.json').read_text())
+    mistakes = meta['examples']['mistakes']
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    expected, per_class = [], {}
+    for i in sorted(np.flatnonzero(~preds.correct()).tolist(), key=lambda i: -float(preds.confidence['hybrid'][i])):
+        t = int(preds.target[i])
+        if per_class.get(t, 0) < 2 and len(expected) < 16:  # most confident first, at most 2 per true class
+            expected.append(i)
+            per_class[t] = per_class.get(t, 0) + 1
+    assert mistakes == expected and mistakes
+    with Image.open(out / 'eval' / 'mistakes.png') as sheet:
+        w, h = sheet.size
+    # one panel per mistake: 3 per row, each 2 x 224 px panels + gap wide
+    cols = min(3, len(mistakes))
+    rows = -(-len(mistakes) // 3)
+    cell_w = (w - SHEET_PAD) // cols - SHEET_PAD
+    assert cell_w == 2 * 224 + 4 and SHEET_PAD + cols * (cell_w + SHEET_PAD) == w
+    assert (h - SHEET_PAD) % rows == 0
+    # each panel's rank-1 (red) box is where the predictions put that image's first box (64 px input at 224 px)
+    with Image.open(out / 'eval' / 'mistakes.png') as sheet:
+        px = sheet.convert('RGB').load()
+    for n, i in enumerate(mistakes):
+        row, col = divmod(n, 3)
+        ox, oy = SHEET_PAD + col * (cell_w + SHEET_PAD), SHEET_PAD + row * ((h - SHEET_PAD) // rows)
+        c0, r0, c1, r1 = box_pixels(preds.boxes[i, 0] * 224 / 64, (224, 224))
+        mid = (r0 + r1) // 2 + 6  # below the rank tag
+        assert px[ox + c0, oy + mid] == REGION_COLORS[0] and px[ox + c1, oy + mid] == REGION_COLORS[0], (n, i)
+    for i in set(mistakes) | {j for p in meta['examples']['pairs'] for j in p[3:] if j is not None}:
+        assert (out / 'eval' / 'inputs' / f'{i}.jpg').is_file()
+    assert len(list((out / 'eval').glob('pair_*.png'))) == len(meta['examples']['pairs'])
+
+
+# --- regenerate, browser --------------------------------------------------------------------------
+
+def test_report_regenerated_without_the_model_or_the_data(data, checkpoint, tmp_path):
+    ckpt, copy = tmp_path / 'ckpt' / 'last.pth', tmp_path / 'data'
+    ckpt.parent.mkdir()
+    shutil.copy(checkpoint, ckpt)
+    shutil.copytree(data, copy)
+    run = tmp_path / 'run'
+    train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(copy), '--output', str(run)] + FAST)
+    derived = ['metrics.json', 'per_class.csv', 'confused_pairs.csv', 'predictions.csv']
+    before = {name: (run / 'eval' / name).read_bytes() for name in derived}
+    page = (run / 'report.html').read_text()
+    pictures = sorted(p.name for p in (run / 'eval').glob('*.png'))
+    # no checkpoint, no data: only eval/ is left
+    shutil.rmtree(ckpt.parent)
+    shutil.rmtree(copy)
+    (run / 'report.html').unlink()
+    for path in list((run / 'eval').glob('*.png')) + [run / 'eval' / name for name in derived]:
+        path.unlink()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, '-m', 'timm_fgfocus.report', str(run)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f'report: {run / "report.html"}' in proc.stdout
+    assert (run / 'report.html').read_text() == page
+    assert {name: (run / 'eval' / name).read_bytes() for name in derived} == before
+    assert sorted(p.name for p in (run / 'eval').glob('*.png')) == pictures
+
+
+def test_report_command_errors_are_one_line(evaluated, tmp_path, capsys):
+    from timm_fgfocus.report import main
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'eval.json does not exist' in err and str(tmp_path) in err
+    run = tmp_path / 'run'
+    shutil.copytree(evaluated[0], run)
+    gone = sorted((run / 'eval' / 'inputs').iterdir())[0]
+    gone.unlink()
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and f'{gone} cannot be read' in err
+    (run / 'eval' / 'predictions.npz').write_bytes(b'truncated')
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'predictions.npz cannot be read' in err
+    (run / 'eval' / 'eval.json').write_text('{"format": "something else"}')
+    assert main([str(run)]) == 1
+    assert 'is not an fgfocus evaluation' in capsys.readouterr().err
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ('src', 'href'):
+                self.links.append(v)
+
+
+def test_links_are_relative_and_exist(evaluated):
+    out, _ = evaluated
+    parser = _Links()
+    parser.feed((out / 'report.html').read_text())
+    assert parser.links
+    for link in parser.links:
+        assert '://' not in link and not link.startswith(('/', '\\')) and ':' not in link, link
+        assert (out / link).is_file(), link
+
+
+def _chromium():
+    for name in ('chromium', 'chromium-browser', 'google-chrome'):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip('no Chromium installed (Debian: apt-get install chromium); the report is not checked in a browser')
+
+
+def _run_browser(args, tmp_path, timeout=120):
+    flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+             '--disable-background-networking', '--disable-component-update', '--disable-sync',
+             f'--user-data-dir={tmp_path / "chromium-profile"}']
+    return subprocess.run([_chromium()] + flags + args, capture_output=True, text=True, timeout=timeout)
+
+
+_CHECK = """<script>
+window.addEventListener('load', function () {
+  var out = document.createElement('pre');
+  out.id = 'imgcheck';
+  out.textContent = JSON.stringify(Array.prototype.map.call(document.images, function (i) {
+    return [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight];
+  }));
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium_with_no_broken_image(evaluated, tmp_path):
+    out, _ = evaluated
+    page = (out / 'report.html').read_text()
+    check = out / 'browser_check.html'  # beside report.html, so relative links resolve the same way
+    check.write_text(page.replace('</body>', _CHECK + '\n</body>'))
+    try:
+        proc = _run_browser(['--virtual-time-budget=10000', '--dump-dom', check.as_uri()], tmp_path)
+    finally:
+        check.unlink()
+    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.S)
+    assert found, proc.stderr[-2000:]
+    images = json.loads(html.unescape(found.group(1)))
+    assert len(images) == page.count('<img ') >= 5
+    broken = [src for src, complete, w, h in images if not (complete and w > 0 and h > 0)]
+    assert not broken, broken
+    for src, _, w, h in images:
+        with Image.open(out / src) as img:
+            assert (w, h) == img.size, src  # the browser decoded the very file
+
+    # and a screenshot: the page is drawn (text, tables and pictures, not a blank or error page)
+    shot = tmp_path / 'report.png'
+    proc = _run_browser(['--window-size=1200,2400', '--hide-scrollbars', f'--screenshot={shot}', out.joinpath(
+        'report.html').as_uri()], tmp_path)
+    assert shot.is_file(), proc.stderr[-2000:]
+    with Image.open(shot) as img:
+        arr = np.asarray(img.convert('RGB')).astype(int)
+    assert arr.shape[:2] == (2400, 1200)
+    dark = (arr.sum(-1) < 200).mean()        # text
+    colour = (arr.max(-1) - arr.min(-1) > 80).mean()  # pictures (plots, images, heat maps)
+    assert 0.002 < dark < 0.5 and colour > 0.01, (dark, colour)
+
+
+# --- where and when it is written -----------------------------------------------------------------
+
+def test_default_output_is_the_checkpoint_folder_and_is_replaced(data, checkpoint, tmp_path):
+    ckpt = tmp_path / 'run' / 'last.pth'
+    ckpt.parent.mkdir()
+    shutil.copy(checkpoint, ckpt)
+    for _ in range(2):  # the second run replaces what the first wrote
+        metrics = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(data)] + FAST)
+    assert metrics['eval_report'] == str(tmp_path / 'run' / 'report.html')
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['eval', 'last.pth', 'report.html']
+    meta = json.loads((tmp_path / 'run' / 'eval' / 'eval.json').read_text())
+    assert meta['checkpoint_sha256'] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize('what', ['report.html', 'eval'])
+def test_files_of_someone_else_are_left_alone(data, checkpoint, tmp_path, capsys, what):
+    out = tmp_path / 'mine'
+    out.mkdir()
+    theirs = out / what
+    if what == 'eval':
+        theirs.mkdir()
+        (theirs / 'notes.txt').write_text('my notes')
+    else:
+        theirs.write_text('<html>my own page</html>')
+    line = run_error(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--output', str(out)]
+                     + FAST, capsys)
+    assert str(theirs) in line and 'not written by an fgfocus evaluation' in line and '--output' in line
+    assert sorted(p.name for p in out.iterdir()) == [what]
+    if what == 'eval':
+        assert (theirs / 'notes.txt').read_text() == 'my notes'
+    else:
+        assert theirs.read_text() == '<html>my own page</html>'
+
+
+def test_classes_differing_from_the_checkpoint(data, checkpoint, tmp_path, capsys):
+    two = generate_demo_data(tmp_path / 'two', train_per_class=1, val_per_class=1, num_classes=2, image_size=64,
+                             wing_units=6)
+    line = run_error(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(two), '--output',
+                      str(tmp_path / 'o')] + FAST, capsys)
+    assert '3 classes' in line and 'has 2' in line and str(checkpoint) in line
+    assert not (tmp_path / 'o').exists()
+    # same count, other names: a warning; the report names the checkpoint's classes
+    renamed = tmp_path / 'renamed'
+    shutil.copytree(data, renamed)
+    for split in ('train', 'val'):
+        (renamed / split / NAMES[0]).rename(renamed / split / 'aaa_other')
+    train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(renamed), '--output',
+                    str(tmp_path / 'r')] + FAST)
+    assert 'class names of' in capsys.readouterr().err
+    assert json.loads((tmp_path / 'r' / 'eval' / 'eval.json').read_text())['class_names'] == NAMES
+
+
+def test_bad_tta_scale_is_one_line(data, checkpoint, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--tta',
+                        '--tta-scales', '0'] + FAST)
+    assert e.value.code == 2
+    assert "--tta-scales: 0 is not in (0, 4]" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_of_training_reports_best_pth_not_the_last_epoch(data, tmp_path, capsys, monkeypatch):
+    """Epoch 1 is made the best (its logged top-1 is raised) and epoch 2 changes the weights a lot: the
+    report must be of best.pth, whose own forward it reproduces, not of the final model."""
+    from timm_fgfocus.training import loops
+    real_eval, real_train = loops.evaluate, loops.train_one_epoch
+
+    def evaluate(model, loader, args, device, desc='eval'):
+        m = real_eval(model, loader, args, device, desc)
+        m['eval_top1'] = 100.0 if not hasattr(evaluate, 'seen') else 0.0  # epoch 1 best, epoch 2 worse
+        evaluate.seen = True
+        return m
+
+    def train_one_epoch(epoch, model, *a, **kw):
+        out = real_train(epoch, model, *a, **kw)
+        if epoch == 1:
+            with torch.no_grad():
+                model.hybrid_fc.weight.mul_(-3.0)  # the final model predicts differently from best.pth
+        return out
+
+    monkeypatch.setattr(loops, 'evaluate', evaluate)
+    monkeypatch.setattr(loops, 'train_one_epoch', train_one_epoch)
+    out = tmp_path / 'run'
+    result = train_mod.main(['--config', 'demo', '--input-size', '3', '64', '64', '--epochs', '2', '--data-dir',
+                             str(data), '--output', str(out), '--model-kwargs'] +
+                            [f'{k}={v}' for k, v in MODEL_ARGS.items()] + FAST)
+    assert 'report:' in capsys.readouterr().out
+    best = torch.load(out / 'best.pth', weights_only=True)
+    last = torch.load(out / 'last.pth', weights_only=True)
+    assert best['epoch'] == 0 and last['epoch'] == 1
+    meta = json.loads((out / 'eval' / 'eval.json').read_text())
+    assert meta['checkpoint'] == str(out / 'best.pth') and meta['epoch'] == 0
+    assert meta['checkpoint_sha256'] == hashlib.sha256((out / 'best.pth').read_bytes()).hexdigest()
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    assert float(preds.loss.mean()) == pytest.approx(best['metrics']['eval_loss'], rel=1e-5)
+    assert float(preds.loss.mean()) != pytest.approx(last['metrics']['eval_loss'], rel=1e-3)
+    assert result['report']['eval_loss'] == pytest.approx(best['metrics']['eval_loss'], rel=1e-5)
+    assert (out / 'report.html').is_file()
+
+
+# --- the benchmark layouts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['cub200', 'aircraft', 'cars'])
+def test_benchmark_layouts(name, tmp_path):
+    import test_datasets as fake
+    root = {'cub200': fake.make_cub, 'aircraft': fake.make_aircraft, 'cars': fake.make_cars}[name](str(tmp_path))
+    classes = {'cub200': ['Black footed Albatross', 'Laysan Albatross', 'Sooty Albatross'],
+               'aircraft': fake.VARIANTS, 'cars': fake.CAR_CLASSES}[name]
+    ckpt = make_checkpoint(tmp_path / 'ckpt' / 'best.pth', classes, dataset=name)
+    metrics = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', root, '--dataset', name,
+                              '--output', str(tmp_path / 'out')] + FAST)
+    assert metrics['eval_samples'] == 3
+    meta = json.loads((tmp_path / 'out' / 'eval' / 'eval.json').read_text())
+    assert meta['data']['dataset'] == name and meta['data']['split'] == 'test' and meta['class_names'] == classes
+    files = Predictions.load(tmp_path / 'out' / 'eval' / 'predictions.npz').files.tolist()
+    assert all(f.endswith('.jpg') and not f.startswith('/') for f in files), files  # relative to --data-dir
+    assert (tmp_path / 'out' / 'report.html').is_file()
+
+
+# --- DDP ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_ranks_gather_every_image_exactly_once(data, checkpoint, evaluated, tmp_path):
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(REPO / 'train_fg.py'), '--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data),
+           '--output', str(out), '--tta'] + FAST[:-2] + ['-b', '5']  # 12 images: 6 per rank, batches of 5 and 1
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('report:') == 1  # rank 0 only
+    meta = json.loads((out / 'eval' / 'eval.json').read_text())
+    assert meta['world_size'] == 2
+    ddp = Predictions.load(out / 'eval' / 'predictions.npz')
+    single = Predictions.load(evaluated[0] / 'eval' / 'predictions.npz')
+    assert ddp.index.tolist() == list(range(12))
+    assert ddp.target.tolist() == single.target.tolist() and ddp.files.tolist() == single.files.tolist()
+    np.testing.assert_allclose(ddp.loss, single.loss, rtol=1e-4, atol=1e-6)
+    for head in single.heads:
+        np.testing.assert_allclose(ddp.confidence[head], single.confidence[head], rtol=1e-4, atol=1e-6)
+    assert (out / 'report.html').is_file()
+
+
+def test_iterable_data_set_gets_metrics_without_a_report(data, checkpoint, tmp_path, capsys):
+    """wds/ shards have no sample indices to gather and re-read: --eval-only prints its metrics and says
+    there is no report (the line it always printed stays)."""
+    pytest.importorskip('webdataset')
+    from test_train_data import write_shards
+    shards = write_shards(tmp_path / 'shards', data,
+                          shards=(('train', 'train', 1, 3), ('validation', 'val', 2, 12)))
+    metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--dataset', 'wds/birds', '--data-dir',
+                              str(shards), '--val-split', 'validation', '--num-classes', '3', '--output', str(tmp_path / 'o')] + FAST)
+    captured = capsys.readouterr()
+    assert metrics['eval_samples'] == 12 and 'eval_report' not in metrics
+    assert 'no evaluation report (nor --tta) for an iterable data set' in captured.err
+    assert 'on 12 images' in captured.out and not (tmp_path / 'o').exists()

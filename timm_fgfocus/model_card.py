@@ -1,0 +1,441 @@
+"""The model card (``README.md``) of a published fgfocus model, built with ``huggingface_hub``.
+
+The front matter is a :class:`huggingface_hub.ModelCardData`; the accuracy that was measured goes
+into its ``model-index`` as :class:`huggingface_hub.EvalResult` entries, so the Hub shows it as
+evaluation results. Two sources, never anything that was not measured:
+
+* the checkpoint's ``metrics`` (the epoch's evaluation during training): top-1/top-5 of the hybrid
+  and image-level heads, or with ``--ema`` only the EMA weights' top-1;
+* an evaluation report of the same checkpoint file (``eval/`` beside it, written by
+  ``train_fg --eval-only`` or at the end of training; matched by the file's SHA-256 and the EMA
+  choice, see :func:`read_evaluation`): every head's top-1 (hybrid, image level, each region rank,
+  the region mean), top-5 of the prediction, test-time augmentation beside the single view with its
+  cost, and the calibration error. When it exists, ``model-index`` takes its figures.
+
+The body: what the model is (method, paper), the training recipe, the results, usage snippets for
+timm and for ``transformers`` (``pipeline('image-classification')``), the citation.
+"""
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+import timm
+
+__all__ = [
+    'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
+    'CARD_TAGS', 'PAPER_TITLE', 'PAPER_URL', 'CITATION',
+]
+
+CARD_TAGS = ('image-classification', 'timm', 'fine-grained-classification', 'fgfocus')
+PAPER_TITLE = 'Learning to Focus and Discriminate for Fine-Grained Classification'
+PAPER_URL = 'https://doi.org/10.1109/ICIP.2019.8803165'
+CITATION = """@inproceedings{feng2019learning,
+  title={Learning to Focus and Discriminate for Fine-Grained Classification},
+  author={Feng, Zhicong and Fu, Keren and Zhao, Qijun},
+  booktitle={2019 IEEE International Conference on Image Processing (ICIP)},
+  year={2019},
+  doi={10.1109/ICIP.2019.8803165}
+}"""
+# ``--dataset`` names of train_fg.py -> (title, Hub front matter ``datasets`` entry)
+_DATASETS = {
+    'cub200': ('CUB-200-2011', 'cub-200-2011'),
+    'aircraft': ('FGVC-Aircraft (variants)', 'fgvc-aircraft'),
+    'cars': ('Stanford Cars', 'stanford-cars'),
+}
+DEMO_TITLE = 'the generated fgfocus demo data set (`train_fg.py --demo`)'
+# training args shown first in the card's recipe, in this order
+_RECIPE_KEYS = (
+    'model', 'pretrained', 'dataset', 'num_classes', 'epochs', 'batch_size', 'opt', 'momentum', 'lr',
+    'backbone_lr_scale', 'weight_decay', 'sched', 'decay_epochs', 'decay_rate', 'warmup_epochs',
+    'img_size', 'input_size', 'train_crop', 'crop_pct', 'hflip', 'color_jitter', 'interpolation',
+    'model_kwargs', 'loss_weights', 'label_smoothing', 'amp', 'model_ema', 'model_ema_decay', 'seed',
+)
+# args that describe the machine or the invocation, not the recipe; secret-like names never shown
+_NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
+                         r'eval_only|eval_report|tta|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
+_SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
+# checkpoint metrics -> (head, k, label)
+_CKPT_METRICS = (
+    ('eval_top1', 'hybrid', 1, 'top-1, hybrid head (the prediction)'),
+    ('eval_top5', 'hybrid', 5, 'top-5, hybrid head'),
+    ('eval_top1_image', 'image', 1, 'top-1, image-level head only'),
+    ('eval_top5_image', 'image', 5, 'top-5, image-level head'),
+    ('eval_top1_ema', 'hybrid', 1, 'top-1 of the EMA weights, hybrid head'),
+)
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_listify(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _listify(v) for k, v in value.items()}
+    return value
+
+
+def _num(value: Any) -> Optional[float]:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pct(value: Any) -> str:
+    x = _num(value)
+    return '' if x is None else f'{x:.2f}'
+
+
+def _epoch(value: Any) -> str:
+    x = _num(value)  # train_fg.py counts epochs from 0 and prints them from 1
+    return '' if x is None else str(int(x) + 1)
+
+
+def _cell(value: Any) -> str:
+    x = _num(value)
+    return '' if x is None else f'{x:.4g}'
+
+
+def _recipe_rows(train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
+    def shown(k, v):
+        if _SECRET.search(k) or _NOT_RECIPE.search(k) or v in (None, '', [], {}):
+            return False
+        # file system paths say where the run was, not how it was trained
+        return not (isinstance(v, str) and ('/' in v or '\\' in v) and k not in ('dataset', 'model'))
+
+    keys = [k for k in _RECIPE_KEYS if k in train_args and shown(k, train_args[k])]
+    keys += sorted(k for k, v in train_args.items() if k not in keys and shown(k, v)
+                   and isinstance(v, (bool, int, float, str, list, tuple, dict)))
+    rows = [(k, f'`{_listify(train_args[k])}`') for k in keys]
+    start = train_args.get('initial_checkpoint')
+    if isinstance(start, str) and start:  # where the weights started matters; its folder does not
+        rows.insert(2, ('initial_checkpoint', f'`{Path(start).name}`'))
+    return rows
+
+
+def _dataset_title(dataset: str, demo: bool = False) -> Tuple[str, str]:
+    """(title, Hub dataset id or '') of a ``--dataset`` name."""
+    title, hub_id = _DATASETS.get(dataset, (dataset, ''))
+    if not title and demo:
+        title = DEMO_TITLE
+    return title, hub_id
+
+
+# --- the evaluation report beside a checkpoint ----------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(16 * 1024 * 1024), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Optional[Dict[str, Any]]:
+    """The evaluation report of exactly this checkpoint file and these weights, if one is beside it.
+
+    Looks at ``eval/eval.json`` and ``eval/metrics.json`` in the checkpoint's folder (what
+    ``train_fg --eval-only`` and the end of training write there) and returns
+    ``{'meta': eval.json, 'metrics': metrics.json}`` when the report was made from a file with the
+    same SHA-256 and the same weights (EMA or raw); None otherwise (no report, another checkpoint,
+    unreadable files): a card never shows another model's figures.
+    """
+    checkpoint = Path(checkpoint)
+    folder = checkpoint.parent / 'eval'
+    try:
+        meta = json.loads((folder / 'eval.json').read_text(encoding='utf-8'))
+        metrics = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(meta, dict) and isinstance(metrics, dict)) or not meta.get('checkpoint_sha256'):
+        return None
+    if bool(meta.get('ema')) != bool(use_ema) or metrics.get('checkpoint_sha256') != meta['checkpoint_sha256']:
+        return None
+    if not checkpoint.is_file() or _sha256(checkpoint) != meta['checkpoint_sha256']:
+        return None
+    return {'meta': meta, 'metrics': metrics}
+
+
+def _head_label(head: str, l: int) -> str:
+    from .evaluation.collect import head_label
+    return head_label(head, l)
+
+
+# --- front matter ---------------------------------------------------------------------------------
+
+def _eval_result(value: float, head: str, k: int, l: int, dataset: str, demo: bool, split: Optional[str]):
+    from huggingface_hub import EvalResult
+
+    title, hub_id = _dataset_title(dataset, demo)
+    return EvalResult(
+        task_type='image-classification', task_name='Fine-grained image classification',
+        dataset_type=hub_id or 'imagefolder', dataset_name=(title or 'image folders').replace('`', ''),
+        dataset_split=split or None, metric_type='accuracy', metric_value=round(float(value), 2),
+        metric_name=f'top-{k} accuracy (%), {_head_label(head, l)}')
+
+
+def model_card_data(
+        name: str, *, license: str, datasets: Sequence[str], metrics: Dict[str, Any], train_args: Dict[str, Any],
+        ema: bool, num_hybrid_regions: int, evaluation: Optional[Dict[str, Any]] = None,
+):
+    """The card's front matter (:class:`huggingface_hub.ModelCardData`) with ``model-index``.
+
+    ``model-index`` holds the measured accuracy of the published weights: the evaluation report's
+    figures when there is one (``evaluation``, see :func:`read_evaluation`), else the checkpoint's
+    ``metrics`` (with ``ema`` only the EMA top-1, the other figures being the raw weights').
+    """
+    from huggingface_hub import ModelCardData
+
+    l = num_hybrid_regions
+    results = []
+    if evaluation is not None:
+        meta, ev = evaluation['meta'], evaluation['metrics']
+        data = meta.get('data') or {}
+        for head, acc in (ev.get('heads') or {}).items():
+            for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') else (1,)):
+                if _num(acc.get(f'top{k}')) is not None:
+                    results.append(_eval_result(acc[f'top{k}'], head, k, l, data.get('dataset') or '',
+                                                bool(train_args.get('demo')), data.get('split')))
+    else:
+        keys = [m for m in _CKPT_METRICS if (m[0] == 'eval_top1_ema') == ema]
+        for key, head, k, _ in keys:
+            if _num(metrics.get(key)) is not None:
+                results.append(_eval_result(metrics[key], head, k, l, str(train_args.get('dataset') or ''),
+                                            bool(train_args.get('demo')), train_args.get('val_split')))
+    return ModelCardData(
+        library_name='timm', license=license, pipeline_tag='image-classification', tags=list(CARD_TAGS),
+        datasets=list(datasets) or None, model_name=name if results else None, eval_results=results or None)
+
+
+# --- the card -------------------------------------------------------------------------------------
+
+def model_card(
+        repo_id: str,
+        arch: str,
+        config: Dict[str, Any],
+        *,
+        metrics: Optional[Dict[str, Any]] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: str = 'apache-2.0',
+        num_params: Optional[int] = None,
+        evaluation: Optional[Dict[str, Any]] = None,
+) -> str:
+    """The README.md of a published fgfocus model (Hub front matter + markdown).
+
+    Accuracy comes only from ``metrics`` (the checkpoint's), ``summary`` (the training log) and
+    ``evaluation`` (the report of this checkpoint, :func:`read_evaluation`): nothing is reported
+    that was not measured.
+    """
+    from huggingface_hub import ModelCard
+
+    metrics, train_args, summary = dict(metrics or {}), dict(train_args or {}), list(summary or [])
+    pcfg = config.get('pretrained_cfg', {})
+    model_args = dict(config.get('model_args', {}))
+    num_classes = config.get('num_classes')
+    labels = config.get('label_names') or []
+    dataset = str(train_args.get('dataset') or '')
+    title, dataset_id = _dataset_title(dataset, bool(train_args.get('demo')))
+    pretrained_backbone = bool(train_args.get('pretrained'))
+    name = repo_id.split('/')[-1]
+    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
+    with torch.device('meta'):
+        model = timm.create_model(arch, pretrained=False, **dict(model_args, num_classes=num_classes or 0))
+    backbone = model.backbone.pretrained_cfg.get('architecture', '?')
+    size = 'x'.join(str(s) for s in pcfg.get('input_size', ())[1:])
+    datasets = [d for d in (dataset_id, 'imagenet-1k' if pretrained_backbone else '') if d]
+    data = model_card_data(name, license=license, datasets=datasets, metrics=metrics, train_args=train_args,
+                           ema=ema, num_hybrid_regions=model.num_hybrid_regions, evaluation=evaluation)
+
+    out = [f'# Model card for {name}', '']
+    out += [
+        f'An FgFocus fine-grained image classifier (`{arch}`, {backbone} backbone)'
+        + (f' trained on {title}' if title else '') + '. '
+        f'It implements "{PAPER_TITLE}" (Feng, Fu and Zhao, ICIP 2019): one backbone looks at the whole '
+        'image; the maximum over all classes of its class activation maps says where the discriminative '
+        f'parts are; the top {model.num_regions} regions after NMS are cropped, zoomed to '
+        f'{model.crop_size}x{model.crop_size} and passed through the same backbone; the prediction comes '
+        f'from a hybrid head on the image feature and the features of the best {model.num_hybrid_regions} '
+        'regions. The image-level and region-level heads are trained with it and kept in the checkpoint.',
+        '',
+        f'These are the {"EMA (exponential moving average)" if ema else "raw (non-EMA)"} weights'
+        + (f' of epoch {_epoch(metrics.get("epoch"))}' if _num(metrics.get('epoch')) is not None else '')
+        + (f' of {train_args["epochs"]}' if _num(train_args.get('epochs')) is not None and
+           _num(metrics.get('epoch')) is not None else '') + '.',
+        '',
+        '## Model Details',
+        '- **Model Type:** fine-grained image classification',
+        f'- **Architecture:** `{arch}` (timm-fgfocus), backbone `{backbone}`, '
+        f'{model.num_regions} proposed regions, {model.num_hybrid_regions} in the hybrid head, '
+        f'{model.crop_size} px zoomed crops',
+    ]
+    if num_params:
+        out.append(f'- **Params (M):** {num_params / 1e6:.1f}')
+    out += [
+        f'- **Image size:** {size}' + (f', crop_pct {pcfg["crop_pct"]}' if 'crop_pct' in pcfg else '')
+        + (f', {pcfg["interpolation"]} interpolation' if 'interpolation' in pcfg else ''),
+        f'- **Classes:** {num_classes}' + (' (names in `config.json` `label_names`)' if labels else
+                                           ' (no class names were stored with the checkpoint)'),
+        f'- **Dataset:** {title or "not recorded"}',
+    ]
+    if pretrained_backbone:
+        out.append('- **Pretrain dataset:** ImageNet-1k (the backbone, timm weights)')
+    out += [
+        f'- **Papers:** [{PAPER_TITLE}]({PAPER_URL})',
+        '- **Code:** timm-fgfocus, a timm plugin: `import timm_fgfocus` registers the architectures',
+        '- **Constructor kwargs (`model_args`):** ' + ', '.join(f'`{k}={v}`' for k, v in model_args.items()),
+        '',
+    ]
+
+    out += ['## Training Recipe', '']
+    rows = _recipe_rows(train_args)
+    if rows:
+        out += ['Trained with `train_fg.py`; the resolved arguments stored in the checkpoint:', '',
+                '| argument | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows] + ['']
+    else:
+        out += ['The checkpoint stores no training arguments.', '']
+
+    out += ['## Results', '']
+    out += _results_from_metrics(metrics, train_args, title, ema)
+    if evaluation is not None:
+        out += _results_from_report(evaluation, model.num_hybrid_regions, bool(train_args.get('demo')))
+    out += _training_log(summary)
+
+    out += ['## Model Usage', '', '### Image Classification', '', '```python', usage_snippet(model_id), '```', '']
+    out += [
+        'Fine-tune on another data set: `timm.create_model("' + model_id + '", pretrained=True, '
+        'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
+        'first convolution as timm does.', '',
+        '### With transformers', '',
+        '`transformers` (4.53 or newer) wraps timm models (`TimmWrapper`); import `timm_fgfocus` first so timm '
+        'knows the architecture. The pipeline applies the same preprocessing (from `config.json`) and gives the '
+        'same probabilities:', '',
+        '```python', transformers_snippet(repo_id, revision), '```', '',
+        '## Citation', '', '```bibtex', CITATION, '```', '',
+    ]
+    return str(ModelCard('---\n' + data.to_yaml() + '\n---\n\n' + '\n'.join(out)))
+
+
+def _results_from_metrics(metrics, train_args, title, ema) -> List[str]:
+    measured = [(label, _pct(metrics[k])) for k, _, _, label in _CKPT_METRICS if _pct(metrics.get(k))]
+    split = train_args.get('val_split')
+    where = (f'the {split} split of ' if split else '') + (title or 'the evaluation set')
+    if not measured:
+        return ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
+    n = metrics.get('eval_samples')
+    out = [f'Accuracy (%) on {where}' + (f' ({int(n)} images)' if _num(n) else '')
+           + (f', measured after epoch {_epoch(metrics["epoch"])}' if _num(metrics.get('epoch')) is not None else '')
+           + ' by `train_fg.py`:', '', '| metric | value |', '|---|---|']
+    out += [f'| {label} | {v} |' for label, v in measured]
+    if ema and _pct(metrics.get('eval_top1_ema')):
+        out += ['', 'The weights published here are the EMA weights: theirs is the EMA row; the other '
+                    'rows were measured on the raw weights of the same epoch.']
+    elif ema:
+        out += ['', 'These numbers were measured on the raw weights; the EMA weights published here '
+                    'were not evaluated separately.']
+    elif _pct(metrics.get('eval_top1_ema')):
+        out += ['', 'The weights published here are the raw ones (the hybrid-head rows), not the EMA ones.']
+    out.append('')
+    return out
+
+
+def _results_from_report(evaluation, l: int, demo: bool) -> List[str]:
+    meta, ev = evaluation['meta'], evaluation['metrics']
+    data = meta.get('data') or {}
+    title, _ = _dataset_title(data.get('dataset') or '', demo)
+    heads = ev.get('heads') or {}
+    tta = any(h.endswith('_tta') for h in heads)
+    out = ['### Evaluation report', '',
+           f'Every head of these weights on the {data.get("split") or "evaluation"} split of '
+           f'{title or "the image folders"} ({ev.get("num_samples")} images), from the evaluation report of '
+           f'this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '']
+    header = '| head | top-1 % | top-5 %' + (' | top-1 % TTA | top-5 % TTA' if tta else '') + ' |'
+    out += [header, '|---|---|---' + ('|---|---' if tta else '') + '|']
+    for h, acc in heads.items():
+        if h.endswith('_tta'):
+            continue
+        row = f'| {_head_label(h, l)} | {_pct(acc.get("top1"))} | {_pct(acc.get("top5"))}'
+        if tta:
+            t = heads.get(h + '_tta') or {}
+            row += f' | {_pct(t.get("top1"))} | {_pct(t.get("top5"))}'
+        out.append(row + ' |')
+    out.append('')
+    if tta:
+        views = ', '.join(f'scale {s:g}' + (' flipped' if f else '')
+                          for s, f in (meta.get('tta') or {}).get('views', []))
+        cost = ev.get('tta_cost')
+        out += [f'TTA: logits averaged over {views}' + (f'; {cost:.2f}x the single-view forward time' if cost else '')
+                + '. The single-view figures are the model\'s; TTA is reported beside them.', '']
+    ece = ev.get('ece') or {}
+    if _num(ece.get('hybrid')) is not None:
+        out += [f'Expected calibration error of the prediction: {_pct(ece["hybrid"])} %'
+                + (f' ({_pct(ece["hybrid_tta"])} % with TTA)' if _num(ece.get('hybrid_tta')) is not None else '')
+                + ' (15 equal-width confidence bins).', '']
+    return out
+
+
+def _training_log(summary) -> List[str]:
+    if not summary:
+        return []
+    out = []
+    scored = [r for r in summary if _num(r.get('eval_top1')) is not None]
+    if scored:
+        best = max(scored, key=lambda r: _num(r['eval_top1']))
+        last = scored[-1]
+        out += [f'Training log (`summary.csv`, {len(summary)} epochs): best hybrid top-1 '
+                f'{_pct(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
+                f'{_epoch(last["epoch"])}: {_pct(last["eval_top1"])} %.', '']
+    cols = [c for c in ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image',
+                        'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)]
+    out += ['<details><summary>Per-epoch log</summary>', '', '| ' + ' | '.join(cols) + ' |',
+            '|' + '---|' * len(cols)]
+    for r in summary:
+        out.append('| ' + ' | '.join(_epoch(r.get(c)) if c == 'epoch' else _cell(r.get(c)) for c in cols) + ' |')
+    out += ['', '</details>', '']
+    return out
+
+
+def usage_snippet(model_id: str) -> str:
+    """Python code that loads ``model_id`` with timm and classifies one image; it runs as written."""
+    return f'''import timm
+import timm_fgfocus  # registers the fgfocus architectures with timm
+import torch
+from PIL import Image
+
+model = timm.create_model('{model_id}', pretrained=True).eval()
+
+# the preprocessing the model was trained and evaluated with
+data_config = timm.data.resolve_model_data_config(model)
+transform = timm.data.create_transform(**data_config, is_training=False)
+
+img = Image.new('RGB', (600, 450), (120, 90, 60))  # your image: Image.open('bird.jpg').convert('RGB')
+with torch.no_grad():
+    probs = model(transform(img).unsqueeze(0)).softmax(dim=-1)
+
+labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+top = probs.topk(min(5, model.num_classes))
+for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):
+    print(f'{{labels[i]}}: {{100 * p:.1f}}%')'''
+
+
+def transformers_snippet(model: str, revision: Optional[str] = None) -> str:
+    """Python code that classifies one image with ``transformers``' pipeline; ``model`` is a Hub
+    repo id or a local folder (e.g. one written by ``hf_upload --dry-run``)."""
+    rev = f", revision='{revision}'" if revision and revision != 'main' else ''
+    return f'''import timm_fgfocus  # registers the fgfocus architectures with timm; import it before transformers loads
+from PIL import Image
+from transformers import pipeline
+
+classifier = pipeline('image-classification', model='{model}'{rev})
+
+img = Image.new('RGB', (600, 450), (120, 90, 60))  # your image: Image.open('bird.jpg')
+for p in classifier(img, top_k=5):
+    print(f"{{p['label']}}: {{100 * p['score']:.1f}}%")'''
