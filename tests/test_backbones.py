@@ -379,6 +379,42 @@ def test_backbone_weight_tag_from_offline_hf_cache(hf_cache):
         timm.create_model('fgfocus_test', backbone='test_convnext.r160_in1k', pretrained=True, num_classes=3)
 
 
+def test_hf_hub_id_as_backbone_offline_and_through_hf_upload(hf_cache, tmp_path):
+    """``backbone='hf-hub:ORG/NAME'``: timm builds it from that repo's config.json and loads its weights,
+    both from the offline cache; the choice survives hf_upload --dry-run and loading the folder back."""
+    from huggingface_hub import constants
+    from timm_fgfocus.hub import main
+    repo = 'someone/tiny-convnext-birds'
+    torch.manual_seed(12)
+    own = timm.create_model('test_convnext', num_classes=7)
+    sd = own.state_dict()
+    hf_cache(repo, sd)
+    snap = next((tmp_path / 'hf-cache' / f'models--{repo.replace("/", "--")}' / 'snapshots').iterdir())
+    (snap / 'config.json').write_text(json.dumps(dict(
+        architecture='test_convnext', num_classes=7, num_features=own.num_features,
+        pretrained_cfg=dict(own.pretrained_cfg, hf_hub_id=repo, num_classes=7))))
+    assert constants.HF_HUB_OFFLINE
+    m = timm.create_model('fgfocus_test', backbone=f'hf-hub:{repo}', pretrained=True, num_classes=7).eval()
+    assert m.backbone_name == f'hf-hub:{repo}' and m.adapter.pool_norm == 'head.norm'
+    assert m.pretrained_cfg['hf_hub_id'] == repo
+    for k, v in sd.items():
+        if k.startswith('head.fc.'):
+            torch.testing.assert_close(m.state_dict()['fc.' + k[len('head.fc.'):]], v)  # 7 classes: the image head
+        else:
+            torch.testing.assert_close(m.state_dict()['backbone.' + k], v, msg=k)
+    atomic_save(checkpoint_dict(m, 'fgfocus_test', dict(backbone=f'hf-hub:{repo}', num_classes=7), list('abcdefg')),
+                tmp_path / 'last.pth')
+    folder = tmp_path / 'repo'
+    assert main(['--checkpoint', str(tmp_path / 'last.pth'), '--repo-id', 'me/fgfocus-hub-backbone',
+                 '--dry-run', str(folder)]) == 0
+    assert json.loads((folder / 'config.json').read_text())['model_args']['backbone'] == f'hf-hub:{repo}'
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert loaded.backbone_name == f'hf-hub:{repo}'
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), atol=0, rtol=0)
+
+
 def test_a_variant_weight_tag_with_another_backbone_is_refused():
     with pytest.raises(ValueError, match=r"fgfocus_resnet18\.a1_in1k: these weights are for the backbone 'resnet18', "
                                          r"not backbone='test_convnext'"):

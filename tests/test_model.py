@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import timm
-import timm_fgfocus
+import timm_fgfocus  # noqa: F401  registers the models
 from timm_fgfocus import FgFocusLoss, FgFocusOutput, fgfocus_loss_terms
 from timm_fgfocus.ops import class_activation_maps, crop_and_zoom, smooth_attention
 

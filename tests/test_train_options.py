@@ -278,6 +278,7 @@ def test_finetune_recipes(name):
     if name == 'finetune_vit':
         assert (args.layer_decay, args.drop_path, args.mixup, args.cutmix) == (0.65, 0.1, 0.8, 1.0)
         assert args.lr == pytest.approx(5e-4 * 16 / 256) and args.backbone_lr_scale == 1.0
+        assert args.model == 'fgfocus_vit_small_patch14_dinov2.lvd142m'
     else:
         assert args.model_ema and args.model_ema_warmup and args.layer_decay is None and args.mixup == 0
 

@@ -10,3 +10,10 @@ from .ops import (
 )
 
 __version__ = '0.1.0'
+
+__all__ = [
+    'FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError', 'checkpoint_filter_fn',
+    'FgFocusLoss', 'fgfocus_loss_terms',
+    'attention_map', 'batched_box_iou', 'class_activation_maps', 'crop_and_zoom', 'propose_regions', 'region_anchors',
+    'region_scores', 'smooth_attention', 'topk_nms',
+]

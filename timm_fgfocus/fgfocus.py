@@ -27,7 +27,6 @@ Departures from timm's usual model shape, chosen so timm's tools keep working:
 * In train mode ``forward`` returns ``(hybrid [B, C], image [B, C], regions [B * m, C])``, the
   logits :class:`~timm_fgfocus.loss.FgFocusLoss` needs; in eval mode the hybrid logits only.
 """
-from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -43,6 +42,7 @@ from timm.models import (
 from .backbones import create_backbone, smoothing_cells
 from .integrity import verify_published_weights
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
+from .pretrained import PretrainedWeightsError, backbone_weights_cfg, check_weights_fit, load_error
 
 __all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError']
 
@@ -392,63 +392,6 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights are missing, unreadable, or do not fit the model built for them."""
-
-
-# files timm's ``local-dir:`` loader looks for first, in its order
-_LOCAL_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
-
-
-def _weights_source(cfg: Dict[str, Any]) -> str:
-    """Where timm's loader takes the weights of ``cfg`` from: repo or folder and file, for messages."""
-    if cfg.get('source') == 'local-dir':
-        folder = Path(cfg.get('file') or '')
-        found = next((name for name in _LOCAL_WEIGHT_FILES if (folder / name).is_file()), None)
-        return f'local-dir:{folder} (file {found or "none of " + ", ".join(_LOCAL_WEIGHT_FILES)})'
-    if cfg.get('state_dict') is not None:
-        return "the pretrained_cfg's state_dict"
-    if cfg.get('file'):
-        return f'file {cfg["file"]}'
-    if cfg.get('hf_hub_id'):
-        return f'hf-hub:{cfg["hf_hub_id"]} (file {cfg.get("hf_hub_filename") or "model.safetensors"})'
-    if cfg.get('url'):
-        return f'url {cfg["url"]}'
-    return 'nowhere (the pretrained cfg names no weights)'
-
-
-def _check_weights_fit(state_dict: Dict[str, Tensor], model: FgFocus) -> None:
-    """Raise unless ``state_dict`` fills every tensor of ``model`` with the right shape.
-
-    timm loads with ``strict=False`` when ``num_classes`` changes, so without this a checkpoint
-    that lacks backbone tensors would load partially and silently. The heads timm drops for a
-    new ``num_classes`` and the input conv it adapts for another ``in_chans`` are exempt.
-    """
-    cfg = model.pretrained_cfg
-    heads = cfg.get('classifier') or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
-    convs = cfg.get('first_conv') or ()
-    convs = (convs,) if isinstance(convs, str) else tuple(convs)
-    exempt = {f'{h}.{p}' for h in heads for p in ('weight', 'bias')} if model.num_classes != cfg.get('num_classes') else set()
-    adapted = {f'{c}.weight' for c in convs}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and k not in exempt]
-    unexpected = [k for k in state_dict if k not in own and k not in exempt]
-    shapes = [
-        f'{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})' for k, v in state_dict.items()
-        if k in own and k not in exempt and k not in adapted and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def some(keys):
-            return ', '.join(keys[:3]) + (', ...' if len(keys) > 3 else '')
-        problems = [f'{len(x)} tensors {what} ({some(x)})' for x, what in (
-            (missing, 'missing'), (unexpected, 'unexpected'), (shapes, 'with other shapes')) if x]
-        args = getattr(model, 'pretrained_model_args', None) or {}
-        raise PretrainedWeightsError(
-            f'{cfg.get("architecture")}: the weights in {_weights_source(cfg)} do not fit the model built'
-            f'{" with model_args " + str(args) if args else ""}: {"; ".join(problems)}. '
-            f'The architecture or model_args do not describe these weights; nothing was loaded.')
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
     """Map weights onto an FgFocus model.
 
@@ -493,45 +436,8 @@ def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict
     """
     verify_published_weights(state_dict, model.pretrained_cfg)  # config.json's weights_digest; finite
     state_dict = checkpoint_filter_fn(state_dict, model)
-    _check_weights_fit(state_dict, model)
+    check_weights_fit(state_dict, model)
     return state_dict
-
-
-# pretrained-cfg fields that say where weights are, and how their images were normalised
-_WEIGHT_SOURCE_KEYS = ('hf_hub_id', 'hf_hub_filename', 'hf_hub_revision', 'url', 'file', 'source', 'state_dict')
-_DATA_KEYS = ('mean', 'std', 'interpolation', 'crop_pct', 'crop_mode', 'license')
-
-
-def _backbone_weights_cfg(model: FgFocus, variant: str, overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The variant's pretrained cfg, retargeted at the weights and data config of ``model``'s backbone.
-
-    Used when ``backbone=`` names another backbone than the variant's: the variant's weight tags
-    describe its own backbone, the backbone's pretrained cfg (from its tag, its default tag, or its
-    ``hf-hub:`` config, as timm resolved it) says where that backbone's weights are.
-    """
-    cfg = resolve_pretrained_cfg(variant).to_dict()
-    backbone_cfg = dict(model.backbone.pretrained_cfg or {})
-    for k in _WEIGHT_SOURCE_KEYS:
-        cfg[k] = backbone_cfg.get(k)
-    for k in _DATA_KEYS:
-        if backbone_cfg.get(k) is not None:
-            cfg[k] = backbone_cfg[k]
-    first_conv = backbone_cfg.get('first_conv')
-    if first_conv:
-        cfg['first_conv'] = (f'backbone.{first_conv}' if isinstance(first_conv, str)
-                             else tuple(f'backbone.{c}' for c in first_conv))
-    cfg['num_classes'] = backbone_cfg.get('num_classes') or 0
-    cfg['pool_size'] = model.adapter.feat_size(*cfg['input_size'][-2:])
-    cfg['tag'] = None
-    cfg.update(overlay or {})
-    return cfg
-
-
-def _load_error(variant: str, cfg: Dict[str, Any], e: Exception) -> PretrainedWeightsError:
-    # name the repo / folder and file: a corrupt download, a missing file, a config whose
-    # model_args the class rejects all surface here with timm's or safetensors' bare message
-    return PretrainedWeightsError(
-        f'{variant}: cannot load pretrained weights from {_weights_source(cfg)}: {type(e).__name__}: {e}')
 
 
 def _create_fgfocus(
@@ -544,7 +450,7 @@ def _create_fgfocus(
 
     With ``backbone=`` naming another backbone than the variant's (and no weight tag or
     explicit ``pretrained_cfg``), the model's pretrained cfg is retargeted at that backbone
-    (:func:`_backbone_weights_cfg`), so ``pretrained=True`` brings that backbone's own weights
+    (:func:`backbone_weights_cfg`), so ``pretrained=True`` brings that backbone's own weights
     through timm's loader, and the data config (mean, std, ...) is the backbone's.
     """
     model_args = dict(model_args or {})
@@ -559,7 +465,7 @@ def _create_fgfocus(
     if other_backbone and explicit_cfg is None:
         overlay = args.pop('pretrained_cfg_overlay', None)
         model = build_model_with_cfg(FgFocus, variant, False, **args)
-        cfg = _backbone_weights_cfg(model, variant, overlay)
+        cfg = backbone_weights_cfg(model, variant, overlay)
         model.pretrained_cfg = model.default_cfg = cfg
         if pretrained:
             try:
@@ -568,7 +474,7 @@ def _create_fgfocus(
             except PretrainedWeightsError:
                 raise
             except Exception as e:
-                raise _load_error(variant, cfg, e) from e
+                raise load_error(variant, cfg, e) from e
         return model
     try:
         return build_model_with_cfg(
@@ -586,7 +492,7 @@ def _create_fgfocus(
                 variant, args.get('pretrained_cfg'), args.get('pretrained_cfg_overlay')).to_dict()
         except Exception:
             cfg = {}
-        raise _load_error(variant, cfg, e) from e
+        raise load_error(variant, cfg, e) from e
 
 
 def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs) -> Dict[str, Any]:
