@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from timm.data import ImageDataset
-from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 
 from .errors import TrainError
+from .readers import SampleListReader
 
 __all__ = ['LabelRow', 'read_label_table', 'ReaderCsv', 'create_csv_datasets']
 
@@ -100,7 +100,7 @@ def read_label_table(path: os.PathLike) -> List[LabelRow]:
     return rows
 
 
-class ReaderCsv(Reader):
+class ReaderCsv(SampleListReader):
     """timm reader over :class:`LabelRow` s: ``reader[i]`` is ``(open image file, class index)``.
 
     Args:
@@ -110,26 +110,12 @@ class ReaderCsv(Reader):
     """
 
     def __init__(self, rows: Sequence[LabelRow], class_to_idx: Dict[str, int]):
-        super().__init__()
-        self.class_to_idx = dict(class_to_idx)
         for r in rows:
-            if r.label not in self.class_to_idx:
-                known = sorted(self.class_to_idx, key=natural_key)
+            if r.label not in class_to_idx:
+                known = sorted(class_to_idx, key=natural_key)
                 raise TrainError(f'label table {r.file}, row {r.row}: unknown label {r.label!r} (the train split '
                                  f'has {len(known)} classes: {", ".join(known[:5])}{", ..." if len(known) > 5 else ""})')
-        # (path, target) pairs, as timm's folder reader keeps them (RobustImageDataset reads them)
-        self.samples: List[Tuple[str, int]] = [(r.path, self.class_to_idx[r.label]) for r in rows]
-
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        return open(path, 'rb'), target
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
-        path = self.samples[index][0]
-        return os.path.basename(path) if basename else path
+        super().__init__([(r.path, class_to_idx[r.label]) for r in rows], class_to_idx)
 
 
 def _table_of(folder: Path, split: str) -> Path:

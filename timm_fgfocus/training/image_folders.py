@@ -25,10 +25,10 @@ from typing import Dict, List, NamedTuple, Tuple
 
 from timm.data import ImageDataset
 from timm.data.readers.img_extensions import get_img_extensions
-from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 
 from .errors import TrainError
+from .readers import SampleListReader
 
 __all__ = ['ImageFolderScan', 'scan_image_folder', 'check_image_folder', 'ClassFolderReader', 'image_folder_dataset']
 
@@ -113,27 +113,11 @@ def check_image_folder(root: Path, split: str) -> List[str]:
     return scan_image_folder(root, split).classes
 
 
-class ClassFolderReader(Reader):
+class ClassFolderReader(SampleListReader):
     """timm ``Reader`` over the samples of :func:`scan_image_folder` (for timm's ``ImageDataset``)."""
 
     def __init__(self, scan: ImageFolderScan):
-        super().__init__()
-        self.root = str(scan.folder)
-        self.samples = scan.samples
-        self.class_to_idx = {c: i for i, c in enumerate(scan.classes)}
-
-    def __getitem__(self, index: int):
-        path, target = self.samples[index]
-        return open(path, 'rb'), target
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
-        filename = self.samples[index][0]
-        if basename:
-            return os.path.basename(filename)
-        return filename if absolute else os.path.relpath(filename, self.root)
+        super().__init__(scan.samples, {c: i for i, c in enumerate(scan.classes)}, root=str(scan.folder))
 
 
 def image_folder_dataset(scan: ImageFolderScan) -> ImageDataset:
