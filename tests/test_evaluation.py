@@ -26,12 +26,7 @@ from timm_fgfocus.visualize import PANEL_GAP, SHEET_PAD, REGION_COLORS
 from evalkit import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _random_predictions(n=40, c=7, seed=0):

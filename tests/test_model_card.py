@@ -25,12 +25,7 @@ METRICS = dict(epoch=2, eval_top1=81.25, eval_top5=99.5, eval_top1_image=70.5, e
 REPO = 'timm-fgfocus/fgfocus_test.card'
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def front_matter(card: str):

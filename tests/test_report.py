@@ -1,7 +1,6 @@
 """The evaluation report end to end: ``train_fg --eval-only`` (and the end of training) write report.html
 and eval/; its numbers against an independent computation; regenerated without the model; opened in a
 real browser; benchmark layouts; DDP with 2 ranks; bad input."""
-import csv
 import hashlib
 import html
 import json
@@ -27,22 +26,18 @@ from timm_fgfocus.evaluation.report import build_report
 from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
 
 from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
+from train_utils import read_csv, run_error
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(CLASSES[:3])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    """3 classes x 4 val images (64 px), image folders."""
+def eval_data(tmp_path_factory):
+    """3 classes x 4 val images (64 px), image folders (not conftest's ``data``: 1 train image a class, seed 2)."""
     return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=1, val_per_class=4,
                               num_classes=3, image_size=64, wing_units=6, seed=2)
 
@@ -53,26 +48,12 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def evaluated(data, checkpoint, tmp_path_factory):
+def evaluated(eval_data, checkpoint, tmp_path_factory):
     """--eval-only with TTA into a fresh folder; (output folder, returned metrics, stdout)."""
     out = tmp_path_factory.mktemp('eval') / 'report'
-    metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--tta',
+    metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data), '--tta',
                               '--output', str(out)] + FAST)
     return out, metrics
-
-
-def run_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        train_mod.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and 'Traceback' not in '\n'.join(err)
-    return err[-1]
-
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
 
 
 # --- the numbers ----------------------------------------------------------------------------------
@@ -95,14 +76,14 @@ def test_eval_only_writes_the_report_files(evaluated):
     assert meta['tta']['views'] == [[1.0, False], [1.0, True], [1.25, False], [1.25, True]]
 
 
-def test_predictions_match_the_model_run_directly(evaluated, data, checkpoint):
+def test_predictions_match_the_model_run_directly(evaluated, eval_data, checkpoint):
     """Independent: the checkpoint's model on each image file, with timm's eval transform."""
     out, _ = evaluated
     preds = Predictions.load(out / 'eval' / 'predictions.npz')
     model, _ = model_from_checkpoint(checkpoint)
     tf = create_transform(**DATA_CFG, is_training=False)
     for p in range(len(preds)):
-        path = data / preds.files[p]
+        path = eval_data / preds.files[p]
         assert path.parent.name == NAMES[preds.target[p]]
         with Image.open(path) as img:
             x = tf(img.convert('RGB'))[None]
@@ -205,8 +186,8 @@ def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
     assert '200 classes are too many for one readable grid' in page and 'species' in page
 
 
-def test_printed_lines(data, checkpoint, tmp_path, capsys):
-    train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--output',
+def test_printed_lines(eval_data, checkpoint, tmp_path, capsys):
+    train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data), '--output',
                     str(tmp_path / 'o'), '--no-eval-report'] + FAST)
     out = capsys.readouterr().out
     assert re.search(r'eval .*last\.pth: top1 \d+\.\d\d top5 \d+\.\d\d \(hybrid\)  top1 \d+\.\d\d \(image level\)  '
@@ -250,11 +231,11 @@ def test_pictures_read_back(evaluated):
 
 # --- regenerate, browser --------------------------------------------------------------------------
 
-def test_report_regenerated_without_the_model_or_the_data(data, checkpoint, tmp_path):
+def test_report_regenerated_without_the_model_or_the_data(eval_data, checkpoint, tmp_path):
     ckpt, copy = tmp_path / 'ckpt' / 'last.pth', tmp_path / 'data'
     ckpt.parent.mkdir()
     shutil.copy(checkpoint, ckpt)
-    shutil.copytree(data, copy)
+    shutil.copytree(eval_data, copy)
     run = tmp_path / 'run'
     train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(copy), '--output', str(run)] + FAST)
     derived = ['metrics.json', 'per_class.csv', 'confused_pairs.csv', 'predictions.csv']
@@ -381,12 +362,12 @@ def test_report_renders_in_chromium_with_no_broken_image(evaluated, tmp_path):
 
 # --- where and when it is written -----------------------------------------------------------------
 
-def test_default_output_is_the_checkpoint_folder_and_is_replaced(data, checkpoint, tmp_path):
+def test_default_output_is_the_checkpoint_folder_and_is_replaced(eval_data, checkpoint, tmp_path):
     ckpt = tmp_path / 'run' / 'last.pth'
     ckpt.parent.mkdir()
     shutil.copy(checkpoint, ckpt)
     for _ in range(2):  # the second run replaces what the first wrote
-        metrics = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(data)] + FAST)
+        metrics = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(eval_data)] + FAST)
     assert metrics['eval_report'] == str(tmp_path / 'run' / 'report.html')
     assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['eval', 'last.pth', 'report.html']
     meta = json.loads((tmp_path / 'run' / 'eval' / 'eval.json').read_text())
@@ -394,7 +375,7 @@ def test_default_output_is_the_checkpoint_folder_and_is_replaced(data, checkpoin
 
 
 @pytest.mark.parametrize('what', ['report.html', 'eval'])
-def test_files_of_someone_else_are_left_alone(data, checkpoint, tmp_path, capsys, what):
+def test_files_of_someone_else_are_left_alone(eval_data, checkpoint, tmp_path, capsys, what):
     out = tmp_path / 'mine'
     out.mkdir()
     theirs = out / what
@@ -403,8 +384,8 @@ def test_files_of_someone_else_are_left_alone(data, checkpoint, tmp_path, capsys
         (theirs / 'notes.txt').write_text('my notes')
     else:
         theirs.write_text('<html>my own page</html>')
-    line = run_error(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--output', str(out)]
-                     + FAST, capsys)
+    line = run_error(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data), '--output',
+                      str(out)] + FAST, capsys)
     assert str(theirs) in line and 'not written by an fgfocus evaluation' in line and '--output' in line
     assert sorted(p.name for p in out.iterdir()) == [what]
     if what == 'eval':
@@ -413,7 +394,7 @@ def test_files_of_someone_else_are_left_alone(data, checkpoint, tmp_path, capsys
         assert theirs.read_text() == '<html>my own page</html>'
 
 
-def test_classes_differing_from_the_checkpoint(data, checkpoint, tmp_path, capsys):
+def test_classes_differing_from_the_checkpoint(eval_data, checkpoint, tmp_path, capsys):
     two = generate_demo_data(tmp_path / 'two', train_per_class=1, val_per_class=1, num_classes=2, image_size=64,
                              wing_units=6)
     line = run_error(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(two), '--output',
@@ -422,7 +403,7 @@ def test_classes_differing_from_the_checkpoint(data, checkpoint, tmp_path, capsy
     assert not (tmp_path / 'o').exists()
     # same count, other names: a warning; the report names the checkpoint's classes
     renamed = tmp_path / 'renamed'
-    shutil.copytree(data, renamed)
+    shutil.copytree(eval_data, renamed)
     for split in ('train', 'val'):
         (renamed / split / NAMES[0]).rename(renamed / split / 'aaa_other')
     train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(renamed), '--output',
@@ -431,16 +412,16 @@ def test_classes_differing_from_the_checkpoint(data, checkpoint, tmp_path, capsy
     assert json.loads((tmp_path / 'r' / 'eval' / 'eval.json').read_text())['class_names'] == NAMES
 
 
-def test_bad_tta_scale_is_one_line(data, checkpoint, capsys):
+def test_bad_tta_scale_is_one_line(eval_data, checkpoint, capsys):
     with pytest.raises(SystemExit) as e:
-        train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--tta',
+        train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data), '--tta',
                         '--tta-scales', '0'] + FAST)
     assert e.value.code == 2
     assert "--tta-scales: 0 is not in (0, 4]" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_end_of_training_reports_best_pth_not_the_last_epoch(data, tmp_path, capsys, monkeypatch):
+def test_end_of_training_reports_best_pth_not_the_last_epoch(eval_data, tmp_path, capsys, monkeypatch):
     """Epoch 1 is made the best (its logged top-1 is raised) and epoch 2 changes the weights a lot: the
     report must be of best.pth, whose own forward it reproduces, not of the final model."""
     from timm_fgfocus.training import loops
@@ -463,7 +444,7 @@ def test_end_of_training_reports_best_pth_not_the_last_epoch(data, tmp_path, cap
     monkeypatch.setattr(loops, 'train_one_epoch', train_one_epoch)
     out = tmp_path / 'run'
     result = train_mod.main(['--config', 'demo', '--input-size', '3', '64', '64', '--epochs', '2', '--data-dir',
-                             str(data), '--output', str(out), '--model-kwargs'] +
+                             str(eval_data), '--output', str(out), '--model-kwargs'] +
                             [f'{k}={v}' for k, v in MODEL_ARGS.items()] + FAST)
     assert 'report:' in capsys.readouterr().out
     best = torch.load(out / 'best.pth', weights_only=True)
@@ -501,10 +482,10 @@ def test_benchmark_layouts(name, tmp_path):
 # --- DDP ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_ranks_gather_every_image_exactly_once(data, checkpoint, evaluated, tmp_path):
+def test_two_ranks_gather_every_image_exactly_once(eval_data, checkpoint, evaluated, tmp_path):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(REPO / 'train_fg.py'), '--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data),
+           str(REPO / 'train_fg.py'), '--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data),
            '--output', str(out), '--tta'] + FAST[:-2] + ['-b', '5']  # 12 images: 6 per rank, batches of 5 and 1
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -522,12 +503,12 @@ def test_two_ranks_gather_every_image_exactly_once(data, checkpoint, evaluated, 
     assert (out / 'report.html').is_file()
 
 
-def test_iterable_data_set_gets_metrics_without_a_report(data, checkpoint, tmp_path, capsys):
+def test_iterable_data_set_gets_metrics_without_a_report(eval_data, checkpoint, tmp_path, capsys):
     """wds/ shards have no sample indices to gather and re-read: --eval-only prints its metrics and says
     there is no report (the line it always printed stays)."""
     pytest.importorskip('webdataset')
     from test_train_data import write_shards
-    shards = write_shards(tmp_path / 'shards', data,
+    shards = write_shards(tmp_path / 'shards', eval_data,
                           shards=(('train', 'train', 1, 3), ('validation', 'val', 2, 12)))
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--dataset', 'wds/birds', '--data-dir',
                               str(shards), '--val-split', 'validation', '--num-classes', '3', '--output', str(tmp_path / 'o')] + FAST)

@@ -15,30 +15,12 @@ import torch
 from timm_fgfocus import train as train_mod
 from timm_fgfocus.checkpoint import atomic_save, load_checkpoint
 from timm_fgfocus.training import loops
-from train_utils import TINY, make_data, read_summary, run_error, snapshot
+from train_utils import TINY, read_csv, run_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp('data') / 'finches')
-
-
-@pytest.fixture(scope='module')
-def trained(data, tmp_path_factory):
-    """A finished one-epoch run (epoch 0 is its best)."""
-    out = tmp_path_factory.mktemp('trained') / 'run'
-    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)])
-    return out
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture
@@ -201,8 +183,8 @@ def test_resume_into_a_new_folder_continues_the_run_there(run, tmp_path, monkeyp
     worse_every_epoch(monkeypatch)
     train_mod.main(['--resume', str(run / 'last.pth'), '--output', str(new), '--epochs', '2', '--no-progress'])
     assert snapshot(run) == before_a  # the source run is untouched
-    assert [int(r['epoch']) for r in read_summary(new / 'summary.csv')] == [0, 1]  # its rows came along
-    assert read_summary(new / 'summary.csv')[0] == read_summary(run / 'summary.csv')[0]
+    assert [int(r['epoch']) for r in read_csv(new / 'summary.csv')] == [0, 1]  # its rows came along
+    assert read_csv(new / 'summary.csv')[0] == read_csv(run / 'summary.csv')[0]
     last = load_checkpoint(new / 'last.pth')
     assert last['epoch'] == 1 and last['best_epoch'] == 0
     assert (new / 'best.pth').read_bytes() == (run / 'best.pth').read_bytes()  # the best epoch's weights
@@ -210,7 +192,7 @@ def test_resume_into_a_new_folder_continues_the_run_there(run, tmp_path, monkeyp
 
 def test_resume_with_output_naming_its_own_folder(run, capsys):
     train_mod.main(['--resume', str(run / 'last.pth'), '--output', str(run), '--epochs', '2', '--no-progress'])
-    assert [int(r['epoch']) for r in read_summary(run / 'summary.csv')] == [0, 1]
+    assert [int(r['epoch']) for r in read_csv(run / 'summary.csv')] == [0, 1]
 
 
 # --- item 12: unwritable output, full disk ------------------------------------------------------------

@@ -1,5 +1,4 @@
 """train_fg end to end on tiny generated data (CPU): training, checkpoints, resume, DDP, schedule, bad input."""
-import csv
 import os
 import shutil
 import subprocess
@@ -17,55 +16,11 @@ from timm_fgfocus.training import loops
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.recipes import RecipeError, load_recipe
+from train_utils import TINY, killed_in_epoch, read_csv, run_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
-# a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
-        '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU two threads can be tens of times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    """3 classes x (6 train, 3 val) images of 64 px."""
-    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=6, val_per_class=3,
-                              num_classes=3, image_size=64, wing_units=6, seed=1)
-
-
-@pytest.fixture(scope='module')
-def trained(data, tmp_path_factory):
-    """A one-epoch run: its output folder."""
-    out = tmp_path_factory.mktemp('trained') / 'run'
-    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)])
-    return out
-
-
-def run_error(argv, capsys):
-    """main(argv) must exit with status 2 and one line on stderr; returns that line."""
-    with pytest.raises(SystemExit) as e:
-        train_mod.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and 'Traceback' not in '\n'.join(err)
-    return err[-1]
-
-
-def read_summary(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def snapshot(folder):
-    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --- recipes and schedule ------------------------------------------------------------------
@@ -128,7 +83,7 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
     common = TINY + ['--data-dir', str(data), '--epochs', '3', '--decay-epochs', '2', '--lr', '0.05']
     full = tmp_path / 'full'
     result = train_mod.main(common + ['--output', str(full)])
-    rows = read_summary(full / 'summary.csv')
+    rows = read_csv(full / 'summary.csv')
     assert [int(r['epoch']) for r in rows] == [0, 1, 2]
     for col in ('train_loss', 'eval_top1', 'eval_top5', 'eval_top1_image', 'lr', 'lr_backbone'):
         assert all(r[col] != '' for r in rows), col
@@ -163,28 +118,18 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
     # the same run killed in the middle of its second epoch ...
     part = tmp_path / 'part'
     real = loops.train_one_epoch
-
-    def killed_in_epoch_1(epoch, model, loader, *a, **kw):
-        if epoch == 1:
-            def one_batch_then_kill():
-                it = iter(loader)
-                yield next(it)
-                raise KeyboardInterrupt
-            return real(epoch, model, _Loader(one_batch_then_kill, len(loader)), *a, **kw)
-        return real(epoch, model, loader, *a, **kw)
-
-    monkeypatch.setattr(loops, 'train_one_epoch', killed_in_epoch_1)
+    monkeypatch.setattr(loops, 'train_one_epoch', killed_in_epoch(real, epoch=1))
     with pytest.raises(SystemExit) as e:
         train_mod.main(common + ['--output', str(part)])
     assert e.value.code == 130
     assert '--resume' in capsys.readouterr().err
     assert load_checkpoint(part / 'last.pth')['epoch'] == 0
-    assert len(read_summary(part / 'summary.csv')) == 1
+    assert len(read_csv(part / 'summary.csv')) == 1
     monkeypatch.setattr(loops, 'train_one_epoch', real)
 
     # ... and resumed with nothing but --resume: same epochs, lr and numbers as the full run
     train_mod.main(['--resume', str(part / 'last.pth'), '--no-progress'])
-    resumed = read_summary(part / 'summary.csv')
+    resumed = read_csv(part / 'summary.csv')
     assert [int(r['epoch']) for r in resumed] == [0, 1, 2]
     for a, b in zip(rows, resumed):
         assert float(a['lr']) == pytest.approx(float(b['lr']))
@@ -198,17 +143,6 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
         torch.testing.assert_close(sd_full[k], sd_part[k], rtol=1e-4, atol=1e-5)
 
 
-class _Loader:
-    def __init__(self, gen, n):
-        self.gen, self.n = gen, n
-
-    def __iter__(self):
-        return self.gen()
-
-    def __len__(self):
-        return self.n
-
-
 @pytest.mark.slow
 def test_torchrun_two_processes(data, tmp_path):
     out = tmp_path / 'ddp'
@@ -219,7 +153,7 @@ def test_torchrun_two_processes(data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '2 process(es)' in proc.stdout
     assert proc.stdout.count('epoch   1/1') == 1  # only rank 0 reports
-    rows = read_summary(out / 'summary.csv')
+    rows = read_csv(out / 'summary.csv')
     assert len(rows) == 1
     # 18 train images, DistributedSampler gives each rank 9, one full batch of 6 each: 12 summed over ranks
     assert int(rows[0]['train_images']) == 12
@@ -242,7 +176,7 @@ def test_options_amp_ema_accum_clip_channels_last(data, tmp_path):
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out), '--amp', '--amp-dtype',
                            'bfloat16', '--model-ema', '--model-ema-decay', '0.5', '--grad-accum-steps', '2',
                            '--clip-grad', '1.0', '--channels-last', '--smoothing', '0.1'])
-    row = read_summary(out / 'summary.csv')[0]
+    row = read_csv(out / 'summary.csv')[0]
     assert float(row['eval_top1_ema']) >= 0 and float(row['train_loss']) > 0
     ckpt = load_checkpoint(out / 'last.pth')
     assert ckpt['state_dict_ema'] is not None and ckpt['num_updates'] == 2  # 3 batches, 2 optimizer steps
@@ -291,7 +225,7 @@ def test_corrupt_images_skipped_or_fatal(data, trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f'skipping unreadable image {broken}' in err
     assert f'skipping unreadable image {truncated}' in err
-    assert len(read_summary(tmp_path / 'skip' / 'summary.csv')) == 1
+    assert len(read_csv(tmp_path / 'skip' / 'summary.csv')) == 1
     line = run_error(TINY + ['--data-dir', str(root), '--epochs', '1', '--output', str(tmp_path / 'fresh'),
                              '--bad-images', 'error', '--workers', '1'], capsys)  # raised in a loader worker
     assert 'cannot read image' in line and (str(broken) in line or str(truncated) in line)

@@ -4,13 +4,7 @@ import pytest
 import timm
 
 from timm_fgfocus import training
-from train_utils import TINY, make_data, run_error
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp('data') / 'finches')
-
+from train_utils import TINY, run_error
 
 BAD_FLAGS = [
     (['--lr', '-0.1'], ['--lr -0.1', '> 0']),

@@ -19,38 +19,15 @@ from timm.data.random_erasing import RandomErasing
 from timm_fgfocus import train as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
-from timm_fgfocus.demo_data import CLASSES, generate_demo_data
+from timm_fgfocus.demo_data import CLASSES
 from timm_fgfocus.training import loaders, loops
 from timm_fgfocus.training.transforms import build_transforms
+from train_utils import TINY, run_error
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
-        '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    """3 classes x (6 train, 3 val) images of 64 px."""
-    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=6, val_per_class=3,
-                              num_classes=3, image_size=64, wing_units=6, seed=1)
-
-
-def run_error(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        train_mod.main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and 'Traceback' not in '\n'.join(err)
-    return err[-1]
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def photo(w=50, h=37, seed=0):

@@ -13,20 +13,10 @@ from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.fgfocus import FgFocus
 from timm_fgfocus.loss import FgFocusLoss, fgfocus_loss_terms
 from timm_fgfocus.training import loops
-from train_utils import TINY, make_data, read_summary
+from train_utils import TINY, read_csv
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp('data') / 'finches')
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --- label smoothing -------------------------------------------------------------------------------------
@@ -147,7 +137,7 @@ def test_resume_continues_at_the_next_epoch_with_its_lr_and_data(data, tmp_path,
     monkeypatch.setattr(loops, 'train_one_epoch', lambda epoch, *a, **kw: epochs.append(epoch) or real(epoch, *a, **kw))
     train_mod.main(['--resume', str(tmp_path / 'part' / 'last.pth'), '--epochs', '2', '--no-progress'])
     assert epochs == [1]
-    full, part = read_summary(tmp_path / 'full' / 'summary.csv'), read_summary(tmp_path / 'part' / 'summary.csv')
+    full, part = read_csv(tmp_path / 'full' / 'summary.csv'), read_csv(tmp_path / 'part' / 'summary.csv')
     assert [r['epoch'] for r in part] == ['0', '1']
     assert [float(r['lr']) for r in part] == pytest.approx([0.05, 0.005])
     for a, b in zip(full, part):

@@ -1,5 +1,4 @@
 """Seeing a train_fg run: TensorBoard events and W&B (offline) read back, the run's plot."""
-import csv
 import glob
 import importlib.util
 import io
@@ -8,35 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 from timm_fgfocus import train as train_mod
-from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.training import run_plot
+from train_utils import TINY, read_csv
 
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
-        '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=6, val_per_class=3,
-                              num_classes=3, image_size=64, wing_units=6, seed=1)
-
-
-def read_summary(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def scalars(folder):
@@ -50,7 +28,7 @@ def test_tensorboard_events_match_summary_and_resume_replaces_later_epochs(data,
     pytest.importorskip('tensorboard')
     out = tmp_path / 'tb'
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out), '--log-tensorboard'])
-    rows = read_summary(out / 'summary.csv')
+    rows = read_csv(out / 'summary.csv')
     events = scalars(out / 'tensorboard')
     for tag, column in (('eval/top1', 'eval_top1'), ('eval/top1_image', 'eval_top1_image'), ('train/loss', 'train_loss'),
                         ('train/loss_region', 'train_loss_region'), ('lr/heads', 'lr'), ('lr/backbone', 'lr_backbone')):
@@ -85,7 +63,7 @@ def test_wandb_offline(data, tmp_path, monkeypatch):
     out = tmp_path / 'wb'
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out), '--log-wandb',
                            '--wandb-project', 'fgfocus-test', '--wandb-tags', 'tiny', 'cpu'])
-    rows = read_summary(out / 'summary.csv')
+    rows = read_csv(out / 'summary.csv')
     assert [step for _, step in logged] == [0, 1]
     for (values, _), row in zip(logged, rows):
         assert values['eval/top1'] == pytest.approx(float(row['eval_top1']), rel=1e-5)

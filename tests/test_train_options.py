@@ -1,7 +1,6 @@
 """train_fg's timm flags take effect: mixup/cutmix soft targets in all three loss terms, layer decay,
 weight-decay filtering, drop path, sync-bn, gradient checkpointing, EMA warmup, timm's optimizers
 and schedulers, the fine-tune recipes, and exact resume with augmentation and mixup on."""
-import csv
 import re
 from pathlib import Path
 
@@ -17,32 +16,12 @@ from timm.loss import SoftTargetCrossEntropy
 from timm_fgfocus import train as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
-from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.loss import FgFocusLoss, fgfocus_loss_terms
 from timm_fgfocus.recipes import load_recipe
 from timm_fgfocus.training import loops, model as model_mod
+from train_utils import TINY, killed_in_epoch, read_csv
 
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
-        '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return generate_demo_data(tmp_path_factory.mktemp('data') / 'finches', train_per_class=6, val_per_class=3,
-                              num_classes=3, image_size=64, wing_units=6, seed=1)
-
-
-def read_summary(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def tiny_model(num_classes=5):
@@ -290,22 +269,11 @@ def test_finetune_recipes_train(name, data, tmp_path):
                     '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
                     '--epochs', '1', '--warmup-epochs', '1', '--output', str(out), '--model-kwargs', 'num_regions=2',
                     'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]'])
-    row = read_summary(out / 'summary.csv')[0]
+    row = read_csv(out / 'summary.csv')[0]
     assert float(row['train_loss']) > 0 and (row['eval_top1_ema'] != '') == (name == 'finetune_cnn')
 
 
 # --- exact resume with augmentation and mixup on -------------------------------------------------
-
-class _Loader:
-    def __init__(self, gen, n):
-        self.gen, self.n = gen, n
-
-    def __iter__(self):
-        return self.gen()
-
-    def __len__(self):
-        return self.n
-
 
 @pytest.mark.slow
 def test_exact_resume_with_augmentation_mixup_and_workers(data, tmp_path, monkeypatch, capsys):
@@ -317,27 +285,17 @@ def test_exact_resume_with_augmentation_mixup_and_workers(data, tmp_path, monkey
                      '--warmup-epochs', '1']
     full = tmp_path / 'full'
     train_mod.main(common + ['--output', str(full)])
-    rows = read_summary(full / 'summary.csv')
+    rows = read_csv(full / 'summary.csv')
 
     part = tmp_path / 'part'
     real = loops.train_one_epoch
-
-    def killed_in_epoch_1(epoch, model, loader, *a, **kw):
-        if epoch == 1:
-            def one_batch_then_kill():
-                it = iter(loader)
-                yield next(it)
-                raise KeyboardInterrupt
-            return real(epoch, model, _Loader(one_batch_then_kill, len(loader)), *a, **kw)
-        return real(epoch, model, loader, *a, **kw)
-
-    monkeypatch.setattr(loops, 'train_one_epoch', killed_in_epoch_1)
+    monkeypatch.setattr(loops, 'train_one_epoch', killed_in_epoch(real, epoch=1))
     with pytest.raises(SystemExit):
         train_mod.main(common + ['--output', str(part)])
     monkeypatch.setattr(loops, 'train_one_epoch', real)
     assert load_checkpoint(part / 'last.pth')['epoch'] == 0
     train_mod.main(['--resume', str(part / 'last.pth'), '--no-progress'])
-    resumed = read_summary(part / 'summary.csv')
+    resumed = read_csv(part / 'summary.csv')
     assert [int(r['epoch']) for r in resumed] == [0, 1, 2]
     for a, b in zip(rows, resumed):
         for key in ('lr', 'lr_backbone', 'train_loss', 'train_loss_region', 'train_top1', 'eval_loss', 'eval_top1_ema'):

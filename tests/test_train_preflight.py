@@ -10,20 +10,10 @@ import torch
 from timm_fgfocus import training
 from timm_fgfocus.loss import FgFocusLoss
 from timm_fgfocus.training import loops
-from train_utils import TINY, make_data, run_error
+from train_utils import TINY, run_error
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp('data') / 'finches')
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture

@@ -1,13 +1,15 @@
-"""Shared pieces of the train_fg error tests: the tiny run, the one-line error check, folder snapshots."""
+"""Plain helpers shared by the train_fg tests: the tiny run, its data, the one-line error check, CSV rows,
+folder snapshots, a loader that a test interrupts. (Fixtures built on them are in conftest.py.)"""
 import csv
 from pathlib import Path
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
 from timm_fgfocus import train as train_mod
 from timm_fgfocus.demo_data import generate_demo_data
 
-# a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops (as tests/test_train.py)
+# a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops
 TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
         '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
 
@@ -31,10 +33,39 @@ def run_error(argv, capsys, code: int = 2) -> str:
     return errors[0]
 
 
-def read_summary(path):
+def read_csv(path) -> List[Dict[str, str]]:
+    """The rows of a CSV file with a header (summary.csv, eval/per_class.csv, ...) as dicts of strings."""
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
 
 
-def snapshot(folder):
+def snapshot(folder) -> Dict[str, bytes]:
+    """{name: bytes} of the files directly in folder."""
     return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+class LoaderStub:
+    """A loader over what ``gen()`` yields, claiming ``n`` batches (what train_one_epoch asks of a loader)."""
+
+    def __init__(self, gen: Callable[[], Iterator], n: int):
+        self.gen, self.n = gen, n
+
+    def __iter__(self):
+        return self.gen()
+
+    def __len__(self):
+        return self.n
+
+
+def killed_in_epoch(real: Callable, epoch: int) -> Callable:
+    """A train_one_epoch that runs ``real`` but, in ``epoch``, raises KeyboardInterrupt after the first
+    batch (a Ctrl-C in the middle of that epoch)."""
+    def train_one_epoch(e, model, loader, *a, **kw):
+        if e == epoch:
+            def one_batch_then_kill():
+                it = iter(loader)
+                yield next(it)
+                raise KeyboardInterrupt
+            return real(e, model, LoaderStub(one_batch_then_kill, len(loader)), *a, **kw)
+        return real(e, model, loader, *a, **kw)
+    return train_one_epoch
