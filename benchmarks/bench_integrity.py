@@ -18,7 +18,6 @@ import hashlib
 import io
 import os
 import tempfile
-import time
 
 import torch
 
@@ -27,14 +26,7 @@ import timm_fgfocus  # noqa: F401  registers the models
 from timm_fgfocus.checkpoint import atomic_write, checkpoint_dict, load_checkpoint, seal_checkpoint, verify_checkpoint
 from timm_fgfocus.integrity import digest
 
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from bench_focus_ops import best_of  # the same minimum-of-n timer (benchmarks/ is on sys.path when run)
 
 
 def main():
