@@ -12,9 +12,10 @@ import torch
 import timm
 import timm_fgfocus  # noqa: F401
 from timm_fgfocus.checkpoint import (
-    CheckpointError, atomic_copy, atomic_save, atomic_write, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+    CheckpointError, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
     seal_checkpoint,
 )
+from timm_fgfocus.files import atomic_copy, atomic_write
 from timm_fgfocus.integrity import digest
 
 

@@ -36,16 +36,15 @@ diverged) is an error naming the tensor. Checkpoints written before the digests 
 checkpoint edited and saved again with plain ``torch.save`` must be re-saved with :func:`atomic_save`
 to be resealed.
 """
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 import timm
 
+from .errors import first_line
+from .files import PathLike, atomic_copy, atomic_write
 from .integrity import describe_nonfinite, digest, nonfinite_tensors
 
 __all__ = [
@@ -58,33 +57,8 @@ CHECKPOINT_VERSION = 1
 DIGESTS_KEY = 'digests'
 WEIGHT_KEYS = ('state_dict', 'state_dict_ema')  # must be finite
 
-PathLike = Union[str, os.PathLike]
-
-
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model asked for."""
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
-
-    Readers see the old file or the new one, never a half-written one; on any error the temp file
-    is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
@@ -133,14 +107,6 @@ def verify_checkpoint(ckpt: Dict[str, Any], path: PathLike) -> None:
                 f'checkpoint {path}: the weights in {key!r} are not finite ({describe_nonfinite(bad)}); the run '
                 f'diverged before this checkpoint was written: use an earlier checkpoint (best.pth) or '
                 f'train with a lower --lr')
-
-
-def atomic_copy(src: PathLike, dst: PathLike) -> Path:
-    """Copy the file ``src`` to ``dst`` atomically (see :func:`atomic_write`)."""
-    def write(f: BinaryIO) -> None:
-        with open(src, 'rb') as s:
-            shutil.copyfileobj(s, f, length=16 * 1024 * 1024)
-    return atomic_write(dst, write)
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cpu') -> Dict[str, Any]:
@@ -204,7 +170,7 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(ckpt[key], strict=True)
     except RuntimeError as e:  # dtypes torch cannot copy; the names and shapes were checked above
-        raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]}: {str(e).splitlines()[0]}') from None
+        raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]}: {first_line(e)}') from None
     if ckpt.get('pretrained_cfg'):
         model.pretrained_cfg = dict(model.pretrained_cfg, **ckpt['pretrained_cfg'])
     return model.eval(), ckpt

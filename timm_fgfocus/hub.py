@@ -43,6 +43,8 @@ import timm
 from timm.models import save_for_hf
 
 from .checkpoint import CheckpointError, model_from_checkpoint
+from .errors import first_line
+from .files import plain
 from .fgfocus import HF_ORG
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
 from .model_card import _epoch, model_card, read_evaluation
@@ -72,16 +74,6 @@ class HubConfigError(ValueError):
 
 # --- config.json: the model args ------------------------------------------------------------------
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Constructor kwargs that rebuild ``model`` from its registered ``arch``.
 
@@ -101,19 +93,19 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
         reference = timm.create_model(arch, pretrained=False)
     for name in _HPARAMS:
         value = getattr(model, name)
-        if _plain(value) != _plain(getattr(reference, name)) or name in args:
+        if plain(value) != plain(getattr(reference, name)) or name in args:
             args[name] = value
     # the backbone as it was named (weight tag or hf-hub: id included), when not the variant's own
     backbone = getattr(model, 'backbone_name', None) or model.backbone.pretrained_cfg.get('architecture')
     if backbone and backbone != getattr(reference, 'backbone_name', None):
         args['backbone'] = backbone
     backbone_args = getattr(model, 'backbone_args', None)
-    if backbone_args and _plain(backbone_args) != _plain(getattr(reference, 'backbone_args', None) or {}):
+    if backbone_args and plain(backbone_args) != plain(getattr(reference, 'backbone_args', None) or {}):
         args['backbone_args'] = backbone_args
     args['num_classes'] = model.num_classes
     if model.in_chans != reference.in_chans:
         args['in_chans'] = model.in_chans
-    return _plain(args)
+    return plain(args)
 
 
 # --- the training log for the card -------------------------------------------------------------
@@ -378,7 +370,7 @@ def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
     if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
         raise HubUploadError(f'the written folder {folder} loads other weights than the model (model_args?)')
     for name in _HPARAMS + ('num_classes', 'in_chans'):
-        if _plain(getattr(loaded, name)) != _plain(getattr(model, name)):
+        if plain(getattr(loaded, name)) != plain(getattr(model, name)):
             raise HubUploadError(
                 f'the written folder {folder} rebuilds {name}={getattr(loaded, name)!r}, the model has '
                 f'{getattr(model, name)!r}: config.json model_args are incomplete')
@@ -441,9 +433,7 @@ def _hub_error(e: Exception, repo_id: str, endpoint: str, token: str) -> HubUplo
         msg = (f'the Hugging Face token may not write to {repo_id} (403 Forbidden{detail}); '
                'use a token with write access')
     else:
-        text = str(e).strip()
-        first = text.splitlines()[0] if text else ''
-        msg = f'pushing to {repo_id} on {endpoint} failed: {type(e).__name__}: {first}{detail}'
+        msg = f'pushing to {repo_id} on {endpoint} failed: {type(e).__name__}: {first_line(e, 1000)}{detail}'
     return HubUploadError(_scrub(msg, [token]))
 
 

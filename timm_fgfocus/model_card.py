@@ -15,7 +15,6 @@ evaluation results. Two sources, never anything that was not measured:
 The body: what the model is (method, paper), the training recipe, the results, usage snippets for
 timm and for ``transformers`` (``pipeline('image-classification')``), the citation.
 """
-import hashlib
 import json
 import math
 import re
@@ -25,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 import timm
+
+from .files import file_sha256
 
 __all__ = [
     'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
@@ -129,14 +130,6 @@ def _dataset_title(dataset: str, demo: bool = False) -> Tuple[str, str]:
 
 # --- the evaluation report beside a checkpoint ----------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(16 * 1024 * 1024), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Optional[Dict[str, Any]]:
     """The evaluation report of exactly this checkpoint file and these weights, if one is beside it.
 
@@ -157,7 +150,7 @@ def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Opti
         return None
     if bool(meta.get('ema')) != bool(use_ema) or metrics.get('checkpoint_sha256') != meta['checkpoint_sha256']:
         return None
-    if not checkpoint.is_file() or _sha256(checkpoint) != meta['checkpoint_sha256']:
+    if not checkpoint.is_file() or file_sha256(checkpoint) != meta['checkpoint_sha256']:
         return None
     return {'meta': meta, 'metrics': metrics}
 

@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .errors import first_line
 from .images import open_image
 
 __all__ = ['InputGeometry', 'input_geometry', 'find_images', 'main']
@@ -231,7 +232,7 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
         except HubConfigError as e:
             raise PredictError(str(e)) from None
         except Exception as e:  # unknown name, Hub not reachable, weights that do not fit, ...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             if isinstance(e, json.JSONDecodeError):  # an hf-hub: config.json (local-dir: is checked above)
                 msg = f'its config.json is not valid JSON ({msg})'
             raise PredictError(f'cannot create model {args.model!r}: {msg}') from None
@@ -250,7 +251,7 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
     try:
         model = model.to(args.device).eval()
     except (RuntimeError, AssertionError) as e:
-        raise PredictError(f'cannot use device {args.device!r}: {str(e).splitlines()[0]}') from None
+        raise PredictError(f'cannot use device {args.device!r}: {first_line(e)}') from None
     return model, class_names
 
 
@@ -404,7 +405,7 @@ def run(args) -> int:
                 img = open_image(item.path)
             except Exception as e:  # Pillow raises several types for broken / non-image files
                 failures.append((str(item.path), str(e)))
-                report(f'{item.path}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+                report(f'{item.path}: cannot read image ({type(e).__name__}: {first_line(e)})')
                 bar.update(1)
                 continue
             pending.append((item, img, transform(img), input_geometry(transform, img.size)))

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .evaluation.errors import EvaluationError
+from .errors import EvaluationError
 from .evaluation.report import build_report
 
 __all__ = ['main']

@@ -17,7 +17,7 @@ One module per concern:
 from .collect import (
     Predictions, collect_predictions, gather_predictions, head_names, merge_predictions, prediction_loader,
 )
-from .errors import EvaluationError
+from ..errors import EvaluationError
 from .metrics import (
     confusion_matrix, expected_calibration_error, most_confused, per_class_accuracy, reliability_bins, topk_accuracy,
 )

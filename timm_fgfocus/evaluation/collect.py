@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .errors import EvaluationError
+from ..errors import EvaluationError
 from .tta import TTAView, forward_tta
 
 __all__ = [

@@ -24,17 +24,16 @@ run folder::
 import csv
 import io
 import json
-import os
-import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write, write_text
 from ..images import open_image
 from .collect import Predictions
-from .errors import EvaluationError
+from ..errors import EvaluationError
 from .page import render_html
 from .metrics import (
     confusion_matrix, expected_calibration_error, head_accuracies, most_confused, per_class_accuracy,
@@ -101,30 +100,12 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return buf.getvalue()
 
 
-def write_file(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write(f)`` into a new file beside ``path``, then rename it over ``path``: a reader sees the old
-    file or the new one. Unlike ``checkpoint.atomic_write`` (private 0600 files), the report's files get
-    the usual permissions (the umask's), so a page can be shared or served."""
-    tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp')
-    try:
-        with open(tmp, 'xb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    write_file(path, lambda f: f.write(text.encode('utf-8')))
-
-
 def _save_png(path: Path, picture) -> None:
     """Write a PIL image or a matplotlib Figure as PNG."""
     if isinstance(picture, Image.Image):
-        write_file(path, lambda f: picture.save(f, format='PNG'))
+        atomic_write(path, lambda f: picture.save(f, format='PNG'))
     else:
-        write_file(path, lambda f: picture.savefig(f, format='png', dpi=100))
+        atomic_write(path, lambda f: picture.savefig(f, format='png', dpi=100))
 
 
 def build_report(run_dir: Union[str, Path]) -> Path:
@@ -187,15 +168,15 @@ def build_report(run_dir: Union[str, Path]) -> Path:
         metrics['tta_cost'] = round((seconds['single'] + seconds.get('tta', 0.0)) / seconds['single'], 3)
 
     # --- files ------------------------------------------------------------------------------------
-    _write_text(eval_dir / 'metrics.json', json.dumps(metrics, indent=2) + '\n')
-    _write_text(eval_dir / 'per_class.csv', _csv_text(
+    write_text(eval_dir / 'metrics.json', json.dumps(metrics, indent=2) + '\n')
+    write_text(eval_dir / 'per_class.csv', _csv_text(
         ['rank', 'class_index', 'class', 'images', 'correct', 'accuracy', 'most_predicted_as', 'times'], class_rows))
-    _write_text(eval_dir / 'confused_pairs.csv', _csv_text(
+    write_text(eval_dir / 'confused_pairs.csv', _csv_text(
         ['rank', 'true_index', 'true_class', 'predicted_index', 'predicted_class', 'images', 'share_of_true_class'],
         [[n, p.true, names[p.true], p.pred, names[p.pred], p.count, f'{100 * p.count / count[p.true]:.2f}']
          for n, p in enumerate(pairs, 1)]))
     tta = 'hybrid_tta' in preds.topk
-    _write_text(eval_dir / 'predictions.csv', _csv_text(
+    write_text(eval_dir / 'predictions.csv', _csv_text(
         ['index', 'file', 'true_index', 'true_class', 'predicted_index', 'predicted_class', 'confidence', 'correct',
          'loss'] + (['predicted_index_tta', 'confidence_tta'] if tta else []),
         [[int(preds.index[p]), preds.files[p], int(preds.target[p]), names[preds.target[p]], int(pred[p]),
@@ -248,5 +229,5 @@ def build_report(run_dir: Union[str, Path]) -> Path:
                        pos, names, eval_dir=EVAL_DIR, tables=TABLE_ROWS, confusion_classes=CONFUSION_CLASSES,
                        ece_bins=ECE_BINS)
     out = run_dir / REPORT_NAME
-    _write_text(out, page)
+    write_text(out, page)
     return out

@@ -10,7 +10,6 @@ the end of training into the run's folder. ``report.html`` and ``eval/`` there a
 earlier evaluation wrote them, never when they are someone else's files. The new ``eval/`` is written
 beside the old one and swapped in when complete.
 """
-import hashlib
 import json
 import shutil
 import sys
@@ -25,29 +24,22 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..files import file_sha256
 from ..visualize import denormalize
 from .collect import (
     Predictions, collect_predictions, gather_predictions, prediction_loader, sample_names, to_model_input,
 )
-from .errors import EvaluationError
+from ..errors import EvaluationError
 from .metrics import confusion_matrix, most_confused, topk_accuracy
 from .pictures import select_mistakes, select_pair_examples
 from .report import EVAL_DIR, EVAL_FORMAT, REPORT_NAME, build_report
 from .tta import tta_views
 
-__all__ = ['check_output', 'evaluate_run', 'report_best_checkpoint', 'flat_metrics', 'file_sha256',
+__all__ = ['check_output', 'evaluate_run', 'report_best_checkpoint', 'flat_metrics',
            'NUM_MISTAKES', 'NUM_PAIRS']
 
 NUM_MISTAKES = 16   # wrong predictions drawn
 NUM_PAIRS = 4       # confused pairs drawn (one example of each class)
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(16 * 1024 * 1024), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_output(out_dir: Union[str, Path]) -> None:

@@ -19,7 +19,7 @@ nothing here imports them.
 """
 from .args import build_parser, parse_args
 from .data import check_image_folder, create_datasets
-from .errors import TrainError, TrainInterrupted
+from ..errors import TrainError, TrainInterrupted
 from .loops import evaluate, train_one_epoch
 from .model import create_fg_model, create_optimizer_and_scheduler, param_groups
 from .runner import run_eval_only, train

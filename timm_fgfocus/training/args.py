@@ -13,7 +13,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..recipes import RecipeError, load_recipe
 from .data import FG_DATASETS
-from .errors import TrainError
+from ..errors import TrainError
 from .transforms import TRAIN_INTERPOLATIONS
 from .validate import validate_args
 

@@ -30,7 +30,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 from timm.data import ImageDataset
 from timm.utils.misc import natural_key
 
-from .errors import TrainError
+from ..errors import TrainError
 from .readers import SampleListReader
 
 __all__ = ['LabelRow', 'read_label_table', 'ReaderCsv', 'create_csv_datasets']

@@ -14,7 +14,7 @@ from timm.data import create_dataset, resolve_data_config
 from ..datasets import DATASET_INFO, create_fg_dataset
 from ..images import open_image, to_rgb
 from .csv_source import create_csv_datasets
-from .errors import TrainError
+from ..errors import TrainError, first_line
 from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
@@ -169,7 +169,7 @@ def create_timm_dataset(args, split: str) -> Dataset:
         hint = ('; WebDataset shards need an _info.json beside them (split names, shard files, sample counts), '
                 'or pass the split as SHARDS-{000..N}.tar with --train-num-samples/--val-num-samples'
                 if prefix == 'wds' else '')
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise TrainError(f'--dataset {name}, split {split!r} (--data-dir {args.data_dir or "(none)"}): '
                          f'{msg}{hint}') from None
 

@@ -27,7 +27,7 @@ from timm.data import ImageDataset
 from timm.data.readers.img_extensions import get_img_extensions
 from timm.utils.misc import natural_key
 
-from .errors import TrainError
+from ..errors import TrainError
 from .readers import SampleListReader
 
 __all__ = ['ImageFolderScan', 'scan_image_folder', 'check_image_folder', 'ClassFolderReader', 'image_folder_dataset']

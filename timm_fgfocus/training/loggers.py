@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .errors import TrainError
+from ..errors import TrainError
 
 __all__ = ['check_logger_packages', 'EpochLoggers']
 

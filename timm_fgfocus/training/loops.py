@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from timm.utils import dispatch_clip_grad
 
-from .errors import TrainError
+from ..errors import TrainError
 
 __all__ = ['unwrap_model', 'seed_epoch', 'autocast', 'progress', 'train_one_epoch', 'evaluate']
 

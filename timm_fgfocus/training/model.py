@@ -16,7 +16,7 @@ from timm.utils import ModelEmaV3
 
 from ..checkpoint import CheckpointError, verify_checkpoint
 from ..fgfocus import checkpoint_filter_fn
-from .errors import TrainError
+from ..errors import TrainError, first_line
 
 __all__ = ['HEADS', 'param_groups', 'group_lrs', 'create_optimizer_and_scheduler', 'create_model_ema',
            'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'arch_name', 'check_checkpoint_fits']
@@ -234,7 +234,7 @@ def create_fg_model(args, num_classes: int):
         src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
         raise TrainError(
             f'cannot get the pretrained weights of {args.model} ({src}): '
-            f'{type(e).__name__}: {str(e).splitlines()[0][:200]}. '
+            f'{type(e).__name__}: {first_line(e, 200)}. '
             f'Offline? Put them in the Hugging Face cache (then HF_HUB_OFFLINE=1), or pass --pretrained-path FILE '
             f'(a timm checkpoint of the backbone, .pth or .safetensors), '
             f'or train from scratch with --no-pretrained') from None
@@ -246,7 +246,7 @@ def create_fg_model(args, num_classes: int):
 
 
 def _build_error(model: str, model_args: Dict[str, Any], e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    msg = first_line(e)
     return f'cannot build {model} with --model-kwargs {model_args}: {type(e).__name__}: {msg}'
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from torch.utils.data import IterableDataset
 
 from .data import UNREADABLE_ERRORS
-from .errors import TrainError
+from ..errors import TrainError, first_line
 from .loops import autocast
 
 __all__ = ['first_readable', 'dummy_forward']
@@ -63,7 +63,7 @@ def dummy_forward(model: nn.Module, loss_fn: nn.Module, ds, index: int, args, de
             raise
         except Exception as e:
             raise TrainError(f'the train transform fails on {ds._name(index)}: {type(e).__name__}: '
-                             f'{_first_line(e)}') from None
+                             f'{first_line(e)}') from None
     x = torch.stack([img, img]).to(device)
     y = torch.tensor([target, target], device=device)
     if args.channels_last:
@@ -77,15 +77,10 @@ def dummy_forward(model: nn.Module, loss_fn: nn.Module, ds, index: int, args, de
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as e:
         raise TrainError(f'{args.model} (--model-kwargs {args.model_kwargs or {}}) cannot train on a batch of '
                          f'{tuple(x.shape)} images (--input-size, read as RGB): {type(e).__name__}: '
-                         f'{_first_line(e)}') from None
+                         f'{first_line(e)}') from None
     finally:
         with torch.no_grad():
             for b, s in zip(model.buffers(), saved):
                 b.copy_(s)
         model.train(was_training)
     return list(x.shape)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else ''

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..checkpoint import CheckpointError, atomic_write, load_checkpoint
-from .errors import TrainError
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..files import plain, write_text
+from ..errors import TrainError
 
-__all__ = ['SUMMARY_COLUMNS', 'plain', 'args_dict', 'write_text_atomic', 'read_summary', 'write_summary', 'fmt',
+__all__ = ['SUMMARY_COLUMNS', 'args_dict', 'read_summary', 'write_summary', 'fmt',
            'prepare_output', 'check_writable', 'clean_stale_temps', 'estimate_checkpoint_bytes', 'check_free_space',
            'best_weights_source', 'RunProgress', 'writing', 'same_path']
 
@@ -31,23 +32,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-def plain(v):
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): plain(x) for k, x in v.items()}
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return str(v)
-
-
 def args_dict(args) -> Dict[str, Any]:
     skip = ('rank', 'world_size', 'local_rank', 'distributed')
     return {k: plain(v) for k, v in vars(args).items() if k not in skip}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
 def read_summary(path: Path) -> List[Dict[str, str]]:
@@ -63,7 +50,7 @@ def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: row.get(k, '') for k in SUMMARY_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def fmt(v):

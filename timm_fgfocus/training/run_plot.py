@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 
 __all__ = ['draw_run_plot', 'save_run_plot']
 

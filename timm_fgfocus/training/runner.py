@@ -13,14 +13,15 @@ import yaml
 from timm.data import create_transform
 from timm.utils import NativeScaler, random_seed
 
+from ..files import atomic_copy, plain, write_text
 from ..checkpoint import (
-    CheckpointError, atomic_copy, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
+    CheckpointError, atomic_save, checkpoint_dict, load_checkpoint, model_from_checkpoint,
 )
 from ..evaluation import EvaluationError, evaluate_run, report_best_checkpoint
 from ..loss import FgFocusLoss
 from . import loops
 from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
-from .errors import TrainError, TrainInterrupted
+from ..errors import TrainError, TrainInterrupted, first_line
 from .loaders import eval_loader, set_epoch, train_loader, use_prefetcher
 from .loggers import EpochLoggers, check_logger_packages
 from .model import (
@@ -30,7 +31,7 @@ from .model import (
 from .preflight import dummy_forward, first_readable
 from .run_files import (
     RunProgress, same_path, args_dict, best_weights_source, check_free_space, clean_stale_temps,
-    estimate_checkpoint_bytes, fmt, plain, prepare_output, read_summary, write_summary, write_text_atomic, writing,
+    estimate_checkpoint_bytes, fmt, prepare_output, read_summary, write_summary, writing,
 )
 from .run_plot import save_run_plot
 from .transforms import build_transforms, create_mixup
@@ -157,7 +158,7 @@ def _train(args, device, progress: RunProgress) -> Dict[str, Any]:
                 optimizer.load_state_dict(ckpt['optimizer'])
         except (RuntimeError, ValueError, KeyError) as e:
             raise TrainError(f'--resume checkpoint {args.resume} does not fit {args.model} {model_args}: '
-                             f'{str(e).splitlines()[0][:300]}') from None
+                             f'{first_line(e)}') from None
         if ckpt.get('scheduler') is not None:
             scheduler.load_state_dict(ckpt['scheduler'])
         if scaler is not None and ckpt.get('scaler') is not None:
@@ -306,7 +307,7 @@ def _write_epoch(out: Path, args, state: Dict[str, Any], summary_rows, is_best: 
     out.mkdir(parents=True, exist_ok=True)
     if first:
         with writing(out / 'args.yaml', progress):
-            write_text_atomic(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
+            write_text(out / 'args.yaml', yaml.safe_dump(args_dict(args), sort_keys=True))
     with writing(out / 'summary.csv', progress):
         write_summary(out / 'summary.csv', summary_rows)
     with writing(out / 'summary.png', progress):

@@ -17,7 +17,7 @@ from timm.data.auto_augment import augment_and_mix_transform, auto_augment_trans
 from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
 
-from .errors import TrainError
+from ..errors import TrainError
 
 __all__ = ['TRAIN_INTERPOLATIONS', 'auto_augment_problem', 'check_auto_augment', 'build_transforms', 'mixup_active',
            'create_mixup']

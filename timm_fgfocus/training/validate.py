@@ -26,7 +26,7 @@ import torch
 import timm
 
 from .data import DATASET_NAMES, dataset_kind
-from .errors import TrainError
+from ..errors import TrainError
 from .model_kwargs import check_model_kwargs
 from .transforms import auto_augment_problem, mixup_active
 

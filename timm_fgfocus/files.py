@@ -1,0 +1,86 @@
+"""Writing and reading the package's files: atomic writes, SHA-256 of a file, JSON/YAML-safe values.
+
+Every file the package writes (checkpoints, run files, the report, a published folder) goes
+through :func:`atomic_write`: a temp file beside the target, flushed and fsynced, then renamed over
+it, so a reader (or a kill) sees the old file or the new one, never half of one. The temp file is
+created with ``open(..., 'x')``, so the file gets the usual permissions (``0666`` less the umask),
+like any file the user writes: a run folder, a report or a published folder can be shared.
+"""
+import hashlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Union
+
+__all__ = ['PathLike', 'atomic_write', 'atomic_copy', 'write_text', 'file_sha256', 'plain', 'temp_name']
+
+PathLike = Union[str, os.PathLike]
+
+# temp names: '.<name>.' + 8 characters of [a-z0-9_] + '.tmp' (training.run_files cleans those a kill left)
+_TEMP_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789_'
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temp file name beside ``path``: ``.<name>.<8 random characters>.tmp``."""
+    token = ''.join(secrets.choice(_TEMP_ALPHABET) for _ in range(8))
+    return path.with_name(f'.{path.name}.{token}.tmp')
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
+
+    On any error the temp file is removed and ``path`` is left as it was. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = temp_name(path)
+        try:
+            f = open(tmp, 'xb')
+            break
+        except FileExistsError:
+            continue
+    try:
+        with f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically (see :func:`atomic_write`)."""
+    def write(f: BinaryIO) -> None:
+        with open(src, 'rb') as s:
+            shutil.copyfileobj(s, f, length=16 * 1024 * 1024)
+    return atomic_write(dst, write)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """``text`` as UTF-8, atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(16 * 1024 * 1024), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON/YAML-safe plain data: tuples become lists, dict keys strings, other objects ``str``."""
+    if isinstance(value, (list, tuple)):
+        return [plain(x) for x in value]
+    if isinstance(value, dict):
+        return {str(k): plain(x) for k, x in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
