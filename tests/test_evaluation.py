@@ -9,17 +9,16 @@ from PIL import Image
 
 from timm_fgfocus.evaluation import EvaluationError, Predictions
 from timm_fgfocus.evaluation.collect import (
-    collect_predictions, head_names, merge_predictions, prediction_loader, to_model_input,
+    EvalContext, collect_predictions, head_names, merge_predictions, to_model_input,
 )
 from timm_fgfocus.evaluation.metrics import (
     confusion_matrix, expected_calibration_error, most_confused, per_class_accuracy, reliability_bins,
-    topk_accuracy, worst_classes,
+    flat_metrics, topk_accuracy, worst_classes,
 )
 from timm_fgfocus.evaluation.pictures import (
     confusion_figure, confusion_view, example_figure, mistakes_grid, reliability_figure, select_mistakes,
     select_pair_examples,
 )
-from timm_fgfocus.evaluation.run import flat_metrics
 from timm_fgfocus.evaluation.tta import TTAView, apply_view, check_scales, forward_tta, tta_views
 from timm_fgfocus.visualize import PANEL_GAP, SHEET_PAD, REGION_COLORS
 
@@ -171,20 +170,39 @@ class _Tensors(torch.utils.data.Dataset):
         return self.x[i], int(self.y[i])
 
 
-def test_prediction_loader_splits_exactly_across_ranks():
-    ds = _Tensors(9, 3)
-    seen = []
+def _loader(ds, batch_size):
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size)
+
+
+CPU = EvalContext(torch.device('cpu'))
+
+
+def test_the_ranks_shares_cover_every_image_once_with_its_own_index():
+    """The val split of train_fg's eval loader under DDP (every world_size-th image) and the indices the
+    evaluation gives each rank's images: merged, every image once, each with its own target."""
+    from argparse import Namespace
+    from timm_fgfocus.training.loaders import eval_loader
+    model = tiny_model(3)
+    ds = _Tensors(9, 3, seed=4)
+    parts = []
     for rank in range(2):
-        for _, _, idx in prediction_loader(ds, batch_size=2, rank=rank, world_size=2):
-            seen += idx.tolist()
-    assert sorted(seen) == list(range(9))  # 5 + 4, nothing padded in, nothing dropped
+        args = Namespace(distributed=True, rank=rank, world_size=2, batch_size=2, workers=0, seed=0)
+        loader = eval_loader(ds, args, torch.device('cpu'))
+        parts.append(collect_predictions(model, loader, CPU._replace(rank=rank, world_size=2)))
+    assert [len(p) for p in parts] == [5, 4]  # nothing padded in, nothing dropped
+    merged = merge_predictions(parts, len(ds))
+    assert merged.index.tolist() == list(range(9))
+    assert merged.target.tolist() == ds.y.tolist()  # image i's prediction carries sample i's label
+    with torch.no_grad():
+        direct = model(ds.x).argmax(1)
+    assert merged.pred('hybrid').tolist() == direct.tolist()
 
 
 def test_collect_predictions_against_a_direct_forward():
     model = tiny_model(5)
     ds = _Tensors(7, 5, seed=1)
-    preds = collect_predictions(model, prediction_loader(ds, batch_size=3), 'cpu',
-                                tta_views=tta_views((1.0,), flip=True))
+    preds = collect_predictions(model, _loader(ds, 3), CPU, tta_views=tta_views((1.0,), flip=True),
+                                keep_attention=True)
     assert preds.heads == head_names(2, tta=True) == [
         'hybrid', 'image', 'region_1', 'region_2', 'region_mean', 'hybrid_tta', 'image_tta']
     with torch.no_grad():
@@ -192,18 +210,21 @@ def test_collect_predictions_against_a_direct_forward():
         flip = model.forward_structured(ds.x.flip(-1), num_crops=2)
     ref = {'hybrid': out.logits, 'image': out.image_logits, 'region_1': out.region_logits[:, 0],
            'region_2': out.region_logits[:, 1], 'region_mean': out.region_logits.mean(1),
-           'hybrid_tta': (out.logits + flip.logits) / 2}
+           'hybrid_tta': (out.logits + flip.logits) / 2, 'image_tta': (out.image_logits + flip.image_logits) / 2}
     for head, logits in ref.items():
         probs = logits.softmax(-1)
         assert preds.topk[head].shape == (7, 5)
-        assert preds.topk[head][:, 0].tolist() == probs.argmax(-1).tolist(), head
+        assert preds.topk[head].tolist() == probs.topk(5, -1).indices.tolist(), head
         np.testing.assert_allclose(preds.confidence[head], probs.max(-1).values.numpy(), rtol=1e-5)
     np.testing.assert_allclose(preds.loss, F.cross_entropy(out.logits, ds.y, reduction='none').numpy(), rtol=1e-5)
     np.testing.assert_allclose(preds.boxes, out.boxes.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(preds.valid, out.valid.numpy())
+    np.testing.assert_allclose(preds.attention, out.attention.numpy(), rtol=1e-3, atol=1e-3)  # kept as float16
     assert preds.index.tolist() == list(range(7)) and preds.target.tolist() == ds.y.tolist()
     assert preds.seconds['single'] > 0 and preds.seconds['tta'] > 0
+    assert collect_predictions(model, _loader(ds, 3), CPU).attention is None  # only when asked
     with pytest.raises(ValueError, match='single view'):
-        collect_predictions(model, prediction_loader(ds, 3), 'cpu', tta_views=[TTAView(1.0, True)])
+        collect_predictions(model, _loader(ds, 3), CPU, tta_views=[TTAView(1.0, True)])
 
 
 def test_collect_without_regions_in_the_hybrid_head():
@@ -211,8 +232,17 @@ def test_collect_without_regions_in_the_hybrid_head():
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3, num_regions=2, num_hybrid_regions=0,
                               region_scales=[0.5], crop_size=32).eval()
-    preds = collect_predictions(model, prediction_loader(_Tensors(3, 3), 2), 'cpu')
+    preds = collect_predictions(model, _loader(_Tensors(3, 3), 2), CPU)
     assert preds.heads == ['hybrid', 'image'] and preds.boxes.shape == (3, 2, 4)
+
+
+def test_an_iterable_data_set_has_no_indices_and_merges_in_rank_order():
+    model = tiny_model(3)
+    ds = _Tensors(5, 3, seed=3)
+    preds = collect_predictions(model, _loader(ds, 2), CPU, indexed=False)
+    assert preds.index.tolist() == [-1] * 5
+    merged = merge_predictions([preds, preds.take(np.arange(2))], None)  # no coverage check without indices
+    assert merged.target.tolist() == ds.y.tolist() + ds.y[:2].tolist()
 
 
 def test_uint8_inputs_of_the_prefetcher_transform_are_normalised_like_timms_prefetcher():
@@ -236,8 +266,8 @@ def test_uint8_inputs_of_the_prefetcher_transform_are_normalised_like_timms_pref
             return self.tf(images[i]), i % 3
 
     model = tiny_model(3)
-    ref = collect_predictions(model, prediction_loader(Images(as_float), 2), 'cpu')
-    got = collect_predictions(model, prediction_loader(Images(as_uint8), 2), 'cpu', normalize=(mean, std))
+    ref = collect_predictions(model, _loader(Images(as_float), 2), CPU)
+    got = collect_predictions(model, _loader(Images(as_uint8), 2), CPU._replace(normalize=(mean, std)))
     np.testing.assert_allclose(got.confidence['hybrid'], ref.confidence['hybrid'], rtol=1e-5)
     assert got.topk['hybrid'].tolist() == ref.topk['hybrid'].tolist()
     # the same numbers as timm's own prefetcher (on the CPU here)
@@ -246,22 +276,34 @@ def test_uint8_inputs_of_the_prefetcher_transform_are_normalised_like_timms_pref
     x_ours = to_model_input(next(iter(loader))[0], 'cpu', (mean, std))
     torch.testing.assert_close(x_ours, x_timm)
     with pytest.raises(ValueError, match='uint8 images need normalize'):
-        collect_predictions(model, prediction_loader(Images(as_uint8), 2), 'cpu')
+        collect_predictions(model, _loader(Images(as_uint8), 2), CPU)
 
 
-def test_flat_metrics_equal_the_training_loop_evaluate():
-    """The evaluation's numbers against train_fg's own (independent) evaluate loop."""
-    from argparse import Namespace
-    from timm_fgfocus.training.loops import evaluate
-    model = tiny_model(5, seed=2)
-    ds = _Tensors(11, 5, seed=2)
-    preds = merge_predictions([collect_predictions(model, prediction_loader(ds, 4), 'cpu')], len(ds))
-    ours = flat_metrics(preds)
-    args = Namespace(channels_last=False, amp=False, progress=False, rank=0, distributed=False)
-    theirs = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=4), args, torch.device('cpu'))
-    for k in ('eval_top1', 'eval_top5', 'eval_top1_image', 'eval_top5_image', 'eval_samples'):
-        assert ours[k] == pytest.approx(theirs[k]), k
-    assert ours['eval_loss'] == pytest.approx(theirs['eval_loss'], rel=1e-5)
+def test_flat_metrics_against_a_direct_forward():
+    """Each figure of the run's metrics from the model's own outputs: top-1/top-5 of the hybrid and of the
+    image-level head (8 classes, so top-5 is not trivial), the hybrid loss, with and without TTA."""
+    model = tiny_model(8, seed=2)
+    ds = _Tensors(23, 8, seed=2)
+    views = tta_views((1.0,), flip=True)
+    ours = flat_metrics(collect_predictions(model, _loader(ds, 4), CPU, tta_views=views))
+    with torch.no_grad():
+        out = model.forward_structured(ds.x, num_crops=model.num_hybrid_regions)
+        flip = model.forward_structured(ds.x.flip(-1), num_crops=model.num_hybrid_regions)
+
+    def top(logits, k):
+        return 100 * (logits.topk(k, 1).indices == ds.y[:, None]).any(1).float().mean().item()
+    expected = {
+        'eval_top1': top(out.logits, 1), 'eval_top5': top(out.logits, 5),
+        'eval_top1_image': top(out.image_logits, 1), 'eval_top5_image': top(out.image_logits, 5),
+        'eval_top1_tta': top(out.logits + flip.logits, 1), 'eval_top5_tta': top(out.logits + flip.logits, 5),
+        'eval_top1_image_tta': top(out.image_logits + flip.image_logits, 1),
+    }
+    # the heads disagree here, so taking one head's figure for another's is seen
+    assert expected['eval_top5'] != expected['eval_top5_image'] and expected['eval_top1'] != expected['eval_top1_image']
+    for k, v in expected.items():
+        assert ours[k] == pytest.approx(v), k
+    assert ours['eval_samples'] == 23
+    assert ours['eval_loss'] == pytest.approx(F.cross_entropy(out.logits, ds.y).item(), rel=1e-5)
 
 
 def _fake(index, heads=('hybrid', 'image')):

@@ -424,28 +424,25 @@ def test_bad_tta_scale_is_one_line(eval_data, checkpoint, capsys):
 def test_end_of_training_reports_best_pth_not_the_last_epoch(eval_data, tmp_path, capsys, monkeypatch):
     """Epoch 1 is made the best (its logged top-1 is raised) and epoch 2 changes the weights a lot: the
     report must be of best.pth, whose own forward it reproduces, not of the final model."""
-    from timm_fgfocus.training import loops
-    real_eval, real_train = loops.evaluate, loops.train_one_epoch
+    from timm_fgfocus.training import RunHooks, evaluate_epoch, train_one_epoch
 
-    def evaluate(model, loader, args, device, desc='eval'):
-        m = real_eval(model, loader, args, device, desc)
-        m['eval_top1'] = 100.0 if not hasattr(evaluate, 'seen') else 0.0  # epoch 1 best, epoch 2 worse
-        evaluate.seen = True
+    def evaluate(run, epoch):
+        m = evaluate_epoch(run, epoch)
+        m['eval_top1'] = 100.0 if epoch == 0 else 0.0  # epoch 1 best, epoch 2 worse
         return m
 
-    def train_one_epoch(epoch, model, *a, **kw):
-        out = real_train(epoch, model, *a, **kw)
+    def train_epoch(run, epoch):
+        out = train_one_epoch(run, epoch)
         if epoch == 1:
             with torch.no_grad():
-                model.hybrid_fc.weight.mul_(-3.0)  # the final model predicts differently from best.pth
+                run.model.hybrid_fc.weight.mul_(-3.0)  # the final model predicts differently from best.pth
         return out
 
-    monkeypatch.setattr(loops, 'evaluate', evaluate)
-    monkeypatch.setattr(loops, 'train_one_epoch', train_one_epoch)
     out = tmp_path / 'run'
     result = train_mod.main(['--config', 'demo', '--input-size', '3', '64', '64', '--epochs', '2', '--data-dir',
                              str(eval_data), '--output', str(out), '--model-kwargs'] +
-                            [f'{k}={v}' for k, v in MODEL_ARGS.items()] + FAST)
+                            [f'{k}={v}' for k, v in MODEL_ARGS.items()] + FAST,
+                            hooks=RunHooks(train_epoch=train_epoch, evaluate=evaluate))
     assert 'report:' in capsys.readouterr().out
     best = torch.load(out / 'best.pth', weights_only=True)
     last = torch.load(out / 'last.pth', weights_only=True)

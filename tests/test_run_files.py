@@ -14,7 +14,7 @@ import torch
 
 from timm_fgfocus import train as train_mod
 from timm_fgfocus.checkpoint import atomic_save, load_checkpoint
-from timm_fgfocus.training import loops
+from timm_fgfocus.training import RunHooks, evaluate_epoch, train_one_epoch
 from train_utils import TINY, read_csv, run_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,14 +29,12 @@ def run(trained, tmp_path):
     return Path(shutil.copytree(trained, tmp_path / 'run'))
 
 
-def worse_every_epoch(monkeypatch):
-    """evaluate() that reports a lower top-1 than any real epoch: no later epoch becomes the best."""
-    real = loops.evaluate
+def _worse(run, epoch):
+    """The epoch's evaluation, reporting a lower top-1 than any real epoch: no later epoch becomes the best."""
+    return dict(evaluate_epoch(run, epoch), eval_top1=-1.0, eval_top1_image=-1.0)
 
-    def evaluate(*a, **kw):
-        m = real(*a, **kw)
-        return dict(m, eval_top1=-1.0, eval_top1_image=-1.0)
-    monkeypatch.setattr(loops, 'evaluate', evaluate)
+
+WORSE_EVERY_EPOCH = RunHooks(evaluate=_worse)
 
 
 # --- item 2: best.pth after a kill, stale temp files -------------------------------------------------
@@ -51,8 +49,7 @@ def test_resume_restores_best_pth_that_a_kill_left_uncopied(run, data, monkeypat
     keep = [run / '.best.pth.tmp', run / 'notes.best.pth.abcdefgh.tmp', run / '.other.pth.abcdefgh.tmp']
     for p in keep:
         p.write_bytes(b'not ours')
-    worse_every_epoch(monkeypatch)
-    train_mod.main(['--resume', str(run / 'last.pth'), '--epochs', '2', '--no-progress'])
+    train_mod.main(['--resume', str(run / 'last.pth'), '--epochs', '2', '--no-progress'], hooks=WORSE_EVERY_EPOCH)
     out = capsys.readouterr().out
     assert f'restored {run / "best.pth"}' in out
     last, best = load_checkpoint(run / 'last.pth'), load_checkpoint(run / 'best.pth')
@@ -88,8 +85,7 @@ def test_best_pth_that_cannot_be_rebuilt_restarts_the_choice(run, monkeypatch, c
     ckpt['epoch'], ckpt['best_epoch'] = 1, 0  # as if epoch 2 ran after the best one
     atomic_save(ckpt, run / 'last.pth')
     (run / 'best.pth').unlink()
-    worse_every_epoch(monkeypatch)
-    train_mod.main(['--resume', str(run / 'last.pth'), '--epochs', '3', '--no-progress'])
+    train_mod.main(['--resume', str(run / 'last.pth'), '--epochs', '3', '--no-progress'], hooks=WORSE_EVERY_EPOCH)
     assert 'cannot be rebuilt' in capsys.readouterr().err
     last, best = load_checkpoint(run / 'last.pth'), load_checkpoint(run / 'best.pth')
     assert last['epoch'] == 2 and best['epoch'] == last['best_epoch'] == 2
@@ -155,8 +151,7 @@ def test_sigkill_during_best_copy_then_resume(data, tmp_path, monkeypatch, capsy
     assert 'last.pth' in names and 'best.pth' not in names
     assert [n for n in names if n.startswith('.best.pth.') and n.endswith('.tmp')]  # the kill left its temp
     assert load_checkpoint(out / 'last.pth')['best_epoch'] == 0
-    worse_every_epoch(monkeypatch)
-    train_mod.main(['--resume', str(out / 'last.pth'), '--no-progress'])
+    train_mod.main(['--resume', str(out / 'last.pth'), '--no-progress'], hooks=WORSE_EVERY_EPOCH)
     assert sorted(p.name for p in out.iterdir()) == ['args.yaml', 'best.pth', 'eval', 'last.pth', 'report.html',
                                                      'summary.csv', 'summary.png']  # + the report of best.pth
     last = load_checkpoint(out / 'last.pth')
@@ -180,8 +175,7 @@ def test_resume_into_another_runs_folder_is_refused(run, tmp_path, capsys):
 def test_resume_into_a_new_folder_continues_the_run_there(run, tmp_path, monkeypatch):
     new = tmp_path / 'continued'
     before_a = snapshot(run)
-    worse_every_epoch(monkeypatch)
-    train_mod.main(['--resume', str(run / 'last.pth'), '--output', str(new), '--epochs', '2', '--no-progress'])
+    train_mod.main(['--resume', str(run / 'last.pth'), '--output', str(new), '--epochs', '2', '--no-progress'], hooks=WORSE_EVERY_EPOCH)
     assert snapshot(run) == before_a  # the source run is untouched
     assert [int(r['epoch']) for r in read_csv(new / 'summary.csv')] == [0, 1]  # its rows came along
     assert read_csv(new / 'summary.csv')[0] == read_csv(run / 'summary.csv')[0]
@@ -219,8 +213,8 @@ def test_unwritable_output_found_before_training(data, tmp_path, monkeypatch, ca
         return real(*a, dir=dir, **kw)
     monkeypatch.setattr(tempfile, 'mkstemp', mkstemp)
     called = []
-    monkeypatch.setattr(loops, 'train_one_epoch', lambda *a, **kw: called.append(1))
-    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(ro / 'run')], capsys)
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(ro / 'run')], capsys,
+                     hooks=RunHooks(train_epoch=lambda *a: called.append(1)))
     assert str(ro) in line and 'Permission denied' in line
     assert not called and not (ro / 'run').exists()
 
@@ -240,9 +234,9 @@ def test_read_only_folder_for_real(data, tmp_path, capsys):
 def test_full_disk_found_before_training(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000))
     called = []
-    monkeypatch.setattr(loops, 'train_one_epoch', lambda *a, **kw: called.append(1))
     out = tmp_path / 'o'
-    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)], capsys)
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)], capsys,
+                     hooks=RunHooks(train_epoch=lambda *a: called.append(1)))
     assert str(out) in line and 'MiB free' in line and 'needs about' in line
     assert not called and not out.exists()
 
@@ -287,34 +281,32 @@ def test_resume_with_fewer_epochs_than_done_says_so(run, capsys):
 
 # --- item 17: Ctrl-C ------------------------------------------------------------------------------------
 
-def test_ctrl_c_before_the_first_epoch_claims_no_checkpoint(data, tmp_path, monkeypatch, capsys):
-    def interrupt(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(loops, 'train_one_epoch', interrupt)
+def _interrupt(*a):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_the_first_epoch_claims_no_checkpoint(data, tmp_path, capsys):
     out = tmp_path / 'o'
-    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out)], capsys, code=130)
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out)], capsys, code=130,
+                     hooks=RunHooks(train_epoch=_interrupt))
     assert 'no checkpoint was written' in line and 'last.pth' not in line
     assert not out.exists()
 
 
-def test_ctrl_c_later_names_the_checkpoint_and_epoch(data, tmp_path, monkeypatch, capsys):
-    real = loops.train_one_epoch
-
-    def interrupt_in_epoch_1(epoch, *a, **kw):
+def test_ctrl_c_later_names_the_checkpoint_and_epoch(data, tmp_path, capsys):
+    def interrupt_in_epoch_1(run, epoch):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real(epoch, *a, **kw)
-    monkeypatch.setattr(loops, 'train_one_epoch', interrupt_in_epoch_1)
+        return train_one_epoch(run, epoch)
     out = tmp_path / 'o'
-    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out)], capsys, code=130)
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '2', '--output', str(out)], capsys, code=130,
+                     hooks=RunHooks(train_epoch=interrupt_in_epoch_1))
     assert f'{out / "last.pth"} holds epoch 1' in line and f'--resume {out / "last.pth"}' in line
 
 
-def test_ctrl_c_of_a_resumed_run_before_its_first_epoch(run, monkeypatch, capsys):
-    def interrupt(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(loops, 'train_one_epoch', interrupt)
-    line = run_error(['--resume', str(run / 'last.pth'), '--epochs', '2', '--no-progress'], capsys, code=130)
+def test_ctrl_c_of_a_resumed_run_before_its_first_epoch(run, capsys):
+    line = run_error(['--resume', str(run / 'last.pth'), '--epochs', '2', '--no-progress'], capsys, code=130,
+                     hooks=RunHooks(train_epoch=_interrupt))
     assert f'{run / "last.pth"} holds epoch 1' in line
 
 

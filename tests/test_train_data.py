@@ -20,7 +20,7 @@ from timm_fgfocus import train as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.demo_data import CLASSES
-from timm_fgfocus.training import loaders, loops
+from timm_fgfocus.training import RunHooks, loaders, loops, train_one_epoch
 from timm_fgfocus.training.transforms import build_transforms
 from train_utils import TINY, run_error
 
@@ -235,14 +235,12 @@ def test_train_order_is_the_seeded_permutation(data):
 def test_cuda_runs_the_prefetcher(data, tmp_path, monkeypatch):
     """On CUDA the train and val loaders are timm's PrefetchLoader and batches arrive on the GPU."""
     seen = []
-    real = loops.train_one_epoch
 
-    def spy(epoch, model, loader, *a, **kw):
-        seen.append(loader)
-        return real(epoch, model, loader, *a, **kw)
-    monkeypatch.setattr(loops, 'train_one_epoch', spy)
+    def spy(run, epoch):
+        seen.append(run.loader)
+        return train_one_epoch(run, epoch)
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'), '--device', 'cuda',
-                           '--reprob', '0.5'])
+                           '--reprob', '0.5'], hooks=RunHooks(train_epoch=spy))
     assert isinstance(seen[0], PrefetchLoader) and seen[0].random_erasing is not None
     x, _ = next(iter(seen[0]))
     assert x.is_cuda and x.dtype == torch.float32

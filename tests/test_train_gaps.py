@@ -12,7 +12,8 @@ from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.fgfocus import FgFocus
 from timm_fgfocus.loss import FgFocusLoss, fgfocus_loss_terms
-from timm_fgfocus.training import loops
+from timm_fgfocus.evaluation import EvalContext, evaluate_model
+from timm_fgfocus.training import RunHooks, train_one_epoch
 from train_utils import TINY, read_csv
 
 
@@ -51,14 +52,12 @@ def test_every_loss_term_is_smoothed(eps):
 def test_training_uses_the_smoothing_flag(data, tmp_path, monkeypatch):
     """The loss the training loop gets applies --smoothing (the flag is not dropped on the way)."""
     seen = []
-    real = loops.train_one_epoch
 
-    def spy(epoch, model, loader, loss_fn, *a, **kw):
-        seen.append(loss_fn)
-        return real(epoch, model, loader, loss_fn, *a, **kw)
-    monkeypatch.setattr(loops, 'train_one_epoch', spy)
+    def spy(run, epoch):
+        seen.append(run.loss_fn)
+        return train_one_epoch(run, epoch)
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--smoothing', '0.3', '--output',
-                           str(tmp_path / 'o')])
+                           str(tmp_path / 'o')], hooks=RunHooks(train_epoch=spy))
     g = torch.Generator().manual_seed(1)
     out = (torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g), torch.randn(4, 3, generator=g))
     target = torch.tensor([0, 2])
@@ -71,19 +70,16 @@ def test_training_uses_the_smoothing_flag(data, tmp_path, monkeypatch):
 
 def test_checkpoint_keeps_trained_and_ema_weights_apart(data, tmp_path, monkeypatch):
     captured = {}
-    real = loops.train_one_epoch
 
-    def spy(*a, **kw):
-        result = real(*a, **kw)
-        model, ema = loops.unwrap_model(a[1]), a[8]
-        captured['model'] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        captured['ema'] = {k: v.detach().clone() for k, v in ema.module.state_dict().items()}
+    def spy(run, epoch):
+        result = train_one_epoch(run, epoch)
+        captured['model'] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        captured['ema'] = {k: v.detach().clone() for k, v in run.ema.module.state_dict().items()}
         return result
-    monkeypatch.setattr(loops, 'train_one_epoch', spy)
     out = tmp_path / 'ema'
     # decay 0.5 over 3 updates: the EMA lags the trained weights measurably
     train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--model-ema', '--model-ema-decay', '0.5',
-                           '--lr', '0.05', '--output', str(out)])
+                           '--lr', '0.05', '--output', str(out)], hooks=RunHooks(train_epoch=spy))
     ckpt = load_checkpoint(out / 'last.pth')
     for k in captured['model']:
         assert torch.equal(ckpt['state_dict'][k], captured['model'][k]), k
@@ -110,9 +106,7 @@ def test_evaluate_crops_only_the_hybrid_regions(monkeypatch):
     monkeypatch.setattr(FgFocus, 'forward_structured', spy)
     batches = []
     model.backbone.conv1.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]))
-    args = training.parse_args(TINY)
-    args.distributed, args.rank = False, 0  # set by init_distributed_device in a run
-    metrics = loops.evaluate(model, loader, args, torch.device('cpu'))
+    _, metrics = evaluate_model(model, loader, EvalContext(torch.device('cpu')), num_samples=5)
     assert asked == [1, 1]
     assert batches == [3, 3 * 1, 2, 2 * 1]  # image pass, then l=1 crop per image (not m=3)
     # the same numbers as the model's own eval forward (hybrid) and image-level head
@@ -133,9 +127,8 @@ def test_resume_continues_at_the_next_epoch_with_its_lr_and_data(data, tmp_path,
     train_mod.main(common + ['--epochs', '2', '--output', str(tmp_path / 'full')])
     train_mod.main(common + ['--epochs', '1', '--output', str(tmp_path / 'part')])
     epochs = []
-    real = loops.train_one_epoch
-    monkeypatch.setattr(loops, 'train_one_epoch', lambda epoch, *a, **kw: epochs.append(epoch) or real(epoch, *a, **kw))
-    train_mod.main(['--resume', str(tmp_path / 'part' / 'last.pth'), '--epochs', '2', '--no-progress'])
+    hooks = RunHooks(train_epoch=lambda run, epoch: epochs.append(epoch) or train_one_epoch(run, epoch))
+    train_mod.main(['--resume', str(tmp_path / 'part' / 'last.pth'), '--epochs', '2', '--no-progress'], hooks=hooks)
     assert epochs == [1]
     full, part = read_csv(tmp_path / 'full' / 'summary.csv'), read_csv(tmp_path / 'part' / 'summary.csv')
     assert [r['epoch'] for r in part] == ['0', '1']

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from timm_fgfocus import train as train_mod
+from timm_fgfocus.metric_table import PANELS
 from timm_fgfocus.training import run_plot
 from train_utils import TINY, read_csv
 
@@ -100,27 +101,40 @@ ROWS = [
 
 def test_run_plot_draws_the_summary_columns():
     fig = run_plot.draw_run_plot(ROWS, title='fgfocus_test  runs/x')
-    loss, top1, lr = fig.axes
-    assert (loss.get_title(), top1.get_title(), lr.get_title()) == ('loss', 'top-1 (%)', 'learning rate')
+    train_loss, ce, top1, lr = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [title for title, _ in PANELS.values()]
     lines = {line.get_gid(): line for ax in fig.axes for line in ax.get_lines()}
     assert 'eval_top1_ema' not in lines  # an empty column is left out
     for column, line in lines.items():
         assert list(line.get_xdata()) == [1, 2], column
         assert list(line.get_ydata()) == pytest.approx([float(r[column]) for r in ROWS]), column
+    # like with like: the train loss terms in one panel, the hybrid head's cross-entropy on train batches
+    # against the val images in the next; the eval loss never beside the sum of the train terms
+    assert {ln.get_gid() for ln in train_loss.get_lines()} == {
+        'train_loss', 'train_loss_hybrid', 'train_loss_image', 'train_loss_region'}
+    assert {ln.get_gid() for ln in ce.get_lines()} == {'train_loss_hybrid', 'eval_loss'}
     assert {ln.get_gid() for ln in top1.get_lines()} == {'eval_top1', 'eval_top1_image', 'train_top1'}
     assert {ln.get_gid() for ln in lr.get_lines()} == {'lr', 'lr_backbone'} and lr.get_yscale() == 'log'
+    assert train_loss.get_yscale() == 'linear'
     # the legend says which line is which
     assert {ln.get_gid(): ln.get_label() for ln in lr.get_lines()} == {'lr': 'heads', 'lr_backbone': 'backbone'}
     labels = {ln.get_gid(): ln.get_label() for ln in top1.get_lines()}
-    assert labels['eval_top1'].startswith('hybrid head') and labels['eval_top1_image'].startswith('image-level')
+    assert labels['eval_top1'].startswith('prediction head') and labels['eval_top1_image'].startswith('image-level')
     assert labels['train_top1'].startswith('train')
+    assert {ln.get_gid(): ln.get_label() for ln in ce.get_lines()}['eval_loss'].startswith('eval')
+
+
+def test_run_plot_title_is_text_even_with_dollar_signs(tmp_path):
+    title = 'fgfocus_test  runs/$x^$ $a_b$'  # as mathtext: a ParseFatalException on '$x^$'
+    run_plot.save_run_plot(ROWS, tmp_path / 's.png', title=title)
+    assert run_plot.draw_run_plot(ROWS, title=title).get_suptitle() == title
 
 
 def test_run_plot_is_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / 'summary.png'
     run_plot.save_run_plot(ROWS[:1], path)
     first = path.read_bytes()
-    assert Image.open(io.BytesIO(first)).size == (1170, 342)
+    assert Image.open(io.BytesIO(first)).size == (1512, 342)
     run_plot.save_run_plot(ROWS, path)
     assert path.read_bytes() != first
 

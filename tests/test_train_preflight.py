@@ -9,7 +9,7 @@ import torch
 
 from timm_fgfocus import training
 from timm_fgfocus.loss import FgFocusLoss
-from timm_fgfocus.training import loops
+from timm_fgfocus.training import RunHooks
 from train_utils import TINY, run_error
 
 
@@ -17,11 +17,11 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture
-def no_epochs(monkeypatch):
-    """Fails the test if an epoch starts: the checks must come first."""
-    def train_one_epoch(*a, **kw):
+def no_epochs():
+    """Run hooks that fail the test if an epoch starts: the checks must come first."""
+    def train_epoch(run, epoch):
         raise AssertionError('an epoch started before the problem was reported')
-    monkeypatch.setattr(loops, 'train_one_epoch', train_one_epoch)
+    return RunHooks(train_epoch=train_epoch)
 
 
 def break_images(folder: Path, keep: int = 0) -> int:
@@ -44,7 +44,8 @@ def break_images(folder: Path, keep: int = 0) -> int:
 ])
 def test_model_problem_is_one_line_before_training(extra, expected, data, tmp_path, capsys, no_epochs):
     out = tmp_path / 'o'
-    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)] + extra, capsys)
+    line = run_error(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(out)] + extra, capsys,
+                     hooks=no_epochs)
     for text in expected:
         assert text in line, (text, line)
     assert not out.exists()
@@ -75,7 +76,8 @@ def test_dummy_forward_runs_train_mode_and_puts_batchnorm_back(data):
 def test_split_of_unreadable_images_found_before_training(split, data, tmp_path, capsys, no_epochs):
     root = Path(shutil.copytree(data, tmp_path / 'd'))
     n = break_images(root / split)
-    line = run_error(TINY + ['--data-dir', str(root), '--epochs', '1', '--output', str(tmp_path / 'o')], capsys)
+    line = run_error(TINY + ['--data-dir', str(root), '--epochs', '1', '--output', str(tmp_path / 'o')], capsys,
+                     hooks=no_epochs)
     assert f'all {n} image(s) of the {split} split' in line and 'unreadable' in line
     assert str(root / split) in line  # the file named in the example
 

@@ -2,12 +2,13 @@
 folder snapshots, a loader that a test interrupts. (Fixtures built on them are in conftest.py.)"""
 import csv
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
 from timm_fgfocus import train as train_mod
 from timm_fgfocus.demo_data import generate_demo_data
+from timm_fgfocus.training import RunHooks, train_one_epoch
 
 # a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops
 TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
@@ -20,11 +21,11 @@ def make_data(folder: Path) -> Path:
                               wing_units=6, seed=1)
 
 
-def run_error(argv, capsys, code: int = 2) -> str:
-    """main(argv) must exit with ``code`` and one line on stderr (no traceback); returns that line."""
+def run_error(argv, capsys, code: int = 2, hooks: Optional[RunHooks] = None) -> str:
+    """main(argv, hooks) must exit with ``code`` and one line on stderr (no traceback); returns that line."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        train_mod.main(argv)
+        train_mod.main(argv, hooks=hooks)
     assert e.value.code == code
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
     assert err and 'Traceback' not in '\n'.join(err)
@@ -57,15 +58,21 @@ class LoaderStub:
         return self.n
 
 
-def killed_in_epoch(real: Callable, epoch: int) -> Callable:
-    """A train_one_epoch that runs ``real`` but, in ``epoch``, raises KeyboardInterrupt after the first
-    batch (a Ctrl-C in the middle of that epoch)."""
-    def train_one_epoch(e, model, loader, *a, **kw):
-        if e == epoch:
-            def one_batch_then_kill():
-                it = iter(loader)
-                yield next(it)
-                raise KeyboardInterrupt
-            return real(e, model, LoaderStub(one_batch_then_kill, len(loader)), *a, **kw)
-        return real(e, model, loader, *a, **kw)
-    return train_one_epoch
+def killed_in_epoch(epoch: int) -> RunHooks:
+    """Run hooks whose train step, in ``epoch``, raises KeyboardInterrupt after the first batch (a Ctrl-C
+    in the middle of that epoch)."""
+    def train_epoch(run, e):
+        if e != epoch:
+            return train_one_epoch(run, e)
+        loader = run.loader
+
+        def one_batch_then_kill():
+            it = iter(loader)
+            yield next(it)
+            raise KeyboardInterrupt
+        run.loader = LoaderStub(one_batch_then_kill, len(loader))
+        try:
+            return train_one_epoch(run, e)
+        finally:
+            run.loader = loader
+    return RunHooks(train_epoch=train_epoch)

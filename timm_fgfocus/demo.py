@@ -6,7 +6,7 @@ recipe through :func:`timm_fgfocus.training.train`, and draws the regions the mo
 """
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -15,22 +15,23 @@ from timm.data import create_transform
 from .checkpoint import model_from_checkpoint
 from .demo_data import ensure_demo_data, pretrain_backbone
 from .images import open_image
-from .training import TrainError, train
-from .training.run_files import prepare_output, read_summary
+from .metric_table import read_summary
+from .training import RunHooks, TrainError, train
+from .training.run_files import DEMO_DATA, prepare_output
 from .visualize import save_region_sheet
 
 __all__ = ['run_demo', 'save_demo_sheet']
 
 
-def run_demo(args, device) -> Dict[str, Any]:
+def run_demo(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
     """``train_fg --demo``: data, close-up pretraining, fgfocus training, region picture."""
     if args.distributed:
         raise TrainError('--demo runs in one process: start it without torchrun')
     t0 = time.time()
-    root = Path(args.data_dir or Path('output') / 'demo' / 'data')
     if not args.output:
         args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
     prepare_output(args)  # a non-empty or unwritable --output is refused before data and pretraining
+    root = Path(args.data_dir) if args.data_dir else Path(args.output) / DEMO_DATA
     try:
         ensure_demo_data(root)
     except ValueError as e:
@@ -41,7 +42,7 @@ def run_demo(args, device) -> Dict[str, Any]:
         if not weights.is_file():
             pretrain_backbone(weights, seed=args.seed)
         args.initial_checkpoint = str(weights)
-    result = train(args, device)
+    result = train(args, device, hooks)
     out = result['output']
     rows = read_summary(out / 'summary.csv')
     last = rows[-1] if rows else {}

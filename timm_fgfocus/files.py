@@ -10,10 +10,12 @@ import hashlib
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
-__all__ = ['PathLike', 'atomic_write', 'atomic_copy', 'write_text', 'file_sha256', 'plain', 'temp_name']
+__all__ = ['PathLike', 'atomic_write', 'atomic_copy', 'write_text', 'file_sha256', 'plain', 'temp_name',
+           'existing_ancestor', 'writable_problem']
 
 PathLike = Union[str, os.PathLike]
 
@@ -84,3 +86,30 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def existing_ancestor(path: PathLike) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does (absolute)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_problem(folder: PathLike) -> Optional[str]:
+    """Why ``folder`` (or, when it does not exist yet, the folder it would be made in) cannot take a new
+    file, as a phrase (``'Permission denied'``, ``'... is a file, not a folder'``); None when it can.
+
+    A real probe file rather than ``os.access``: root passes every permission check of ``os.access``
+    and a read-only mount only shows when writing.
+    """
+    base = existing_ancestor(folder)
+    if not base.is_dir():
+        return f'{base} is a file, not a folder'
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-check.', dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

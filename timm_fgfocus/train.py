@@ -31,7 +31,7 @@ from timm.utils import init_distributed_device
 
 from .checkpoint import CheckpointError
 from .recipes import RecipeError
-from .training import TrainError, parse_args, run_eval_only, train
+from .training import RunHooks, TrainError, parse_args, run_eval_only, train
 
 __all__ = ['main']
 
@@ -44,9 +44,9 @@ def _clean_message(e: BaseException) -> str:
     return msg
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+def main(argv: Optional[Sequence[str]] = None, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
     """Entry point of ``train_fg.py`` / ``train-fg``. Errors in the user's input exit with status 2
-    and one line on stderr."""
+    and one line on stderr. ``hooks`` replace steps of each training epoch (:class:`RunHooks`)."""
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
         args = parse_args(argv)
@@ -57,10 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             args.progress = False
         if args.demo:
             from .demo import run_demo
-            return run_demo(args, device)
+            return run_demo(args, device, hooks)
         if args.eval_only:
             return run_eval_only(args, device)
-        return train(args, device)
+        return train(args, device, hooks)
     except (TrainError, RecipeError, CheckpointError) as e:
         print(f'train_fg: error: {_clean_message(e)}', file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -1,8 +1,10 @@
-"""Run an fgfocus model over a data set and keep a few small outputs per image.
+"""The one evaluation loop: run a model over a data set and keep a few small outputs per image.
 
 What is kept (:class:`Predictions`) is small enough for every image of a large evaluation set:
-the top-k classes and the top-1 confidence of every head, the hybrid loss, the proposed boxes. The
-attention maps are not kept: the pictures re-run the model on the few images they show.
+the top-k classes and the top-1 confidence of every head, the hybrid loss, the proposed boxes, and
+(when asked) the attention maps. The epoch's evaluation, ``--eval-only`` and the report all take
+their figures from these (:func:`~.metrics.flat_metrics`), so the per-epoch top-1 and the report's
+top-1 are the same code.
 
 Heads (names used everywhere in the evaluation):
 
@@ -12,27 +14,28 @@ Heads (names used everywhere in the evaluation):
 * ``region_mean``: the mean of the l region logits;
 * ``hybrid_tta``, ``image_tta``: with test-time augmentation, the logits averaged over the views.
 
-Under DDP every rank evaluates every ``world_size``-th image (:func:`prediction_loader`), and
-:func:`gather_predictions` brings the pieces to rank 0, where :func:`merge_predictions` orders them
-by sample index and checks that every image was evaluated exactly once.
+Under DDP every rank evaluates every ``world_size``-th image, and :func:`gather_predictions` brings
+the pieces to rank 0, where :func:`merge_predictions` orders them by sample index and checks that
+every image was evaluated exactly once.
 """
+import sys
 import time
-from contextlib import nullcontext
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import EvaluationError
 from .tta import TTAView, forward_tta
 
 __all__ = [
-    'Predictions', 'head_names', 'head_label', 'prediction_loader', 'collect_predictions', 'gather_predictions',
-    'merge_predictions', 'sample_names', 'to_model_input',
+    'Predictions', 'EvalContext', 'ModelOutputs', 'head_names', 'head_label', 'model_outputs',
+    'collect_predictions', 'gather_predictions', 'merge_predictions', 'sample_names', 'to_model_input',
 ]
 
 TOPK = 5
@@ -78,6 +81,7 @@ class Predictions:
         boxes: float32[N, m, 4] proposed regions ``(x0, y0, x1, y1)`` in model-input pixels, best first.
         valid: bool[N, m], False for boxes that only fill slots after NMS ran out.
         files: str[N], where each image came from (file path or a description), '' if unknown.
+        attention: float16[N, h, w] attention maps, when the evaluation kept them (else None).
         seconds: forward time in seconds, summed over processes: ``single`` (one view, all heads)
             and ``tta`` (the extra views); not saved with the arrays.
     """
@@ -89,6 +93,7 @@ class Predictions:
     boxes: np.ndarray
     valid: np.ndarray
     files: np.ndarray = None
+    attention: Optional[np.ndarray] = None
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -115,7 +120,8 @@ class Predictions:
         return Predictions(
             self.index[order], self.target[order], self.loss[order],
             {h: v[order] for h, v in self.topk.items()}, {h: v[order] for h, v in self.confidence.items()},
-            self.boxes[order], self.valid[order], self.files[order], dict(self.seconds))
+            self.boxes[order], self.valid[order], self.files[order],
+            None if self.attention is None else self.attention[order], dict(self.seconds))
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the arrays to an ``.npz`` (no pickles; :meth:`load` reads it with ``allow_pickle=False``)."""
@@ -123,6 +129,8 @@ class Predictions:
                       files=np.asarray(self.files, dtype=str))
         arrays.update({f'topk__{h}': v for h, v in self.topk.items()})
         arrays.update({f'confidence__{h}': v for h, v in self.confidence.items()})
+        if self.attention is not None:
+            arrays['attention'] = self.attention
         with open(path, 'wb') as f:
             np.savez_compressed(f, **arrays)
 
@@ -150,40 +158,39 @@ class Predictions:
         if topk.keys() != conf.keys():
             raise EvaluationError(f'{path} is incomplete: heads {sorted(topk)} vs {sorted(conf)}')
         return cls(data['index'], data['target'], data['loss'], topk, conf, data['boxes'], data['valid'],
-                   data['files'])
+                   data['files'], data.get('attention'))
 
 
-class _Indexed(Dataset):
-    """``(input, target, index)`` from a dataset of ``(input, target)``."""
+class EvalContext(NamedTuple):
+    """How an evaluation runs: where, in which precision, and which share of the images this process takes.
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    Attributes:
+        device: where the model is.
+        amp_dtype: autocast dtype (``torch.float16`` / ``torch.bfloat16``), None for full precision.
+        channels_last: feed channels-last inputs.
+        progress: show a tqdm bar (rank 0 only).
+        rank, world_size: under DDP this process takes images ``rank, rank + W, rank + 2W, ...`` (see
+            ``training.loaders.eval_loader``: an exact split, no image padded in or dropped).
+        normalize: ``(mean, std)`` of the eval transform, for uint8 batches (see :func:`to_model_input`).
+    """
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+    progress: bool = False
+    rank: int = 0
+    world_size: int = 1
+    normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        x, y = self.dataset[index]
-        return x, y, index
-
-
-def prediction_loader(
-        dataset: Dataset, batch_size: int, workers: int = 0, rank: int = 0, world_size: int = 1,
-        pin_memory: bool = False,
-) -> DataLoader:
-    """Batches of ``(inputs, targets, sample indices)`` in order; with ``world_size > 1`` rank r
-    takes images r, r + W, r + 2W, ... (an exact split: no image padded in or dropped, unlike
-    ``DistributedSampler``)."""
-    ds = _Indexed(dataset)
-    if world_size > 1:
-        ds = Subset(ds, range(rank, len(dataset), world_size))
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+    def autocast(self) -> ContextManager:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
 def to_model_input(x: torch.Tensor, device, normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
                    channels_last: bool = False) -> torch.Tensor:
     """A batch as the model takes it, on ``device``. uint8 images (a transform made for timm's
-    prefetcher, as ``train_fg`` uses on CUDA) are normalised there with ``normalize = (mean, std)``,
+    prefetcher, read straight from the data set) are normalised there with ``normalize = (mean, std)``,
     as timm's ``PrefetchLoader`` does; float batches are already normalised."""
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
@@ -197,105 +204,157 @@ def to_model_input(x: torch.Tensor, device, normalize: Optional[Tuple[Sequence[f
     return x
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+class ModelOutputs(NamedTuple):
+    """One eval forward, as the evaluation keeps it.
+
+    Attributes:
+        heads: head name -> logits Tensor[B, C] (:func:`head_names` order).
+        boxes: Tensor[B, m, 4] proposed regions ``(x0, y0, x1, y1)`` in input pixels, best first.
+        valid: Tensor[B, m] bool.
+        attention: Tensor[B, h, w] the attention map M.
+    """
+    heads: Dict[str, torch.Tensor]
+    boxes: torch.Tensor
+    valid: torch.Tensor
+    attention: torch.Tensor
+
+
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> ModelOutputs:
+    """Every head of one eval forward of an fgfocus model: the l hybrid regions are cropped, not m."""
+    l = model.num_hybrid_regions
+    out = model.forward_structured(x, num_crops=l)
+    heads = {'hybrid': out.logits, 'image': out.image_logits}
+    for r in range(l):
+        heads[f'region_{r + 1}'] = out.region_logits[:, r]
+    if l:
+        heads['region_mean'] = out.region_logits.float().mean(dim=1)
+    return ModelOutputs(heads, out.boxes, out.valid, out.attention)
+
+
+class _ForwardTimer:
+    """Seconds spent in the timed blocks, without a host sync per block: CUDA events read once at the
+    end on a GPU (``total``), the wall clock on a CPU (which runs each op before returning)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == 'cuda'
+        self.events: List[Tuple[Any, Any]] = []
+        self.seconds = 0.0
+
+    @contextmanager
+    def __call__(self):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.seconds += time.perf_counter() - t0
+
+    def total(self) -> float:
+        if self.events:
+            torch.cuda.synchronize()
+            self.seconds += sum(s.elapsed_time(e) for s, e in self.events) / 1000
+            self.events = []
+        return self.seconds
 
 
 @torch.no_grad()
 def collect_predictions(
         model: torch.nn.Module,
-        loader,
-        device: Union[str, torch.device],
+        loader: Iterable,
+        ctx: EvalContext,
         *,
-        autocast: Optional[Callable[[], ContextManager]] = None,
-        channels_last: bool = False,
         tta_views: Optional[Sequence[TTAView]] = None,
-        progress: Optional[Callable] = None,
-        normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None,
+        keep_attention: bool = False,
+        indexed: bool = True,
+        desc: str = 'eval',
 ) -> Predictions:
     """Run ``model`` (eval mode, no gradients) over ``loader`` and keep :class:`Predictions`.
 
+    The one evaluation loop: the epoch's evaluation, ``--eval-only`` and the report all run it. The
+    per-image results stay on the device until the loader is exhausted and are copied to the host
+    once, so the loop never waits for the device (the forward times are CUDA events read at the end).
+
     Args:
         model: an fgfocus model (``forward_structured``, ``num_hybrid_regions``, ``num_classes``).
-        loader: yields ``(inputs Tensor[B, C, H, W], targets Tensor[B], indices Tensor[B])``
-            (see :func:`prediction_loader`).
-        device: where the model is.
-        autocast: a context factory for mixed precision (``None``: full precision).
-        channels_last: feed channels-last inputs.
+        loader: yields ``(inputs Tensor[B, C, H, W], targets Tensor[B])`` in data set order, this
+            process's share of the images (``ctx.rank``, ``ctx.world_size``).
+        ctx: device, precision, progress bar and this process's share.
         tta_views: test-time augmentation views (:func:`~.tta.tta_views`); the first must be the
             single view ``(1.0, no flip)``, whose output is reused. ``None``: no TTA.
-        progress: wraps the loader (e.g. a tqdm bar).
-        normalize: ``(mean, std)`` for uint8 inputs (see :func:`to_model_input`).
+        keep_attention: keep every image's attention map (float16) in ``Predictions.attention``.
+        indexed: the loader walks a map-style data set, so image ``j`` of this process is sample
+            ``rank + j * world_size``; False (an iterable data set): indices are ``-1``.
+        desc: the progress bar's label.
 
     Returns:
-        Predictions in loader order, ``seconds`` measured around the forwards only.
+        Predictions in loader order; ``seconds`` measured around the forwards only.
     """
-    device = torch.device(device)
+    device = torch.device(ctx.device)
     if tta_views is not None and (not tta_views or tuple(tta_views[0]) != (1.0, False)):
         raise ValueError('tta_views must start with the single view (scale 1.0, no flip)')
     was_training = model.training
     model.eval()
-    l = model.num_hybrid_regions
     k = min(TOPK, model.num_classes)
-    names = head_names(l, tta_views is not None)
-    parts: Dict[str, list] = {n: [] for n in ('index', 'target', 'loss', 'boxes', 'valid')}
-    topk: Dict[str, list] = {h: [] for h in names}
-    conf: Dict[str, list] = {h: [] for h in names}
-    seconds = {'single': 0.0, 'tta': 0.0}
-    amp = autocast or nullcontext
+    names = head_names(model.num_hybrid_regions, tta_views is not None)
+    kept: Dict[str, List[torch.Tensor]] = defaultdict(list)
+    single, tta = _ForwardTimer(device), _ForwardTimer(device)
+    bar = loader
+    if ctx.progress and ctx.rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(loader, total=len(loader), desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
     try:
-        for x, y, idx in (progress(loader) if progress else loader):
-            x, y = to_model_input(x, device, normalize, channels_last), y.to(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            with amp():
-                out = model.forward_structured(x, num_crops=l)
-            _sync(device)
-            seconds['single'] += time.perf_counter() - t0
-            hybrid, image = out.logits.float(), out.image_logits.float()
-            heads = {'hybrid': hybrid, 'image': image}
-            regions = out.region_logits.float()
-            for r in range(l):
-                heads[f'region_{r + 1}'] = regions[:, r]
-            if l:
-                heads['region_mean'] = regions.mean(dim=1)
+        for x, y in bar:
+            x = to_model_input(x, device, ctx.normalize, ctx.channels_last)
+            y = y.to(device, non_blocking=True)
+            with single(), ctx.autocast():
+                out = model_outputs(model, x)
+            heads = {h: v.float() for h, v in out.heads.items()}
             if tta_views is not None:
-                t0 = time.perf_counter()
-                with amp():
-                    heads['hybrid_tta'], heads['image_tta'] = forward_tta(model, x, tta_views, l, first=(hybrid, image))
-                _sync(device)
-                seconds['tta'] += time.perf_counter() - t0
+                with tta(), ctx.autocast():
+                    heads['hybrid_tta'], heads['image_tta'] = forward_tta(
+                        model, x, tta_views, first=(heads['hybrid'], heads['image']))
             for h in names:
                 p, i = heads[h].float().softmax(dim=-1).topk(k, dim=-1)
-                topk[h].append(i.to(torch.int32).cpu())
-                conf[h].append(p[:, 0].cpu())
-            parts['loss'].append(F.cross_entropy(hybrid, y, reduction='none').cpu())
-            parts['index'].append(torch.as_tensor(idx).long().cpu())
-            parts['target'].append(y.long().cpu())
-            parts['boxes'].append(out.boxes.float().cpu())
-            parts['valid'].append(out.valid.cpu())
+                kept[f'topk__{h}'].append(i.to(torch.int32))
+                kept[f'confidence__{h}'].append(p[:, 0])
+            kept['loss'].append(F.cross_entropy(heads['hybrid'], y, reduction='none'))
+            kept['target'].append(y.long())
+            kept['boxes'].append(out.boxes.float())
+            kept['valid'].append(out.valid)
+            if keep_attention:
+                kept['attention'].append(out.attention.to(torch.float16))
     finally:
         model.train(was_training)
-
-    def cat(chunks, empty_shape, dtype):
-        return torch.cat(chunks).numpy() if chunks else np.zeros(empty_shape, dtype=dtype)
-
+    host = {key: torch.cat(chunks).cpu().numpy() for key, chunks in kept.items()}  # the one copy to the host
+    n = len(host['target']) if 'target' in host else 0
     m = model.num_regions
+    index = (ctx.rank + ctx.world_size * np.arange(n)) if indexed else np.full(n, -1)
     return Predictions(
-        index=cat(parts['index'], (0,), np.int64), target=cat(parts['target'], (0,), np.int64),
-        loss=cat(parts['loss'], (0,), np.float32),
-        topk={h: cat(v, (0, k), np.int32) for h, v in topk.items()},
-        confidence={h: cat(v, (0,), np.float32) for h, v in conf.items()},
-        boxes=cat(parts['boxes'], (0, m, 4), np.float32), valid=cat(parts['valid'], (0, m), bool),
-        seconds=seconds)
+        index=index.astype(np.int64),
+        target=host.get('target', np.zeros(0, np.int64)),
+        loss=host.get('loss', np.zeros(0, np.float32)),
+        topk={h: host.get(f'topk__{h}', np.zeros((0, k), np.int32)) for h in names},
+        confidence={h: host.get(f'confidence__{h}', np.zeros(0, np.float32)) for h in names},
+        boxes=host.get('boxes', np.zeros((0, m, 4), np.float32)),
+        valid=host.get('valid', np.zeros((0, m), bool)),
+        attention=host.get('attention'),
+        seconds={'single': single.total(), 'tta': tta.total()})
 
 
-def merge_predictions(parts: Sequence[Predictions], num_samples: int) -> Predictions:
+def merge_predictions(parts: Sequence[Predictions], num_samples: Optional[int]) -> Predictions:
     """Concatenate the processes' predictions and order them by sample index.
 
+    Args:
+        parts: one :class:`Predictions` per process.
+        num_samples: the data set's size: every index in ``[0, num_samples)`` must occur exactly once.
+            None for an iterable data set (no sample indices): the parts are concatenated in rank order.
+
     Raises:
-        EvaluationError: unless every index in ``[0, num_samples)`` occurs exactly once.
+        EvaluationError: when the parts evaluated different heads or do not cover the data set exactly once.
     """
     if not parts:
         raise EvaluationError('no predictions to merge')
@@ -303,15 +362,9 @@ def merge_predictions(parts: Sequence[Predictions], num_samples: int) -> Predict
     if any(p.heads != heads for p in parts):
         raise EvaluationError('the processes evaluated different heads')
     index = np.concatenate([p.index for p in parts])
-    counts = np.bincount(index[(index >= 0) & (index < num_samples)], minlength=num_samples)
-    twice = np.flatnonzero(counts > 1)
-    never = np.flatnonzero(counts == 0)
-    outside = index[(index < 0) | (index >= num_samples)]
-    if len(twice) or len(never) or len(outside):
-        raise EvaluationError(
-            f'the predictions of {len(parts)} process(es) do not cover the {num_samples} images exactly once: '
-            f'{len(twice)} evaluated more than once (e.g. {twice[:5].tolist()}), {len(never)} never '
-            f'(e.g. {never[:5].tolist()}), {len(outside)} out of range')
+    if num_samples is not None:
+        _check_coverage(index, num_samples, len(parts))
+    attention = [p.attention for p in parts]
     merged = Predictions(
         index=index, target=np.concatenate([p.target for p in parts]),
         loss=np.concatenate([p.loss for p in parts]),
@@ -319,25 +372,32 @@ def merge_predictions(parts: Sequence[Predictions], num_samples: int) -> Predict
         confidence={h: np.concatenate([p.confidence[h] for p in parts]) for h in heads},
         boxes=np.concatenate([p.boxes for p in parts]), valid=np.concatenate([p.valid for p in parts]),
         files=np.concatenate([np.asarray(p.files, dtype=str) for p in parts]),
+        attention=None if any(a is None for a in attention) else np.concatenate(attention),
         seconds={k: sum(p.seconds.get(k, 0.0) for p in parts) for k in parts[0].seconds})
-    return merged.take(np.argsort(index, kind='stable'))
+    return merged if num_samples is None else merged.take(np.argsort(index, kind='stable'))
 
 
-def gather_predictions(
-        local: Predictions, num_samples: int, rank: int = 0, world_size: int = 1,
-) -> Optional[Predictions]:
-    """Every process's predictions on rank 0, merged (:func:`merge_predictions`); None on other ranks.
+def _check_coverage(index: np.ndarray, num_samples: int, num_parts: int) -> None:
+    counts = np.bincount(index[(index >= 0) & (index < num_samples)], minlength=num_samples)
+    twice = np.flatnonzero(counts > 1)
+    never = np.flatnonzero(counts == 0)
+    outside = index[(index < 0) | (index >= num_samples)]
+    if len(twice) or len(never) or len(outside):
+        raise EvaluationError(
+            f'the predictions of {num_parts} process(es) do not cover the {num_samples} images exactly once: '
+            f'{len(twice)} evaluated more than once (e.g. {twice[:5].tolist()}), {len(never)} never '
+            f'(e.g. {never[:5].tolist()}), {len(outside)} out of range')
 
-    With ``world_size > 1`` this is a collective (``torch.distributed.gather_object``): every rank
-    must call it.
-    """
+
+def gather_predictions(local: Predictions, rank: int = 0, world_size: int = 1) -> Optional[List[Predictions]]:
+    """Every process's predictions on rank 0 (a list, rank order), None on the other ranks; merge them
+    with :func:`merge_predictions`. With ``world_size > 1`` this is a collective
+    (``torch.distributed.gather_object``): every rank must call it."""
     if world_size == 1:
-        return merge_predictions([local], num_samples)
+        return [local]
     parts: Optional[List[Optional[Predictions]]] = [None] * world_size if rank == 0 else None
     torch.distributed.gather_object(local, parts, dst=0)
-    if rank != 0:
-        return None
-    return merge_predictions(parts, num_samples)
+    return parts
 
 
 def sample_names(dataset, indices: Sequence[int], root: Optional[Union[str, Path]] = None) -> np.ndarray:

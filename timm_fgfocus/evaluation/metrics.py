@@ -4,13 +4,14 @@ Conventions: ``target`` is ``int[N]`` class indices; ``topk`` is ``int[N, k]`` c
 image, best first (column 0 is the prediction); ``confidence`` is ``float[N]``, the softmax
 probability of the predicted class. Accuracies are percentages.
 """
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
 __all__ = [
     'topk_accuracy', 'per_class_accuracy', 'confusion_matrix', 'ConfusedPair', 'most_confused',
     'ReliabilityBins', 'reliability_bins', 'expected_calibration_error', 'worst_classes', 'head_accuracies',
+    'flat_metrics',
 ]
 
 
@@ -127,3 +128,22 @@ def head_accuracies(topk: Dict[str, np.ndarray], target: np.ndarray,
     """``{head: {'top1': %, 'top5': %}}`` for every head's top-k indices."""
     return {head: {f'top{k}': topk_accuracy(idx, target, k) for k in ks} for head, idx in topk.items()}
 
+
+
+def flat_metrics(preds) -> Dict[str, Any]:
+    """The figures a run records for an evaluation (:class:`~.collect.Predictions`): loss and top-1/top-5
+    of the prediction head (hybrid) and of the image-level head, the sample count, and with TTA the
+    same of the averaged views. Keys as in :mod:`timm_fgfocus.metric_table`."""
+    out = {
+        'eval_loss': float(preds.loss.mean()) if len(preds) else 0.0,
+        'eval_top1': topk_accuracy(preds.topk['hybrid'], preds.target, 1),
+        'eval_top5': topk_accuracy(preds.topk['hybrid'], preds.target, 5),
+        'eval_top1_image': topk_accuracy(preds.topk['image'], preds.target, 1),
+        'eval_top5_image': topk_accuracy(preds.topk['image'], preds.target, 5),
+        'eval_samples': len(preds),
+    }
+    if 'hybrid_tta' in preds.topk:
+        out['eval_top1_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 1)
+        out['eval_top5_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 5)
+        out['eval_top1_image_tta'] = topk_accuracy(preds.topk['image_tta'], preds.target, 1)
+    return out

@@ -1,9 +1,9 @@
-"""The evaluation of a ``train_fg`` run: ``--eval-only`` and the end of training.
+"""Evaluating a model in a ``train_fg`` run: every epoch, ``--eval-only`` and the end of training.
 
-:func:`evaluate_run` evaluates a model on the val split (every rank its share, gathered on rank 0),
-returns the metrics ``--eval-only`` has always printed, and on rank 0 saves the evaluation outputs
-and builds ``report.html`` (:mod:`.report`). :func:`report_best_checkpoint` does it at the end of
-training for ``best.pth``.
+:func:`evaluate_model` is the evaluation every caller runs: this process's share of the val images
+(:func:`~.collect.collect_predictions`), gathered on rank 0, the metrics (:func:`~.metrics.flat_metrics`)
+on every rank. :func:`evaluate_run` adds, on rank 0, the saved outputs (``eval/``) and ``report.html``
+(:mod:`.report`); :func:`report_best_checkpoint` does it at the end of training for ``best.pth``.
 
 Output folder: ``--eval-only`` writes into ``--output DIR``, by default the checkpoint's own folder;
 the end of training into the run's folder. ``report.html`` and ``eval/`` there are replaced when an
@@ -12,41 +12,113 @@ beside the old one and swapped in when complete.
 """
 import json
 import shutil
-import sys
 import time
 import uuid
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..files import file_sha256
+from ..errors import EvaluationError
+from ..files import file_sha256, writable_problem
 from ..visualize import denormalize
 from .collect import (
-    Predictions, collect_predictions, gather_predictions, prediction_loader, sample_names, to_model_input,
+    EvalContext, Predictions, collect_predictions, gather_predictions, merge_predictions, model_outputs,
+    sample_names, to_model_input,
 )
-from ..errors import EvaluationError
-from .metrics import confusion_matrix, most_confused, topk_accuracy
+from .metrics import confusion_matrix, flat_metrics, most_confused
 from .pictures import select_mistakes, select_pair_examples
 from .report import EVAL_DIR, EVAL_FORMAT, REPORT_NAME, build_report
 from .tta import tta_views
 
-__all__ = ['check_output', 'evaluate_run', 'report_best_checkpoint', 'flat_metrics',
+__all__ = ['eval_context', 'evaluate_model', 'check_output', 'evaluate_run', 'report_best_checkpoint',
            'NUM_MISTAKES', 'NUM_PAIRS']
 
 NUM_MISTAKES = 16   # wrong predictions drawn
 NUM_PAIRS = 4       # confused pairs drawn (one example of each class)
 
 
+def eval_context(args, device: torch.device, data_config: Optional[Dict[str, Any]] = None) -> EvalContext:
+    """The :class:`EvalContext` of a ``train_fg`` run (``--amp``, ``--amp-dtype``, ``--channels-last``,
+    ``--progress``, the DDP rank) with the eval transform's mean and std."""
+    data_config = data_config or {}
+    amp_dtype = None
+    if getattr(args, 'amp', False):
+        amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
+    return EvalContext(
+        device=torch.device(device), amp_dtype=amp_dtype, channels_last=getattr(args, 'channels_last', False),
+        progress=getattr(args, 'progress', False), rank=getattr(args, 'rank', 0),
+        world_size=getattr(args, 'world_size', 1),
+        normalize=(data_config.get('mean', (0.5,) * 3), data_config.get('std', (0.5,) * 3)))
+
+
+def _from_rank0(ctx: EvalContext, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result (or its error) on every rank: under DDP every rank must hear of a
+    failure on rank 0, or the others wait forever in the next collective."""
+    status: list = [None]
+    error: Optional[BaseException] = None
+    if ctx.rank == 0:
+        try:
+            status = [('ok', work())]
+        except Exception as e:
+            if ctx.world_size == 1:
+                raise
+            error, status = e, [('error', f'{type(e).__name__}: {e}')]
+    if ctx.world_size > 1:
+        torch.distributed.broadcast_object_list(status, src=0)
+    kind, value = status[0]
+    if kind == 'error':
+        if error is not None:
+            raise error
+        raise EvaluationError(f'the evaluation failed on rank 0: {value}')
+    return value
+
+
+def evaluate_model(
+        model: torch.nn.Module,
+        loader: Iterable,
+        ctx: EvalContext,
+        *,
+        num_samples: Optional[int],
+        tta_views: Optional[Sequence] = None,
+        keep_attention: bool = False,
+        desc: str = 'eval',
+) -> Tuple[Optional[Predictions], Dict[str, Any]]:
+    """Evaluate ``model`` on this process's share of the images; every rank calls it under DDP.
+
+    Args:
+        model: the model on ``ctx.device``.
+        loader: this process's share of the val images, in order (``training.loaders.eval_loader``).
+        ctx: :func:`eval_context`.
+        num_samples: the val set's size, each image must be evaluated exactly once; None for an iterable
+            data set (no sample indices).
+        tta_views, keep_attention, desc: see :func:`~.collect.collect_predictions`.
+
+    Returns:
+        (the merged predictions on rank 0, None on the others; the metrics of
+        :func:`~.metrics.flat_metrics` on every rank).
+    """
+    local = collect_predictions(model, loader, ctx, tta_views=tta_views, keep_attention=keep_attention,
+                                indexed=num_samples is not None, desc=desc)
+    parts = gather_predictions(local, ctx.rank, ctx.world_size)  # a collective under DDP
+    merged: list = [None]
+
+    def merge() -> Dict[str, Any]:
+        merged[0] = merge_predictions(parts, num_samples)
+        return flat_metrics(merged[0])
+    metrics = _from_rank0(ctx, merge)
+    return merged[0], metrics
+
+
 def check_output(out_dir: Union[str, Path]) -> None:
-    """Refuse an output folder whose ``report.html`` or ``eval/`` an evaluation did not write.
+    """Refuse an output folder whose ``report.html`` or ``eval/`` an evaluation did not write, or that
+    cannot take a new file.
 
     Raises:
-        EvaluationError: naming the file in the way (nothing is written).
+        EvaluationError: naming the file in the way or the folder (nothing is written).
     """
     out_dir = Path(out_dir)
     eval_dir, page = out_dir / EVAL_DIR, out_dir / REPORT_NAME
@@ -63,51 +135,31 @@ def check_output(out_dir: Union[str, Path]) -> None:
                 f'for the report (or --no-eval-report)')
     if eval_dir.exists() and not eval_dir.is_dir():
         raise EvaluationError(f'{eval_dir} is not a folder: pass --output DIR for the report')
+    problem = writable_problem(out_dir)
+    if problem:
+        raise EvaluationError(f'cannot write the report into {out_dir}: {problem}; pass --output DIR for the report '
+                              f'(or --no-eval-report)')
 
 
-def flat_metrics(preds: Predictions) -> Dict[str, Any]:
-    """The metrics ``train_fg`` logs (the keys of ``training.loops.evaluate``), plus the TTA figures."""
-    out = {
-        'eval_loss': float(preds.loss.mean()) if len(preds) else 0.0,
-        'eval_top1': topk_accuracy(preds.topk['hybrid'], preds.target, 1),
-        'eval_top5': topk_accuracy(preds.topk['hybrid'], preds.target, 5),
-        'eval_top1_image': topk_accuracy(preds.topk['image'], preds.target, 1),
-        'eval_top5_image': topk_accuracy(preds.topk['image'], preds.target, 5),
-        'eval_samples': len(preds),
-    }
-    if 'hybrid_tta' in preds.topk:
-        out['eval_top1_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 1)
-        out['eval_top5_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 5)
-        out['eval_top1_image_tta'] = topk_accuracy(preds.topk['image_tta'], preds.target, 1)
-    return out
-
-
-def _autocast(args, device):
-    if not getattr(args, 'amp', False):
+def _tta_views(args) -> Optional[list]:
+    if not getattr(args, 'tta', False):
         return None
-    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _progress(args, desc: str):
-    if not (getattr(args, 'progress', False) and args.rank == 0):
-        return None
-    from tqdm import tqdm
-    return lambda it: tqdm(it, total=len(it), desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    try:
+        return tta_views(sorted({1.0, *args.tta_scales}), flip=True)
+    except ValueError as e:
+        raise EvaluationError(f'--tta-scales: {e}') from None
 
 
 @torch.no_grad()
-def _attention_of(model, dataset, indices: Sequence[int], batch_size: int, device, autocast,
-                  normalize) -> Dict[int, Any]:
+def _attention_of(model, dataset, indices: Sequence[int], ctx: EvalContext, batch_size: int) -> Dict[int, Any]:
     """Model inputs and attention maps of a few samples (re-read from the data set; the model is
     run again on them only)."""
     out = {}
-    amp = autocast or nullcontext
     for start in range(0, len(indices), max(1, batch_size)):
         chunk = list(indices[start:start + batch_size])
-        x = to_model_input(torch.stack([dataset[i][0] for i in chunk]), device, normalize)
-        with amp():
-            res = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+        x = to_model_input(torch.stack([dataset[i][0] for i in chunk]), ctx.device, ctx.normalize)
+        with ctx.autocast():
+            res = model_outputs(model, x)
         for i, xi, att in zip(chunk, x.float().cpu(), res.attention.float().cpu()):
             out[i] = (xi, att.numpy())
     return out
@@ -123,29 +175,14 @@ def _choose_examples(preds: Predictions, num_classes: int):
                       for p, (a, b) in zip(pairs, chosen)]
 
 
-def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], model, dataset, args, device,
-                     mean, std) -> Path:
-    """Write ``eval/`` (swapped in complete) and build ``report.html``."""
-    mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
-    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs}
-    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None})
-    seen = _attention_of(model, dataset, shown, args.batch_size, device, _autocast(args, device), (mean, std))
-
+def _write_eval_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` into a new hidden folder beside ``out_dir/eval``, then swapped in for it: the
+    earlier evaluation stays as it was when anything fails."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f'.eval.new-{uuid.uuid4().hex[:12]}'  # not mkdtemp: its 0700 would hide the report
     tmp.mkdir()
     try:
-        (tmp / 'inputs').mkdir()
-        for i, (x, _) in seen.items():
-            denormalize(x, mean, std).save(tmp / 'inputs' / f'{i}.jpg', quality=92)
-        if shown:
-            attention = np.stack([seen[i][1] for i in shown]).astype(np.float32)
-        else:
-            attention = np.zeros((0, 1, 1), np.float32)
-        with open(tmp / 'examples.npz', 'wb') as f:
-            np.savez_compressed(f, index=np.asarray(shown, dtype=np.int64), attention=attention)
-        preds.save(tmp / 'predictions.npz')
-        (tmp / 'eval.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
+        write(tmp)
         final = out_dir / EVAL_DIR
         old = None
         if final.exists() or final.is_symlink():
@@ -155,18 +192,61 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
             tmp.rename(final)
         except BaseException:
             if old is not None:
-                old.rename(final)  # the earlier evaluation stays as it was
+                old.rename(final)
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], model, dataset, ctx: EvalContext,
+                     batch_size: int) -> Path:
+    """Write ``eval/`` (swapped in complete) and build ``report.html``."""
+    mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
+    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs}
+    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None})
+    seen = _attention_of(model, dataset, shown, ctx, batch_size)
+    mean, std = ctx.normalize
+
+    def write(folder: Path) -> None:
+        (folder / 'inputs').mkdir()
+        for i, (x, _) in seen.items():
+            denormalize(x, mean, std).save(folder / 'inputs' / f'{i}.jpg', quality=92)
+        attention = np.stack([seen[i][1] for i in shown]).astype(np.float32) if shown else \
+            np.zeros((0, 1, 1), np.float32)
+        with open(folder / 'examples.npz', 'wb') as f:
+            np.savez_compressed(f, index=np.asarray(shown, dtype=np.int64), attention=attention)
+        preds.save(folder / 'predictions.npz')
+        (folder / 'eval.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
+    _write_eval_dir(out_dir, write)
     return build_report(out_dir)
+
+
+def _eval_meta(model, preds: Predictions, class_names, args, ctx: EvalContext, views, checkpoint, ema, epoch,
+               data_config) -> Dict[str, Any]:
+    """``eval.json``: what was evaluated, on which data, how."""
+    return {
+        'format': EVAL_FORMAT, 'version': 1, 'created': time.strftime('%Y-%m-%d %H:%M:%S'),
+        'checkpoint': str(checkpoint) if checkpoint else None,
+        'checkpoint_sha256': file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+        'ema': bool(ema), 'epoch': epoch,
+        'arch': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture'),
+        'num_regions': model.num_regions, 'num_hybrid_regions': model.num_hybrid_regions,
+        'data': {'dataset': getattr(args, 'dataset', '') or '',
+                 'data_dir': str(getattr(args, 'data_dir', '')), 'split': getattr(args, 'val_split', '')},
+        'input': {k: list(v) if isinstance(v, tuple) else v for k, v in (data_config or {}).items()},
+        'num_samples': len(preds), 'class_names': [str(c) for c in class_names],
+        'tta': {'views': [[v.scale, v.flip] for v in views]} if views else None,
+        'seconds': {k: round(v, 4) for k, v in preds.seconds.items()},
+        'device': str(ctx.device), 'world_size': ctx.world_size,
+    }
 
 
 def evaluate_run(
         model: torch.nn.Module,
+        loader: Iterable,
         dataset,
         class_names: Sequence[str],
         args,
@@ -178,93 +258,49 @@ def evaluate_run(
         epoch: Optional[int] = None,
         data_config: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Evaluate ``model`` on ``dataset`` (the val split, eval transform) and write the report.
-
-    Every rank calls this under DDP: each evaluates its share, rank 0 gathers, checks that every
-    image was evaluated exactly once, writes ``out_dir/eval/`` and ``out_dir/report.html``; the
-    metrics are then sent to every rank.
+    """Evaluate ``model`` on the val split and write the report; every rank calls it under DDP.
 
     Args:
         model: the fgfocus model on ``device``.
-        dataset: map-style, ``(input Tensor, target)``; under DDP the same full data set on every rank.
+        loader: this process's share of ``dataset``, in order (``training.loaders.eval_loader``).
+        dataset: the val split (map-style, eval transform), to name the samples and re-read the few shown.
         class_names: the checkpoint's class names (one per class).
-        args: ``train_fg`` arguments (``batch_size``, ``workers``, ``amp``, ``channels_last``, ``tta``,
-            ``tta_scales``, ``progress``, ``rank``, ``world_size``, ``dataset``, ``data_dir``, ``val_split``).
+        args: ``train_fg`` arguments (``batch_size``, ``amp``, ``channels_last``, ``tta``, ``tta_scales``,
+            ``progress``, ``rank``, ``world_size``, ``dataset``, ``data_dir``, ``val_split``).
         out_dir: where the report goes; None: metrics only, nothing written.
         checkpoint, ema, epoch: what is evaluated (for the report and the model card).
         data_config: the eval preprocessing (``mean``/``std`` to show the images, ``input_size``).
 
     Returns:
-        The ``train_fg`` metrics (``eval_top1`` ...; :func:`flat_metrics`), and ``eval_report``: the
-        page's path when one was written.
+        The metrics (:func:`~.metrics.flat_metrics`), and ``eval_report``: the page's path when one was
+        written.
 
     Raises:
         EvaluationError: one line, for an output folder in the way, bad TTA scales, or predictions
             that do not cover the data set exactly once.
     """
-    rank, world = getattr(args, 'rank', 0), getattr(args, 'world_size', 1)
-    distributed = world > 1
     if isinstance(dataset, IterableDataset):
         raise EvaluationError('the evaluation report needs a map-style data set (image folders, cub200, '
                               'aircraft, cars, csv, hfds/): an iterable one has no sample indices to gather')
     if len(class_names) != model.num_classes:
         raise EvaluationError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
-    views = None
-    if getattr(args, 'tta', False):
-        try:
-            views = tta_views(sorted({1.0, *args.tta_scales}), flip=True)
-        except ValueError as e:
-            raise EvaluationError(f'--tta-scales: {e}') from None
+    views = _tta_views(args)
     if out_dir is not None:
         check_output(out_dir)
-    data_config = data_config or {}
+    ctx = eval_context(args, device, data_config)
+    preds, metrics = evaluate_model(model, loader, ctx, num_samples=len(dataset), tta_views=views,
+                                    desc='eval report' if out_dir else 'eval')
+    if out_dir is None:
+        return metrics
 
-    loader = prediction_loader(dataset, args.batch_size, args.workers, rank, world, pin_memory=device.type == 'cuda')
-    mean_std = (data_config.get('mean', (0.5,) * 3), data_config.get('std', (0.5,) * 3))
-    local = collect_predictions(model, loader, device, autocast=_autocast(args, device),
-                                channels_last=getattr(args, 'channels_last', False), tta_views=views,
-                                progress=_progress(args, 'eval report' if out_dir else 'eval'), normalize=mean_std)
-    status: List[Any] = [None]
-    error: Optional[BaseException] = None
-    try:
-        preds = gather_predictions(local, len(dataset), rank, world)  # a collective; rank 0 merges
-        if rank == 0:
-            preds.files = sample_names(dataset, preds.index, root=getattr(args, 'data_dir', None))
-            metrics = flat_metrics(preds)
-            if out_dir is not None:
-                meta = {
-                    'format': EVAL_FORMAT, 'version': 1, 'created': time.strftime('%Y-%m-%d %H:%M:%S'),
-                    'checkpoint': str(checkpoint) if checkpoint else None,
-                    'checkpoint_sha256': file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
-                    'ema': bool(ema), 'epoch': epoch,
-                    'arch': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture'),
-                    'num_regions': model.num_regions, 'num_hybrid_regions': model.num_hybrid_regions,
-                    'data': {'dataset': getattr(args, 'dataset', '') or '',
-                             'data_dir': str(getattr(args, 'data_dir', '')), 'split': getattr(args, 'val_split', '')},
-                    'input': {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-                    'num_samples': len(preds), 'class_names': [str(c) for c in class_names],
-                    'tta': {'views': [[v.scale, v.flip] for v in views]} if views else None,
-                    'seconds': {k: round(v, 4) for k, v in preds.seconds.items()},
-                    'device': str(device), 'world_size': world,
-                }
-                page = _save_evaluation(Path(out_dir), preds, meta, model, dataset, args, device, *mean_std)
-                metrics['eval_report'] = str(page)
-            status = [('ok', metrics)]
-    except Exception as e:  # under DDP every rank must hear of it, or the others wait forever
-        if not distributed:
-            raise
-        error, status = e, [('error', f'{type(e).__name__}: {e}')]
-    if distributed:
-        torch.distributed.broadcast_object_list(status, src=0)
-    kind, value = status[0]
-    if kind == 'error':
-        if error is not None:
-            raise error
-        raise EvaluationError(f'the evaluation failed on rank 0: {value}')
-    return value
+    def write() -> str:
+        preds.files = sample_names(dataset, preds.index, root=getattr(args, 'data_dir', None))
+        meta = _eval_meta(model, preds, class_names, args, ctx, views, checkpoint, ema, epoch, data_config)
+        return str(_save_evaluation(Path(out_dir), preds, meta, model, dataset, ctx, args.batch_size))
+    return dict(metrics, eval_report=_from_rank0(ctx, write))
 
 
-def report_best_checkpoint(model, dataset, class_names, args, device, out_dir: Union[str, Path],
+def report_best_checkpoint(model, loader, dataset, class_names, args, device, out_dir: Union[str, Path],
                            data_config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """End of training: load ``out_dir/best.pth`` into ``model`` (rank 0 reads it, every rank gets
     its weights) and evaluate it with the report. Returns the metrics, or None without ``best.pth``.
@@ -288,5 +324,5 @@ def report_best_checkpoint(model, dataset, class_names, args, device, out_dir: U
                 torch.distributed.broadcast(t, src=0)
     if flag[0] is None:
         return None
-    return evaluate_run(model, dataset, class_names, args, device, out_dir=out_dir, checkpoint=best,
+    return evaluate_run(model, loader, dataset, class_names, args, device, out_dir=out_dir, checkpoint=best,
                         ema=False, epoch=flag[0] if flag[0] >= 0 else None, data_config=data_config)

@@ -11,18 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import TrainError
+from ..metric_table import tag_of
 
 __all__ = ['check_logger_packages', 'EpochLoggers']
-
-# summary.csv column -> TensorBoard tag / W&B key
-TAGS = {
-    'train_loss': 'train/loss', 'train_loss_hybrid': 'train/loss_hybrid', 'train_loss_image': 'train/loss_image',
-    'train_loss_region': 'train/loss_region', 'train_top1': 'train/top1',
-    'eval_loss': 'eval/loss', 'eval_top1': 'eval/top1', 'eval_top5': 'eval/top5',
-    'eval_top1_image': 'eval/top1_image', 'eval_top5_image': 'eval/top5_image', 'eval_top1_ema': 'eval/top1_ema',
-    'lr': 'lr/heads', 'lr_backbone': 'lr/backbone', 'epoch_time': 'time/epoch_s',
-}
-
 
 def check_logger_packages(args) -> None:
     """One line, before anything runs, when a logger's package is not installed."""
@@ -73,11 +64,12 @@ class EpochLoggers:
             self.args.wandb_resume_id = self.wandb_run.id
 
     def log_epoch(self, epoch: int, metrics: Dict[str, Any]) -> None:
-        """Log one epoch's row (the ``summary.csv`` columns) at step ``epoch``."""
+        """Log one epoch's numbers (its ``summary.csv`` row) at step ``epoch``, under the metric table's tags."""
         if not self.enabled:
             return
         self.open()
-        values = {TAGS[k]: float(v) for k, v in metrics.items() if k in TAGS and isinstance(v, (int, float))}
+        values = {tag_of(k): float(v) for k, v in metrics.items()
+                  if k != 'epoch' and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tensorboard is not None:
             for tag, value in values.items():
                 self.tensorboard.add_scalar(tag, value, epoch)

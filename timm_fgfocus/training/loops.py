@@ -1,23 +1,29 @@
-"""The training and evaluation loops of ``train_fg``: one epoch of training, one pass of evaluation."""
+"""The steps of a ``train_fg`` epoch: one pass of training, one evaluation, the per-epoch seeding.
+
+Each step takes the run (:class:`~.setup.TrainRun`) and the epoch, so a caller can replace or wrap
+any of them through :class:`~.runner.RunHooks`.
+"""
 import math
 import random
-import sys
 import time
 from contextlib import nullcontext
-from typing import Dict
+from typing import Any, Dict
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils.data import IterableDataset
 
 from timm.utils import dispatch_clip_grad
 
 from ..errors import TrainError
+from ..evaluation import evaluate_model
 
-__all__ = ['unwrap_model', 'seed_epoch', 'autocast', 'progress', 'train_one_epoch', 'evaluate']
+__all__ = ['unwrap_model', 'seed_epoch', 'train_one_epoch', 'evaluate_epoch']
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile`` and DDP wrappers."""
     model = getattr(model, '_orig_mod', model)
     return model.module if hasattr(model, 'module') else model
 
@@ -27,129 +33,102 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     s = seed + 1000 * epoch + rank
     random.seed(s)
     torch.manual_seed(s)
-    try:
-        import numpy as np
-        np.random.seed(s % 2 ** 32)
-    except ImportError:
-        pass
+    np.random.seed(s % 2 ** 32)
 
 
-def autocast(args, device):
-    if not args.amp:
-        return nullcontext()
-    dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def progress(iterable, args, total, desc):
-    if not (args.progress and args.rank == 0):
-        return iterable
+def _progress_bar(run, total: int, desc: str):
+    if not (run.args.progress and run.args.rank == 0):
+        return None
+    import sys
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(run.loader, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def train_one_epoch(epoch, model, loader, loss_fn, optimizer, args, device, scaler=None, ema=None,
-                    num_updates=0, mixup_fn=None):
-    """One epoch; returns (metrics dict averaged over ranks, num_updates).
+def train_one_epoch(run, epoch: int) -> Dict[str, Any]:
+    """One epoch of training; returns the train metrics (averaged over ranks) and counts the updates
+    in ``run.num_updates``.
 
-    ``mixup_fn`` (timm's ``Mixup``) mixes each batch on the device and turns its targets into soft
-    targets ``[B, C]``, which the loss takes in every one of its three terms; train top-1 then
-    counts the dominant class of each mixed target.
+    ``run.mixup_fn`` (timm's ``Mixup``) mixes each batch on the device and turns its targets into soft
+    targets ``[B, C]``, which every loss term takes; train top-1 then counts the dominant class of each
+    mixed target. Running sums stay on the device; on a GPU they are read back every
+    ``--log-interval`` steps only (progress bar, NaN check), so the loop does not wait for the device.
     """
+    args, device, model = run.args, run.device, run.train_model
     model.train()
     accum = max(1, args.accum_steps)
-    # running sums stay on the device: loss, hybrid, image, region (x samples), correct
-    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    n_batches = len(run.loader)
+    totals: Dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     t0 = time.time()
-    optimizer.zero_grad(set_to_none=True)
-    bar = progress(loader, args, len(loader), f'epoch {epoch + 1}/{args.epochs}')
-    n_batches = len(loader)
-    for i, (x, y) in enumerate(bar):
+    run.optimizer.zero_grad(set_to_none=True)
+    bar = _progress_bar(run, n_batches, f'epoch {epoch + 1}/{args.epochs}')
+    for i, (x, y) in enumerate(bar if bar is not None else run.loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            x, y = mixup_fn(x, y)
+        if run.mixup_fn is not None:
+            x, y = run.mixup_fn(x, y)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         need_update = (i + 1) % accum == 0 or i + 1 == n_batches
         sync = nullcontext() if need_update or not hasattr(model, 'no_sync') else model.no_sync()
         with sync:
-            with autocast(args, device):
+            with run.ctx.autocast():
                 out = model(x)
-                terms = loss_fn.terms(out, y)
-                loss = sum(loss_fn.weights[k] * v for k, v in terms.items())
-            if scaler is not None:
-                scaler(loss / accum, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                       parameters=model.parameters(), need_update=need_update)
-            else:
-                (loss / accum).backward()
-                if need_update:
-                    if args.clip_grad is not None:
-                        dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-                    optimizer.step()
+                terms = run.loss_fn.terms(out, y)
+                loss = sum(run.loss_fn.weights[k] * v for k, v in terms.items())
+            _backward_and_step(run, loss / accum, need_update)
         if need_update:
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if ema is not None:
-                ema.update(unwrap_model(model), step=num_updates)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.num_updates += 1
+            if run.ema is not None:
+                run.ema.update(unwrap_model(model), step=run.num_updates)
         b = y.shape[0]
         seen += b
         with torch.no_grad():
-            step = torch.stack([loss, terms['hybrid'], terms['image'], terms['region']]).detach().double() * b
-            totals[:4] += step
-            totals[4] += (out[0].argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
-        # reading values back waits for the device: on GPU only every --log-interval steps (and at the
-        # end of the epoch), so the loop never syncs the host per step; on CPU it costs nothing
+            for key, value in [('loss', loss)] + [(f'loss_{k}', v) for k, v in terms.items()]:
+                totals[key] = totals.get(key, 0) + value.detach().double() * b
+            prediction = out[0] if isinstance(out, (tuple, list)) else out
+            correct += (prediction.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
         if device.type == 'cpu' or (i + 1) % max(1, args.log_interval) == 0 or i + 1 == n_batches:
-            host = totals.tolist()
-            if not math.isfinite(host[0]):
+            loss_so_far = totals['loss'].item()
+            if not math.isfinite(loss_so_far):
                 raise TrainError(f'loss is not finite at epoch {epoch + 1} (by batch {i + 1}): lower --lr '
                                  f'or set --clip-grad')
-            if bar is not loader:
-                bar.set_postfix(loss=f'{host[0] / seen:.3f}', acc=f'{100 * host[4] / seen:.1f}',
+            if bar is not None:
+                bar.set_postfix(loss=f'{loss_so_far / seen:.3f}', acc=f'{100 * correct.item() / seen:.1f}',
                                 img_s=f'{seen * args.world_size / (time.time() - t0):.1f}')
-    counts = torch.cat([totals, torch.tensor([seen], dtype=torch.float64, device=device)])
-    if args.distributed:
-        torch.distributed.all_reduce(counts)
-    totals, seen = counts[:5], counts[5].item()
-    return {
-        'train_loss': totals[0].item() / seen,
-        'train_loss_hybrid': totals[1].item() / seen,
-        'train_loss_image': totals[2].item() / seen,
-        'train_loss_region': totals[3].item() / seen,
-        'train_top1': 100 * totals[4].item() / seen,
-        'train_images': int(seen),
-    }, num_updates
-
-
-@torch.no_grad()
-def evaluate(model, loader, args, device, desc='eval') -> Dict[str, float]:
-    """Top-1/top-5 of the hybrid head and of the image-level head, exact across ranks."""
-    model = unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    num_classes = model.num_classes
-    k = min(5, num_classes)
-    sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, h1, h5, i1, i5, n (on the device)
-    for x, y in progress(loader, args, len(loader), desc):
-        x, y = x.to(device), y.to(device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(args, device):
-            out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
-        hybrid, image = out.logits.float(), out.image_logits.float()
-        top_h = hybrid.topk(k, dim=1).indices == y[:, None]
-        top_i = image.topk(k, dim=1).indices == y[:, None]
-        sums += torch.stack([F.cross_entropy(hybrid, y, reduction='sum'), top_h[:, 0].sum(), top_h.any(1).sum(),
-                             top_i[:, 0].sum(), top_i.any(1).sum(), y.new_tensor(y.shape[0])]).double()
+    keys = list(totals)
+    sums = torch.stack([totals[k] for k in keys] + [correct, torch.tensor(float(seen), device=device,
+                                                                           dtype=torch.float64)])
     if args.distributed:
         torch.distributed.all_reduce(sums)
-    model.train(was_training)
-    n = max(sums[5].item(), 1)
-    return {
-        'eval_loss': sums[0].item() / n,
-        'eval_top1': 100 * sums[1].item() / n, 'eval_top5': 100 * sums[2].item() / n,
-        'eval_top1_image': 100 * sums[3].item() / n, 'eval_top5_image': 100 * sums[4].item() / n,
-        'eval_samples': int(n),
-    }
+    sums = sums.tolist()
+    n = sums[-1]
+    metrics = {f'train_{k}': v / n for k, v in zip(keys, sums)}
+    metrics.update(train_top1=100 * sums[-2] / n, train_images=int(n))
+    return metrics
 
+
+def _backward_and_step(run, loss: torch.Tensor, need_update: bool) -> None:
+    args, model = run.args, run.train_model
+    if run.scaler is not None:
+        run.scaler(loss, run.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                   parameters=model.parameters(), need_update=need_update)
+        return
+    loss.backward()
+    if need_update:
+        if args.clip_grad is not None:
+            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+        run.optimizer.step()
+
+
+def evaluate_epoch(run, epoch: int) -> Dict[str, Any]:
+    """The epoch's evaluation of the model (and of its EMA, as ``eval_top1_ema``) on the val split,
+    through the one evaluation path (:func:`timm_fgfocus.evaluation.evaluate_model`)."""
+    num_samples = None if isinstance(run.val_ds, IterableDataset) else len(run.val_ds)
+    _, metrics = evaluate_model(run.model, run.val_loader, run.ctx, num_samples=num_samples)
+    if run.ema is not None:
+        _, ema_metrics = evaluate_model(run.ema.module, run.val_loader, run.ctx, num_samples=num_samples,
+                                        desc='eval ema')
+        metrics['eval_top1_ema'] = ema_metrics['eval_top1']
+    return metrics

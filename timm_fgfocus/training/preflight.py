@@ -9,7 +9,7 @@ from torch.utils.data import IterableDataset
 
 from .data import UNREADABLE_ERRORS
 from ..errors import TrainError, first_line
-from .loops import autocast
+from ..evaluation import eval_context
 
 __all__ = ['first_readable', 'dummy_forward']
 
@@ -72,7 +72,7 @@ def dummy_forward(model: nn.Module, loss_fn: nn.Module, ds, index: int, args, de
     was_training = model.training
     model.train()
     try:
-        with torch.no_grad(), autocast(args, device):
+        with torch.no_grad(), eval_context(args, device).autocast():
             loss_fn(model(x), y)
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as e:
         raise TrainError(f'{args.model} (--model-kwargs {args.model_kwargs or {}}) cannot train on a batch of '

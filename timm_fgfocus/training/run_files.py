@@ -1,16 +1,13 @@
-"""What a ``train_fg`` run writes: the output folder, ``summary.csv``, ``args.yaml`` (checkpoints are
-:mod:`timm_fgfocus.checkpoint`'s). Every file is written atomically.
+"""The folder of a ``train_fg`` run: its checks, ``args.yaml`` (``summary.csv`` is
+:mod:`timm_fgfocus.metric_table`'s, checkpoints :mod:`timm_fgfocus.checkpoint`'s). Every file is written atomically.
 
 Also what keeps a run folder whole across kills and full disks: the folder checks before a run
 (:func:`prepare_output`, :func:`check_free_space`), the temp files a kill left (:func:`clean_stale_temps`),
 the weights of the best epoch on resume (:func:`best_weights_source`) and one-line write errors (:func:`writing`).
 See docs/failures.md."""
-import csv
-import io
 import os
 import re
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,43 +15,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..files import plain, write_text
 from ..errors import TrainError
+from ..files import existing_ancestor, plain, writable_problem
 
-__all__ = ['SUMMARY_COLUMNS', 'args_dict', 'read_summary', 'write_summary', 'fmt',
-           'prepare_output', 'check_writable', 'clean_stale_temps', 'estimate_checkpoint_bytes', 'check_free_space',
+__all__ = ['args_dict', 'prepare_output', 'check_writable', 'clean_stale_temps', 'estimate_checkpoint_bytes', 'check_free_space',
            'best_weights_source', 'RunProgress', 'writing', 'same_path']
-
-SUMMARY_COLUMNS = (
-    'epoch', 'train_loss', 'train_loss_hybrid', 'train_loss_image', 'train_loss_region', 'train_top1', 'train_images',
-    'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image', 'eval_top5_image', 'eval_top1_ema',
-    'lr', 'lr_backbone', 'epoch_time',
-)
 
 
 def args_dict(args) -> Dict[str, Any]:
     skip = ('rank', 'world_size', 'local_rank', 'distributed')
     return {k: plain(v) for k, v in vars(args).items() if k not in skip}
-
-
-def read_summary(path: Path) -> List[Dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction='ignore')
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: row.get(k, '') for k in SUMMARY_COLUMNS})
-    write_text(path, buf.getvalue())
-
-
-def fmt(v):
-    return f'{v:.6g}' if isinstance(v, float) else v
 
 
 def same_path(a: Path, b: Path) -> bool:
@@ -64,29 +34,17 @@ def same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_writable(out: Path) -> None:
-    """``out`` (or, when it does not exist yet, the folder it will be made in) takes a new file.
+    """``out`` (or, when it does not exist yet, the folder it will be made in) takes a new file."""
+    problem = writable_problem(out)
+    if problem and problem.endswith('is a file, not a folder'):
+        raise TrainError(f'--output {out}: {problem}: choose another --output')
+    if problem:
+        base = existing_ancestor(out)
+        raise TrainError(f'--output {out}: cannot write in {base} ({problem}): choose another --output')
 
-    A real probe file rather than ``os.access``: root passes every permission check of
-    ``os.access`` and a read-only mount only shows when writing.
-    """
-    base = out if out.exists() else _existing_ancestor(out)
-    if not base.is_dir():
-        raise TrainError(f'--output {out}: {base} is a file, not a folder: choose another --output')
-    try:
-        fd, probe = tempfile.mkstemp(prefix='.write-check.', dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise TrainError(f'--output {out}: cannot write in {base} ({e.strerror or e}): '
-                         f'choose another --output') from None
+
+DEMO_DATA = 'data'  # train_fg --demo generates its data set in OUTPUT/data
 
 
 def prepare_output(args) -> Path:
@@ -110,6 +68,8 @@ def prepare_output(args) -> Path:
     if out.exists() and not out.is_dir():
         raise TrainError(f'--output {out} is a file, not a folder: choose another --output')
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if getattr(args, 'demo', False):
+        held = [name for name in held if name != DEMO_DATA]  # the demo's own data, generated before the run
     if held and not args.overwrite and not (source is not None and same_path(out, source)):
         if source is not None:
             raise TrainError(f'--output {out} already holds files ({", ".join(held[:4])}) of another run: '
@@ -157,7 +117,7 @@ def estimate_checkpoint_bytes(model, opt: str, ema: bool) -> int:
 def check_free_space(out: Path, checkpoint_bytes: int) -> None:
     """Enough free space for ``last.pth``, ``best.pth`` and a temp copy while one is replaced
     (less what the run's existing checkpoints already take)."""
-    base = _existing_ancestor(out)
+    base = existing_ancestor(out)
     have = sum((out / n).stat().st_size for n in ('last.pth', 'best.pth') if (out / n).is_file())
     need = 3 * checkpoint_bytes - have
     free = shutil.disk_usage(base).free

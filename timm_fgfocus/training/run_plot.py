@@ -1,8 +1,9 @@
 """The picture of a run: ``summary.png`` beside ``summary.csv``, redrawn after every epoch.
 
-Three panels over the epochs: the losses (train total and each head's term, eval), top-1 of the
-hybrid head against the image-level head alone (eval, and the EMA's when there is one), and the
-learning rates of the heads and the backbone (log scale). Drawn with matplotlib's object API on
+One panel per entry of :data:`timm_fgfocus.metric_table.PANELS`, each drawing the metrics the
+table puts in it: the train loss (the weighted sum and each term), the prediction head's
+cross-entropy on the train batches against the val images (like with like), top-1 of the hybrid
+head against the image-level head alone (and the EMA's), the learning rates (log scale). Drawn with matplotlib's object API on
 its Agg canvas (no pyplot, so no global backend is switched for the caller), written atomically.
 """
 import io
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..files import atomic_write
+from ..metric_table import PANELS, panel_lines
 
 __all__ = ['draw_run_plot', 'save_run_plot']
 
@@ -20,7 +22,7 @@ def _column(rows: Sequence[Dict[str, str]], key: str) -> List[float]:
     for row in rows:
         try:
             out.append(float(row.get(key, '')))
-        except ValueError:
+        except (TypeError, ValueError):  # an empty cell, or None in a row not yet written
             out.append(math.nan)
     return out
 
@@ -33,47 +35,29 @@ def draw_run_plot(rows: Sequence[Dict[str, str]], title: Optional[str] = None):
     """The run's curves from its ``summary.csv`` rows, as a matplotlib ``Figure`` on an Agg canvas.
 
     Args:
-        rows: ``summary.csv`` rows (column name -> text), one per epoch.
+        rows: ``summary.csv`` rows (column name -> text or number), one per epoch.
         title: a line above the panels (e.g. the model and output folder).
 
     Returns:
-        The figure: axes ``loss``, ``top-1 (%)``, ``learning rate``; each line's ``gid`` is its
-        ``summary.csv`` column (an empty column is left out).
+        The figure: one axes per panel (titled as in :data:`~timm_fgfocus.metric_table.PANELS`); each
+        line's ``gid`` is its ``summary.csv`` column (an empty column is left out).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [int(float(r['epoch'])) + 1 for r in rows]  # 1-based, as the terminal prints them
-    fig = Figure(figsize=(13, 3.8), layout='constrained')
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.8), layout='constrained')
     FigureCanvasAgg(fig)
-    ax_loss, ax_top1, ax_lr = fig.subplots(1, 3)
-
-    for key, label, style in (('train_loss', 'train (sum of the 3 terms)', '-'),
-                              ('train_loss_hybrid', 'train hybrid', ':'), ('train_loss_image', 'train image', ':'),
-                              ('train_loss_region', 'train region', ':'), ('eval_loss', 'eval (hybrid head)', '--')):
-        values = _column(rows, key)
-        if _has(values):
-            ax_loss.plot(epochs, values, style, marker='.', label=label, gid=key)
-    ax_loss.set_title('loss')
-
-    for key, label, style in (('eval_top1', 'hybrid head (image + regions)', '-'),
-                              ('eval_top1_image', 'image-level head alone', '-'),
-                              ('eval_top1_ema', 'hybrid head, EMA weights', '--'),
-                              ('train_top1', 'train (hybrid head)', ':')):
-        values = _column(rows, key)
-        if _has(values):
-            ax_top1.plot(epochs, values, style, marker='.', label=label, gid=key)
-    ax_top1.set_title('top-1 (%)')
-
-    for key, label in (('lr', 'heads'), ('lr_backbone', 'backbone')):
-        values = _column(rows, key)
-        if _has(values):
-            ax_lr.plot(epochs, values, marker='.', label=label, gid=key)
-    if any(v > 0 for v in _column(rows, 'lr') + _column(rows, 'lr_backbone') if math.isfinite(v)):
-        ax_lr.set_yscale('log')
-    ax_lr.set_title('learning rate')
-
-    for ax in (ax_loss, ax_top1, ax_lr):
+    for ax, (panel, (panel_title, log_y)) in zip(fig.subplots(1, len(PANELS)), PANELS.items()):
+        drawn = []
+        for m in panel_lines(panel):
+            values = _column(rows, m.key)
+            if _has(values):
+                ax.plot(epochs, values, m.style, marker='.', label=m.label, gid=m.key)
+                drawn += [v for v in values if math.isfinite(v)]
+        if log_y and any(v > 0 for v in drawn):
+            ax.set_yscale('log')
+        ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel('epoch')
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -81,7 +65,7 @@ def draw_run_plot(rows: Sequence[Dict[str, str]], title: Optional[str] = None):
         if len(epochs) == 1:
             ax.set_xticks(epochs)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, parse_math=False)  # a '$' in a path is text, not maths
     return fig
 
 
