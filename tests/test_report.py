@@ -22,7 +22,7 @@ from timm_fgfocus import train as train_mod
 from timm_fgfocus.checkpoint import model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.evaluation import Predictions
-from timm_fgfocus.evaluation.report import build_report
+from timm_fgfocus.evaluation.outputs import build_report
 from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
 
 from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
@@ -144,7 +144,7 @@ def test_report_numbers_against_an_independent_computation(evaluated):
 
 def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
     """build_report alone, on predictions made here: spread confidences, 200 classes."""
-    from timm_fgfocus.evaluation.report import EVAL_FORMAT
+    from timm_fgfocus.evaluation.outputs import EVAL_FORMAT
     rng = np.random.default_rng(7)
     n, c = 1000, 200
     target = rng.integers(0, c, n)

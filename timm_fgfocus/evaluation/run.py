@@ -2,7 +2,7 @@
 
 :func:`evaluate_run` evaluates a model on the val split (every rank its share, gathered on rank 0),
 returns the metrics ``--eval-only`` has always printed, and on rank 0 saves the evaluation outputs
-and builds ``report.html`` (:mod:`.report`). :func:`report_best_checkpoint` does it at the end of
+and builds ``report.html`` (:mod:`.outputs`). :func:`report_best_checkpoint` does it at the end of
 training for ``best.pth``.
 
 Output folder: ``--eval-only`` writes into ``--output DIR``, by default the checkpoint's own folder;
@@ -32,7 +32,7 @@ from .collect import (
 from ..errors import EvaluationError
 from .metrics import confusion_matrix, most_confused, topk_accuracy
 from .pictures import select_mistakes, select_pair_examples
-from .report import EVAL_DIR, EVAL_FORMAT, REPORT_NAME, build_report
+from .outputs import EVAL_DIR, EVAL_FORMAT, REPORT_NAME, build_report
 from .tta import tta_views
 
 __all__ = ['check_output', 'evaluate_run', 'report_best_checkpoint', 'flat_metrics',
