@@ -169,6 +169,7 @@ def test_model_card(published, hub_env):
     # measured accuracy from the checkpoint metrics and summary.csv, nothing invented
     assert '| top-1, hybrid head (the prediction) | 81.25 |' in card
     assert '| top-1, image-level head only | 70.50 |' in card
+    assert 'top-5, hybrid head' not in card and 'with 5 classes the true class is always among the top 5' in card
     assert 'best hybrid top-1 81.25 % at epoch 3' in card
     assert 'raw (non-EMA) weights of epoch 3 of 3' in card
     # the recipe, without machine paths or secret-looking args

@@ -81,7 +81,7 @@ def draw_run_plot(rows: Sequence[Dict[str, str]], title: Optional[str] = None):
         if len(epochs) == 1:
             ax.set_xticks(epochs)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, parse_math=False, usetex=False)  # a folder name is text, not mathtext
     return fig
 
 
