@@ -465,10 +465,13 @@ def _negative_target(t):
     (lambda m: m['examples'].update(pairs=[[0, 1, 2]]), 'eval.json', '"examples" is'),
     (lambda m: m['examples'].update(pairs=[[0, 7, 1, 0, None]]), 'eval.json', '"examples" is'),
     ('target', 'predictions.npz', 'target holds class index -1, outside the 3 class names of eval.json'),
-    ('files', 'predictions.npz', 'files has shape (11,) where the 12 images need (12,)'),
+    ('files', 'predictions.npz', 'files has shape (11,), not one row for each of the 12 images'),
+    ('boxes', 'predictions.npz', 'are not [N, m, 4], [N, m] and [N, k]'),
+    ('confidence__hybrid', 'predictions.npz', 'confidence__hybrid holds values outside [0, 1]'),
     ('attention', 'examples.npz', 'do not agree (expected [n] and [n, h, w])'),
 ], ids=['no-class-names', 'class-names-text', 'regions-text', 'regions-float', 'epoch', 'data', 'tta',
-        'mistakes', 'short-pair', 'pair-class', 'negative-target', 'short-files', 'flat-attention'])
+        'mistakes', 'short-pair', 'pair-class', 'negative-target', 'short-files', 'boxes', 'confidence',
+        'flat-attention'])
 def test_hand_edited_eval_folder_is_one_line_naming_the_file_and_entry(evaluated, tmp_path, capsys, edit, file,
                                                                         says):
     from timm_fgfocus.report import main
@@ -478,6 +481,10 @@ def test_hand_edited_eval_folder_is_one_line_naming_the_file_and_entry(evaluated
         _edit_npz(run / 'eval' / 'predictions.npz', target=_negative_target)
     elif edit == 'files':
         _edit_npz(run / 'eval' / 'predictions.npz', files=lambda f: f[:-1])
+    elif edit == 'boxes':
+        _edit_npz(run / 'eval' / 'predictions.npz', boxes=lambda b: b[..., :3])
+    elif edit == 'confidence__hybrid':
+        _edit_npz(run / 'eval' / 'predictions.npz', confidence__hybrid=lambda c: c + 1)
     elif edit == 'attention':
         _edit_npz(run / 'eval' / 'examples.npz', attention=lambda a: a.reshape(len(a), -1))
     else:

@@ -154,17 +154,17 @@ def _check_predictions(path: Path, preds: Predictions, meta: Dict[str, Any]) -> 
                               f'two evaluations; evaluate again')
     if 'image' not in preds.topk:
         raise EvaluationError(f'{path} is incomplete: no topk__image (the image-level head)')
-    shapes = {'target': preds.target.shape, 'loss': preds.loss.shape, 'files': np.shape(preds.files),
-              'boxes': preds.boxes.shape[:1] + preds.boxes.shape[2:], 'valid': preds.valid.shape[:1],
-              **{f'topk__{h}': v.shape[:1] for h, v in preds.topk.items()},
-              **{f'confidence__{h}': v.shape for h, v in preds.confidence.items()}}
-    expected = {'boxes': (n, 4)}
-    for name, shape in shapes.items():
-        if tuple(shape) != expected.get(name, (n,)):
-            raise EvaluationError(f'{path}: {name} has shape {tuple(shape)} where the {n} images need '
-                                  f'{expected.get(name, (n,))}: the file is damaged; evaluate again')
-    if preds.valid.shape != preds.boxes.shape[:2] or any(v.ndim != 2 or not v.shape[1] for v in preds.topk.values()):
-        raise EvaluationError(f'{path}: the shapes of valid, boxes and topk do not agree: the file is damaged')
+    arrays = {'target': preds.target, 'loss': preds.loss, 'files': np.asarray(preds.files), 'boxes': preds.boxes,
+              'valid': preds.valid, **{f'topk__{h}': v for h, v in preds.topk.items()},
+              **{f'confidence__{h}': v for h, v in preds.confidence.items()}}
+    for name, a in arrays.items():
+        if a.ndim == 0 or len(a) != n:
+            raise EvaluationError(f'{path}: {name} has shape {a.shape}, not one row for each of the {n} images: '
+                                  f'the file is damaged; evaluate again')
+    if preds.boxes.ndim != 3 or preds.boxes.shape[2] != 4 or preds.valid.shape != preds.boxes.shape[:2] or any(
+            v.ndim != 2 or not v.shape[1] for v in preds.topk.values()):
+        raise EvaluationError(f'{path}: boxes {preds.boxes.shape}, valid {preds.valid.shape} and topk are not '
+                              f'[N, m, 4], [N, m] and [N, k]: the file is damaged; evaluate again')
     if len(np.unique(preds.index)) != n or (n and preds.index.min() < 0):
         raise EvaluationError(f'{path}: the sample indices are not distinct and >= 0: the file is damaged')
     for name, values in [('target', preds.target)] + [(f'topk__{h}', v) for h, v in preds.topk.items()]:
