@@ -88,7 +88,7 @@ _META_ENTRIES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     'ema': (lambda v: isinstance(v, bool), 'true or false'),
     **{k: (lambda v: isinstance(v, str), 'a string') for k in ('checkpoint', 'checkpoint_sha256', 'arch', 'device',
                                                                 'created')},
-    'data': (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    'data': (lambda v: isinstance(v, dict) and all(x is None or isinstance(x, str) for x in v.values()),
              'an object of strings (dataset, data_dir, split)'),
     'input': (lambda v: isinstance(v, dict) and isinstance(v.get('input_size', []), list),
               'an object with an input_size list'),
