@@ -169,6 +169,7 @@ def test_model_card(published, hub_env):
     # measured accuracy from the checkpoint metrics and summary.csv, nothing invented
     assert '| top-1, hybrid head (the prediction) | 81.25 |' in card
     assert '| top-1, image-level head only | 70.50 |' in card
+    assert 'top-5, hybrid head' not in card and 'with 5 classes the true class is always among the top 5' in card
     assert 'best hybrid top-1 81.25 % at epoch 3' in card
     assert 'raw (non-EMA) weights of epoch 3 of 3' in card
     # the recipe, without machine paths or secret-looking args
@@ -500,6 +501,26 @@ def test_save_for_hub_api_is_safe_too(tmp_path):
     with pytest.raises(HubUploadError, match='not a valid Hub repo id'):
         save_for_hub(model, tmp_path / 'new', 'timm-fgfocus/na me')
     assert not (tmp_path / 'new').exists()
+
+
+def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
+    folder = tmp_path / 'repo'
+    assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == {
+        name: 0o666 & ~umask for name in ('README.md', 'config.json', 'model.safetensors')}
+
+
+def test_checkpoint_folder_is_one_line_naming_the_checkpoints_in_it(run_dir, tmp_path, capsys):
+    rc, out, err = _cli(['--checkpoint', str(run_dir), '--repo-id', REPO, '--dry-run', str(tmp_path / 'r')], capsys)
+    assert rc == 2 and out == '' and len(err.splitlines()) == 1
+    assert f'--checkpoint {run_dir} is a folder, not a checkpoint file: pass --checkpoint {run_dir / "last.pth"}' in err
+    assert 'does not exist' not in err and not (tmp_path / 'r').exists()
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    rc, _, err = _cli(['--checkpoint', str(empty), '--repo-id', REPO, '--dry-run', str(tmp_path / 'r')], capsys)
+    assert rc == 2 and f'{empty} is a folder' in err and 'best.pth or last.pth' in err and 'none in it' in err
 
 
 def test_dry_run_into_a_file_or_below_one(run_dir, tmp_path, capsys):

@@ -20,6 +20,7 @@ from timm_fgfocus.model_card import read_evaluation, transformers_snippet
 from evalkit import FAST, make_checkpoint
 
 NAMES = sorted(CLASSES[:3])
+SIX = sorted(CLASSES[:6])  # more than 5 classes: top-5 says something
 METRICS = dict(epoch=2, eval_top1=81.25, eval_top5=99.5, eval_top1_image=70.5, eval_top5_image=90.125,
                eval_top1_ema=80.0, eval_samples=64)
 REPO = 'timm-fgfocus/fgfocus_test.card'
@@ -51,7 +52,7 @@ def dry_run(checkpoint, folder, *extra):
 
 
 def test_model_index_holds_the_checkpoint_metrics_and_nothing_else(tmp_path):
-    ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', NAMES, metrics=METRICS, ema=True)
+    ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', SIX, metrics=METRICS, ema=True)
     card = dry_run(ckpt, tmp_path / 'repo')
     hybrid = 'hybrid (the prediction: image + 2 regions)'
     assert model_index(card) == {
@@ -82,11 +83,11 @@ def test_model_index_takes_the_report_of_this_very_checkpoint(tmp_path):
     expected = {}
     for head, acc in report['heads'].items():
         from timm_fgfocus.evaluation.collect import head_label
-        for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') else (1,)):
-            expected[(f'top-{k} accuracy (%), {head_label(head, 2)}', 'val')] = round(acc[f'top{k}'], 2)
+        expected[(f'top-1 accuracy (%), {head_label(head, 2)}', 'val')] = round(acc['top1'], 2)  # 3 classes: no top-5
     assert index == expected
     assert {'region_1', 'region_2', 'region_mean', 'hybrid_tta', 'image_tta'} <= set(report['heads'])
     assert '### Evaluation report' in card and 'region rank 2 alone' in card and 'TTA: logits averaged over' in card
+    assert '| head | top-1 % | top-1 % TTA |' in card
     assert f'{report["ece"]["hybrid"]:.2f} %' in card
 
     # another file (a later save of the checkpoint): its card does not borrow the report
@@ -95,9 +96,58 @@ def test_model_index_takes_the_report_of_this_very_checkpoint(tmp_path):
     make_checkpoint(ckpt, NAMES, metrics=METRICS, epoch=3)
     assert read_evaluation(ckpt) is None
     card = dry_run(ckpt, tmp_path / 'repo2')
-    assert 'Evaluation report' not in card and len(model_index(card)) == 4
+    assert 'Evaluation report' not in card and len(model_index(card)) == 2  # top-1 of both heads
     shutil.rmtree(tmp_path / 'run' / 'eval')
     assert read_evaluation(ckpt) is None
+
+
+def test_top5_is_left_out_with_five_classes_or_fewer(tmp_path):
+    """With 5 classes or fewer the true class is always in the top 5: the card says so instead of 100 %."""
+    ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', NAMES, metrics=METRICS)
+    with open(ckpt.parent / 'summary.csv', 'w') as f:
+        f.write('epoch,train_loss,eval_top1,eval_top5\n0,1.5,50.0,100.0\n1,1.2,60.0,100.0\n')
+    card = dry_run(ckpt, tmp_path / 'repo')
+    hybrid = 'hybrid (the prediction: image + 2 regions)'
+    assert model_index(card) == {(f'top-1 accuracy (%), {hybrid}', 'val'): 81.25,
+                                 ('top-1 accuracy (%), image level only', 'val'): 70.5}
+    assert 'top-5' not in card.split('## Results')[1].split('## Model Usage')[0].replace(
+        'Top-5 accuracy is not reported: with 3 classes the true class is always among the top 5', '')
+    assert 'Top-5 accuracy is not reported: with 3 classes the true class is always among the top 5' in card
+    assert '| epoch | train_loss | eval_top1 |' in card and 'eval_top5' not in card
+    # six classes: top-5 is reported, and no such note
+    six = make_checkpoint(tmp_path / 'six' / 'best.pth', SIX, metrics=METRICS)
+    card = dry_run(six, tmp_path / 'repo6')
+    assert '| top-5, hybrid head | 99.50 |' in card and 'not reported' not in card
+
+
+@pytest.mark.parametrize('dataset, title', [('', 'image folders'), ('cub200', 'CUB-200-2011'), (None, 'not recorded')])
+def test_dataset_line_and_model_index_name_the_same_data(tmp_path, dataset, title):
+    ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', NAMES, metrics=METRICS, dataset=dataset or '')
+    if dataset is None:  # a checkpoint whose arguments do not record the data set
+        from timm_fgfocus.checkpoint import atomic_save, load_checkpoint
+        raw = load_checkpoint(ckpt)
+        del raw['args']['dataset']
+        atomic_save(raw, ckpt)
+    card = dry_run(ckpt, tmp_path / 'repo')
+    assert f'- **Dataset:** {title}\n' in card
+    names = {result['dataset']['name'] for entry in front_matter(card)['model-index'] for result in entry['results']}
+    assert names == {title}
+
+
+@pytest.mark.parametrize('edit', [{'data': 'cub200'}, {'class_names': None}, {'epoch': 'last'}])
+def test_malformed_report_beside_the_checkpoint_is_left_out_of_the_card(tmp_path, edit):
+    data = generate_demo_data(tmp_path / 'data', train_per_class=1, val_per_class=1, num_classes=3, image_size=64,
+                              wing_units=6, seed=4)
+    ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', NAMES, metrics=METRICS)
+    train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(data)] + FAST)
+    assert read_evaluation(ckpt) is not None
+    path = tmp_path / 'run' / 'eval' / 'eval.json'
+    meta = json.loads(path.read_text())
+    meta.update(edit)
+    path.write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+    assert read_evaluation(ckpt) is None
+    card = dry_run(ckpt, tmp_path / 'repo')
+    assert 'Evaluation report' not in card and len(model_index(card)) == 2
 
 
 @pytest.fixture(scope='module')

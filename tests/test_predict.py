@@ -177,6 +177,18 @@ def test_save_regions(checkpoint, folder, tmp_path, capsys):
     np.testing.assert_allclose(right[30, 2], 0.4 * src[30, 2], atol=2)
 
 
+def test_save_regions_names_a_file(checkpoint, folder, tmp_path, capsys):
+    target = tmp_path / 'regions.png'
+    target.write_bytes(b'my picture')
+    for where, says in ((target, f'--save-regions {target} is a file: it must be a folder'),
+                        (target / 'sub', f'--save-regions {target / "sub"} is inside the file {target}: it must be a '
+                                         f'folder')):
+        assert main([str(folder / 'wide.jpg'), '--checkpoint', str(checkpoint), '--save-regions', str(where)]) == 2
+        out, err = capsys.readouterr()
+        assert out == '' and err.count('\n') == 1 and says in err and 'File exists' not in err
+    assert target.read_bytes() == b'my picture'
+
+
 def test_module_entry_point_json_stdout_clean(checkpoint, folder):
     """``python -m timm_fgfocus.predict FOLDER --json``: progress bar on stderr, JSON lines on stdout."""
     env = dict(os.environ, OMP_NUM_THREADS='1')

@@ -1,6 +1,7 @@
 """The evaluation report end to end: ``train_fg --eval-only`` (and the end of training) write report.html
 and eval/; its numbers against an independent computation; regenerated without the model; opened in a
 real browser; benchmark layouts; DDP with 2 ranks; bad input."""
+import errno
 import hashlib
 import html
 import json
@@ -22,7 +23,7 @@ from timm_fgfocus import train as train_mod
 from timm_fgfocus.checkpoint import model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.evaluation import Predictions
-from timm_fgfocus.evaluation.report import build_report
+from timm_fgfocus.evaluation.outputs import build_report
 from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
 
 from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
@@ -140,11 +141,15 @@ def test_report_numbers_against_an_independent_computation(evaluated):
         assert f'<td>{html.escape(r["true_class"])}</td><td>{html.escape(r["predicted_class"])}</td>' \
                f'<td class="num">{r["images"]}</td>' in page
     assert 'cost' in page.lower() and 'ms/image' in page
+    # 3 classes: top-5 is always 100 %, so the page leaves it out and says why (metrics.json keeps it)
+    assert '<tr><th>head</th><th>top-1 %</th><th>top-1 % TTA</th></tr>' in page and 'top-5 %' not in page
+    assert 'No top-5 column: with 3 classes the true class is always among the top 5' in page
+    assert saved['heads']['hybrid']['top5'] == 100.0
 
 
 def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
     """build_report alone, on predictions made here: spread confidences, 200 classes."""
-    from timm_fgfocus.evaluation.report import EVAL_FORMAT
+    from timm_fgfocus.evaluation.outputs import EVAL_FORMAT
     rng = np.random.default_rng(7)
     n, c = 1000, 200
     target = rng.integers(0, c, n)
@@ -184,6 +189,17 @@ def test_build_report_from_hand_made_predictions_of_200_classes(tmp_path):
     with Image.open(tmp_path / 'eval' / 'confusion.png') as img:
         assert img.width < 2000 and img.height < 1200  # the worst rows only: readable, not 200 x 200
     assert '200 classes are too many for one readable grid' in page and 'species' in page
+    # confused pairs: the share is of the TRUE class's images (classes of unequal sizes tell it apart)
+    pairs = read_csv(tmp_path / 'eval' / 'confused_pairs.csv')
+    assert len(pairs) == 50
+    for r in pairs:
+        t, p = int(r['true_index']), int(r['predicted_index'])
+        assert int(r['images']) == int(((target == t) & (pred == p)).sum())
+        assert float(r['share_of_true_class']) == pytest.approx(100 * int(r['images']) / (target == t).sum(), abs=0.005)
+        if pairs.index(r) < 15:  # the page's table
+            assert (f'<td>{names[t]}</td><td>{names[p]}</td><td class="num">{r["images"]}</td>'
+                    f'<td class="num">{100 * int(r["images"]) / (target == t).sum():.1f}</td>') in page
+    assert '<th>top-5 %</th>' in page and 'No top-5 column' not in page  # 200 classes: top-5 says something
 
 
 def test_printed_lines(eval_data, checkpoint, tmp_path, capsys):
@@ -277,6 +293,209 @@ def test_report_command_errors_are_one_line(evaluated, tmp_path, capsys):
     (run / 'eval' / 'eval.json').write_text('{"format": "something else"}')
     assert main([str(run)]) == 1
     assert 'is not an fgfocus evaluation' in capsys.readouterr().err
+
+
+# --- class names, read-only folders, hand-edited files -----------------------------------------------
+
+# '$...$' is mathtext to matplotlib: '$a^$' does not parse, '$x^2$' would be drawn as x squared
+DOLLAR_NAMES = ['$\\alpha$ x$', 'a$b', '$x^2$', '$a^$', 'M\u00e9sange', 'plain']
+
+
+def _hand_made_evaluation(eval_dir: Path, names, n: int = 48, seed: int = 0):
+    """An eval/ folder as an evaluation writes it, from predictions made here (with the pictures' examples)."""
+    from timm_fgfocus.evaluation.metrics import confusion_matrix, most_confused
+    from timm_fgfocus.evaluation.outputs import EVAL_FORMAT
+    from timm_fgfocus.evaluation.pictures import select_mistakes, select_pair_examples
+    rng = np.random.default_rng(seed)
+    c = len(names)
+    target = rng.integers(0, c, n)
+    conf = rng.uniform(0.2, 1.0, n).astype(np.float32)
+    pred = np.where(rng.uniform(0, 1, n) < 0.5, target, (target + rng.integers(1, c, n)) % c)
+    topk = np.stack([(pred + j) % c for j in range(min(5, c))], 1).astype(np.int32)
+    xy = rng.uniform(0, 40, (n, 2, 2)).astype(np.float32)
+    preds = Predictions(index=np.arange(n), target=target, loss=rng.uniform(0, 3, n).astype(np.float32),
+                        topk={'hybrid': topk, 'image': topk}, confidence={'hybrid': conf, 'image': conf},
+                        boxes=np.concatenate([xy, xy + 24], -1), valid=np.ones((n, 2), bool))
+    (eval_dir / 'inputs').mkdir(parents=True)
+    preds.save(eval_dir / 'predictions.npz')
+    mistakes = select_mistakes(target, pred, conf, 4)
+    pairs = most_confused(confusion_matrix(pred, target, c), 2)
+    chosen = select_pair_examples(target, pred, conf, pairs)
+    shown = sorted(set(mistakes) | {i for ab in chosen for i in ab if i is not None})
+    for i in shown:
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(eval_dir / 'inputs' / f'{i}.jpg')
+    np.savez(eval_dir / 'examples.npz', index=np.array(shown), attention=rng.uniform(0, 1, (len(shown), 2, 2)))
+    (eval_dir / 'eval.json').write_text(json.dumps(dict(
+        format=EVAL_FORMAT, arch='fgfocus_test', class_names=list(names), num_samples=n, num_regions=2,
+        num_hybrid_regions=2, data=dict(split='val', dataset=''), examples=dict(
+            mistakes=mistakes, pairs=[[p.true, p.pred, p.count, a, b] for p, (a, b) in zip(pairs, chosen)]))))
+    return target, pred
+
+
+def _text_width(text: str, **props) -> float:
+    """Width in pixels of ``text`` at 8 pt, 100 dpi, drawn on its own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    t = fig.text(0, 0, text, fontsize=8, **props)
+    return t.get_window_extent(canvas.get_renderer()).width
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_written(tmp_path, monkeypatch, capsys):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from timm_fgfocus.evaluation import pictures
+    from timm_fgfocus.report import main
+    drawn = []
+    real = pictures.confusion_figure
+    monkeypatch.setattr(pictures, 'confusion_figure', lambda *a, **kw: drawn.append(real(*a, **kw)) or drawn[-1])
+    _hand_made_evaluation(tmp_path / 'eval', DOLLAR_NAMES)
+    assert main([str(tmp_path)]) == 0, capsys.readouterr().err
+    assert {r['class'] for r in read_csv(tmp_path / 'eval' / 'per_class.csv')} == set(DOLLAR_NAMES)
+    page = (tmp_path / 'report.html').read_text()
+    assert all(html.escape(name) in page for name in DOLLAR_NAMES)
+    assert len(list((tmp_path / 'eval').glob('pair_*.png'))) == 2 and (tmp_path / 'eval' / 'mistakes.png').is_file()
+    # the confusion picture's labels are the names as written: as wide as the plain text, not as the maths
+    ax = drawn[0].axes[0]
+    renderer = FigureCanvasAgg(drawn[0]).get_renderer()
+    labels = {t.get_text(): t for t in ax.get_yticklabels()}
+    assert {text.rsplit(' (', 1)[0] for text in labels} == set(DOLLAR_NAMES)
+    for text, label in labels.items():
+        assert not label.get_parse_math() and not label.get_usetex()
+        assert label.get_window_extent(renderer).width == pytest.approx(_text_width(text, parse_math=False), abs=0.5)
+    x2 = next(t for t in labels if t.startswith('$x^2$'))
+    assert _text_width(x2, parse_math=True) < _text_width(x2, parse_math=False) - 3  # the check tells them apart
+    assert {t.get_text() for t in ax.get_xticklabels()} == set(DOLLAR_NAMES)
+    assert all(not t.get_parse_math() for t in ax.get_xticklabels())
+
+
+def _deny_writes_under(folder: Path, monkeypatch) -> None:
+    """Every file the package writes under ``folder`` fails as in a read-only folder (root ignores chmod)."""
+    import builtins
+    from timm_fgfocus import files
+
+    def open_(file, mode='r', *args, **kwargs):
+        if set(mode) & set('wxa') and Path(file).resolve().is_relative_to(folder.resolve()):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(files, 'open', open_, raising=False)
+
+
+def _contents(folder: Path):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_rebuild_of_a_read_only_run_folder(evaluated, tmp_path, monkeypatch, capsys):
+    from timm_fgfocus.report import main
+    run = tmp_path / 'run'
+    shutil.copytree(evaluated[0], run)
+    before = _contents(run)
+    _deny_writes_under(run, monkeypatch)
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and f'cannot write into {run / "eval"}' in err and 'Permission denied' in err
+    assert '--output DIR' in err and _contents(run) == before
+    # the way out: the page and eval/ elsewhere, the saved outputs read from RUN_DIR
+    out = tmp_path / 'elsewhere'
+    assert main([str(run), '--output', str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f'report: {out / "report.html"}'
+    assert (out / 'report.html').read_bytes() == before[Path('report.html')]
+    copied = _contents(out)
+    assert {k: v for k, v in before.items() if k.suffix != '.png'} == {k: v for k, v in copied.items()
+                                                                        if k.suffix != '.png'}
+    assert sorted(k for k in copied if k.suffix == '.png') == sorted(k for k in before if k.suffix == '.png')
+    parser = _Links()
+    parser.feed((out / 'report.html').read_text())
+    assert parser.links and all((out / link).is_file() for link in parser.links)
+    assert _contents(run) == before
+
+
+def test_rebuild_output_holding_someone_elses_page_is_left_alone(evaluated, tmp_path, capsys):
+    from timm_fgfocus.report import main
+    other = tmp_path / 'mine'
+    other.mkdir()
+    (other / 'report.html').write_text('<html>my own page</html>')
+    assert main([str(evaluated[0]), '--output', str(other)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and str(other / 'report.html') in err and 'not written by an fgfocus evaluation' in err
+    assert sorted(p.name for p in other.iterdir()) == ['report.html']
+    assert (other / 'report.html').read_text() == '<html>my own page</html>'
+
+
+@pytest.mark.skipif(not hasattr(os, 'geteuid') or os.geteuid() == 0, reason='root writes into read-only folders')
+def test_rebuild_of_a_chmod_read_only_run_folder(evaluated, tmp_path, capsys):
+    from timm_fgfocus.report import main
+    run = tmp_path / 'run'
+    shutil.copytree(evaluated[0], run)
+    for folder in (run / 'eval', run):
+        folder.chmod(0o555)
+    try:
+        assert main([str(run)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count('\n') == 0 and 'cannot write into' in err and '--output DIR' in err
+        assert main([str(run), '--output', str(tmp_path / 'out')]) == 0
+    finally:
+        for folder in (run, run / 'eval'):
+            folder.chmod(0o755)
+
+
+def _edit_npz(path: Path, **changes) -> None:
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    for key, change in changes.items():
+        arrays[key] = change(arrays[key])
+    np.savez(path, **arrays)
+
+
+def _negative_target(t):
+    t = t.copy()
+    t[3] = -1
+    return t
+
+
+@pytest.mark.parametrize('edit, file, says', [
+    (lambda m: m.pop('class_names'), 'eval.json', 'has no "class_names" entry'),
+    (lambda m: m.update(class_names='abc'), 'eval.json', '"class_names" is "abc", expected a list of class names'),
+    (lambda m: m.update(num_hybrid_regions='two'), 'eval.json', '"num_hybrid_regions" is "two", expected a whole'),
+    (lambda m: m.update(num_hybrid_regions=1.5), 'eval.json', '"num_hybrid_regions" is 1.5, expected a whole'),
+    (lambda m: m.update(epoch='last'), 'eval.json', '"epoch" is "last"'),
+    (lambda m: m.update(data='cub200'), 'eval.json', '"data" is "cub200"'),
+    (lambda m: m.update(tta={'views': [[1.0]]}), 'eval.json', '"tta" is {"views": [[1.0]]}'),
+    (lambda m: m['examples'].update(mistakes='all'), 'eval.json', '"examples" is {"mistakes": "all"'),
+    (lambda m: m['examples'].update(pairs=[[0, 1, 2]]), 'eval.json', '"examples" is'),
+    (lambda m: m['examples'].update(pairs=[[0, 7, 1, 0, None]]), 'eval.json', '"examples" is'),
+    ('target', 'predictions.npz', 'target holds class index -1, outside the 3 class names of eval.json'),
+    ('files', 'predictions.npz', 'files has shape (11,), not one row for each of the 12 images'),
+    ('boxes', 'predictions.npz', 'are not [N, m, 4], [N, m] and [N, k]'),
+    ('confidence__hybrid', 'predictions.npz', 'confidence__hybrid holds values outside [0, 1]'),
+    ('attention', 'examples.npz', 'do not agree (expected [n] and [n, h, w])'),
+], ids=['no-class-names', 'class-names-text', 'regions-text', 'regions-float', 'epoch', 'data', 'tta',
+        'mistakes', 'short-pair', 'pair-class', 'negative-target', 'short-files', 'boxes', 'confidence',
+        'flat-attention'])
+def test_hand_edited_eval_folder_is_one_line_naming_the_file_and_entry(evaluated, tmp_path, capsys, edit, file,
+                                                                        says):
+    from timm_fgfocus.report import main
+    run = tmp_path / 'run'
+    shutil.copytree(evaluated[0], run)
+    if edit == 'target':
+        _edit_npz(run / 'eval' / 'predictions.npz', target=_negative_target)
+    elif edit == 'files':
+        _edit_npz(run / 'eval' / 'predictions.npz', files=lambda f: f[:-1])
+    elif edit == 'boxes':
+        _edit_npz(run / 'eval' / 'predictions.npz', boxes=lambda b: b[..., :3])
+    elif edit == 'confidence__hybrid':
+        _edit_npz(run / 'eval' / 'predictions.npz', confidence__hybrid=lambda c: c + 1)
+    elif edit == 'attention':
+        _edit_npz(run / 'eval' / 'examples.npz', attention=lambda a: a.reshape(len(a), -1))
+    else:
+        meta = json.loads((run / 'eval' / 'eval.json').read_text())
+        edit(meta)
+        (run / 'eval' / 'eval.json').write_text(json.dumps(meta))
+    page = (run / 'report.html').read_bytes()
+    assert main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and str(run / 'eval' / file) in err and says in err, err
+    assert (run / 'report.html').read_bytes() == page  # nothing rewritten
 
 
 class _Links(HTMLParser):

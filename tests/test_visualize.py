@@ -1,4 +1,5 @@
 """Drawing: boxes land on the model's box pixels, heat map placement, region sheet layout."""
+import io
 import math
 
 import numpy as np
@@ -196,3 +197,55 @@ def test_save_region_sheet(model, batch, tmp_path, train_mode):
         assert (panel[mask] == REGION_COLORS[0]).all(), i
     # the empty fourth cell stays white
     assert (sheet[SHEET_PAD + cell_h + SHEET_PAD:, SHEET_PAD + cell_w + SHEET_PAD:] == 255).all()
+
+
+# --- text: fonts and class names ------------------------------------------------------------------
+
+def _dejavu():
+    from matplotlib import font_manager
+    return font_manager.findfont(font_manager.FontProperties(family='DejaVu Sans'), fallback_to_default=False)
+
+
+def test_captions_draw_accents_with_a_truetype_font():
+    """'Mésange' is drawn with DejaVu Sans, which has an 'é' (read from the font file with fontTools),
+    pixel for pixel as that font draws it (Pillow's default font draws a box instead)."""
+    from fontTools.ttLib import TTFont
+    from PIL import ImageDraw, ImageFont
+    from timm_fgfocus.visualize import text_font
+
+    font = text_font(14)
+    assert font.path == _dejavu()
+    assert ord('é') in TTFont(_dejavu()).getBestCmap()
+    fig = region_figure(Image.new('RGB', (64, 64), (255, 255, 255)), np.zeros((0, 4)), np.zeros((2, 2)),
+                        title='Mésange', num_regions=0)
+    # the caption line, drawn independently at the documented place: (2, H + 2) below the 64-px panels
+    size = max(10, round(64 / 18))
+    ref = Image.new('RGB', fig.size, (255, 255, 255))
+    ImageDraw.Draw(ref).text((2, 64 + 2), 'Mésange', fill=(0, 0, 0), font=ImageFont.truetype(_dejavu(), size))
+    assert (np.asarray(fig)[64:] == np.asarray(ref)[64:]).all()
+
+
+def test_characters_the_font_lacks_are_drawn_as_code_points_with_one_warning(monkeypatch, caplog):
+    import timm_fgfocus.visualize as vis
+    monkeypatch.setattr(vis, '_warned', [])
+    font = vis.text_font(14)
+    with caplog.at_level('WARNING', logger='timm_fgfocus.visualize'):
+        assert vis.drawable_text('鳥 Mésange Жук', font) == '<U+9CE5> Mésange Жук'
+        assert vis.drawable_text('日本', font) == '<U+65E5><U+672C>'
+        assert vis.drawable_text('Mésange', font) == 'Mésange'
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and '鳥' in warnings[0] and 'DejaVu Sans' in warnings[0] and '\n' not in warnings[0]
+    # a figure captioned with the name shows the code point, exactly as if it had been written out
+    blank = (Image.new('RGB', (64, 64)), np.zeros((0, 4)), np.zeros((2, 2)))
+    drawn = region_figure(*blank, title='鳥 bird', num_regions=0)
+    assert np.array_equal(np.asarray(drawn), np.asarray(region_figure(*blank, title='<U+9CE5> bird', num_regions=0)))
+
+
+def test_folder_names_with_dollar_signs_in_the_summary_title():
+    """matplotlib reads '$...$' as mathtext: a run folder named so must be drawn as written."""
+    from timm_fgfocus.training.run_plot import draw_run_plot
+    fig = draw_run_plot([{'epoch': '0', 'train_loss': '1.5', 'eval_top1': '20'}], title='fgfocus_test  runs/$a^$')
+    fig.savefig(io.BytesIO(), format='png')
+    from matplotlib.text import Text
+    title = [t for t in fig.findobj(Text) if t.get_text() == 'fgfocus_test  runs/$a^$']
+    assert len(title) == 1 and not title[0].get_parse_math() and not title[0].get_usetex()

@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -44,7 +44,7 @@ from timm.models import save_for_hf
 
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .errors import first_line
-from .files import plain
+from .files import plain, write_text
 from .fgfocus import HF_ORG
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
 from .model_card import _epoch, model_card, read_evaluation
@@ -52,7 +52,7 @@ from .model_card import _epoch, model_card, read_evaluation
 __all__ = [
     'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
     'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
-    'check_local_dir', 'main',
+    'check_checkpoint_file', 'check_local_dir', 'main',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -267,54 +267,21 @@ def save_for_hub(
     save_directory = Path(save_directory)
     check_repo_id(repo_id)
     _check_folder(save_directory, overwrite)
-    arch = arch or model.pretrained_cfg.get('architecture')
-    if arch:  # a weights tag ('fgfocus_resnet50.tv_in1k') names the start point, not the architecture
-        arch = timm.models.split_model_name_tag(arch)[0]
-    if not arch or not arch.startswith('fgfocus_'):
-        raise HubUploadError(f'hf_upload publishes fgfocus models; got architecture {arch!r}')
-    if class_names is not None and len(class_names) != model.num_classes:
-        raise HubUploadError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
-    state_dict = model.state_dict()
-    bad = nonfinite_tensors(state_dict)
-    if bad:
-        raise HubUploadError(f'the model\'s weights are not finite ({describe_nonfinite(bad)}); nothing was written')
-    export_args = export_model_args(model, arch, model_args)
+    arch = _published_arch(model, arch)
     license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
-
-    model_config: Dict[str, Any] = {
-        'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME, 'license': license},
-        WEIGHTS_DIGEST_KEY: digest(state_dict),  # what save_for_hf writes: model.state_dict()
-    }
-    if class_names is not None:
-        model_config['label_names'] = [str(c) for c in class_names]
-    source_cfg = model.pretrained_cfg
-    # the source tag (e.g. a1_in1k: the ImageNet backbone the training started from) does not
-    # describe these weights; the repo name's tag does, if it has one
-    export_cfg = {k: v for k, v in source_cfg.items() if k not in ('tag', 'hf_hub_id', 'url', 'file')}
-    if _repo_tag(repo_id):
-        export_cfg['tag'] = _repo_tag(repo_id)
-    export_cfg['architecture'] = arch
+    model_config = _model_config(model, class_names, license)
+    export_args = export_model_args(model, arch, model_args)
+    card_args = dict(metrics=metrics, train_args=train_args, summary=summary, ema=ema, revision=revision,
+                     license=license, num_params=sum(p.numel() for p in model.parameters()), evaluation=evaluation)
 
     def write(staging: Path) -> None:
-        model.pretrained_cfg = export_cfg
+        source_cfg = model.pretrained_cfg
+        model.pretrained_cfg = _export_cfg(source_cfg, repo_id, arch)
         try:
             save_for_hf(model, staging, model_config=model_config, model_args=export_args, safe_serialization=True)
         finally:
             model.pretrained_cfg = source_cfg
-        config = json.loads((staging / 'config.json').read_text())
-        # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
-        # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
-        # so only the top-level num_classes stays (the one timm's Hub loader reads)
-        if config.get('model_args', {}).pop('num_classes', None) is not None:
-            (staging / 'config.json').write_text(json.dumps(config, indent=2))
-        card = model_card(
-            repo_id, arch, config, metrics=metrics, train_args=train_args, summary=summary, ema=ema,
-            revision=revision, license=license, num_params=sum(p.numel() for p in model.parameters()),
-            evaluation=evaluation)
-        (staging / 'README.md').write_text(card, encoding='utf-8')
-        written = sorted(p.name for p in staging.iterdir())
-        if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
-            raise HubUploadError(f'timm\'s save_for_hf wrote {written}, expected {sorted(_FOLDER_FILES)}')
+        _finish_folder(staging, repo_id, arch, card_args)
 
     # (a pytorch_model.bin left in the folder by an older export is kept: timm's local-dir loader
     # takes model.safetensors first, and only the three files above are ever pushed)
@@ -322,6 +289,68 @@ def save_for_hub(
     if verify:
         _verify_folder(save_directory, model)
     return save_directory
+
+
+def _published_arch(model: torch.nn.Module, arch: Optional[str]) -> str:
+    """The registered fgfocus architecture to publish ``model`` as (its weight tag dropped)."""
+    arch = arch or model.pretrained_cfg.get('architecture')
+    if arch:  # a weights tag ('fgfocus_resnet50.tv_in1k') names the start point, not the architecture
+        arch = timm.models.split_model_name_tag(arch)[0]
+    if not arch or not arch.startswith('fgfocus_'):
+        raise HubUploadError(f'hf_upload publishes fgfocus models; got architecture {arch!r}')
+    return arch
+
+
+def _model_config(model: torch.nn.Module, class_names: Optional[Sequence[str]], license: str) -> Dict[str, Any]:
+    """What ``config.json`` gets beside timm's entries: the weights file, license, digest, class names.
+
+    Raises:
+        HubUploadError: a class name count other than the model's, or weights that are not finite.
+    """
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise HubUploadError(f'{len(class_names)} class names for a model with {model.num_classes} classes')
+    state_dict = model.state_dict()
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise HubUploadError(f'the model\'s weights are not finite ({describe_nonfinite(bad)}); nothing was written')
+    config: Dict[str, Any] = {
+        'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME, 'license': license},
+        WEIGHTS_DIGEST_KEY: digest(state_dict),  # what save_for_hf writes: model.state_dict()
+    }
+    if class_names is not None:
+        config['label_names'] = [str(c) for c in class_names]
+    return config
+
+
+def _export_cfg(source_cfg: Dict[str, Any], repo_id: str, arch: str) -> Dict[str, Any]:
+    """The published ``pretrained_cfg``: the model's, with the repo name's tag (if any) as its tag.
+
+    The source tag (e.g. a1_in1k: the ImageNet backbone the training started from) and where those
+    weights came from do not describe the published weights.
+    """
+    export_cfg = {k: v for k, v in source_cfg.items() if k not in ('tag', 'hf_hub_id', 'url', 'file')}
+    if _repo_tag(repo_id):
+        export_cfg['tag'] = _repo_tag(repo_id)
+    export_cfg['architecture'] = arch
+    return export_cfg
+
+
+def _finish_folder(staging: Path, repo_id: str, arch: str, card_args: Dict[str, Any]) -> None:
+    """After timm's ``save_for_hf``: drop the repeated ``num_classes``, add the card, share the files."""
+    config = json.loads((staging / 'config.json').read_text())
+    # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
+    # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
+    # so only the top-level num_classes stays (the one timm's Hub loader reads)
+    if config.get('model_args', {}).pop('num_classes', None) is not None:
+        write_text(staging / 'config.json', json.dumps(config, indent=2))
+    write_text(staging / 'README.md', model_card(repo_id, arch, config, **card_args))
+    written = sorted(p.name for p in staging.iterdir())
+    if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
+        raise HubUploadError(f'timm\'s save_for_hf wrote {written}, expected {sorted(_FOLDER_FILES)}')
+    # safetensors writes its file readable by its owner only; a published folder is read by others:
+    # every file gets the mode of README.md, written like any file the user writes (0666 less the umask)
+    for name in _FOLDER_FILES:
+        shutil.copymode(staging / 'README.md', staging / name)
 
 
 def check_local_dir(model_name: str) -> None:
@@ -376,6 +405,21 @@ def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
                 f'{getattr(model, name)!r}: config.json model_args are incomplete')
 
 
+def check_checkpoint_file(checkpoint: Union[str, Path]) -> None:
+    """A ``--checkpoint`` that names a folder is refused, with the checkpoints found in it.
+
+    Raises:
+        HubUploadError: naming the folder and the ``best.pth`` / ``last.pth`` inside it, if any.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        return
+    inside = [str(checkpoint / name) for name in ('best.pth', 'last.pth') if (checkpoint / name).is_file()]
+    hint = (f'pass --checkpoint {inside[0]}' + (f' (or {inside[1]})' if len(inside) > 1 else '') if inside
+            else 'pass the checkpoint file train_fg.py wrote (best.pth or last.pth); there is none in it')
+    raise HubUploadError(f'--checkpoint {checkpoint} is a folder, not a checkpoint file: {hint}')
+
+
 def save_checkpoint_for_hub(
         checkpoint: Union[str, Path],
         save_directory: Union[str, Path],
@@ -396,6 +440,7 @@ def save_checkpoint_for_hub(
     """
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)  # the cheap checks first, before the checkpoint is read
+    check_checkpoint_file(checkpoint)
     _check_folder(Path(save_directory), overwrite)
     summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv',
                            required=summary_csv is not None)
@@ -462,6 +507,17 @@ def _check_no_secret(folder: Path, token: str) -> None:
             raise HubUploadError(f'{path.name} would publish the Hugging Face token; nothing was pushed')
 
 
+def _push(write: Callable[[Path], Tuple[Path, str]], repo_id: str, *, token: Optional[str], private: bool,
+          revision: Optional[str]) -> Any:
+    """``write(temporary folder)`` returns (the repo folder, the commit message); the folder is pushed."""
+    token = _token(token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, message = write(Path(tmp))
+        _check_no_secret(folder, token)
+        return _upload_folder(folder, repo_id, token=token, private=private, revision=revision,
+                              commit_message=message)
+
+
 def push_to_hub(
         model: torch.nn.Module,
         repo_id: str,
@@ -477,13 +533,10 @@ def push_to_hub(
     Returns:
         ``huggingface_hub.CommitInfo`` of the commit.
     """
-    token = _token(token)
-    with tempfile.TemporaryDirectory() as tmp:
+    def write(tmp: Path) -> Tuple[Path, str]:
         folder = save_for_hub(model, tmp, repo_id, revision=revision, **save_kwargs)
-        _check_no_secret(folder, token)
-        return _upload_folder(
-            folder, repo_id, token=token, private=private, revision=revision,
-            commit_message=commit_message or f'Add {model.pretrained_cfg.get("architecture")} weights (hf_upload)')
+        return folder, commit_message or f'Add {model.pretrained_cfg.get("architecture")} weights (hf_upload)'
+    return _push(write, repo_id, token=token, private=private, revision=revision)
 
 
 def push_checkpoint_to_hub(
@@ -499,14 +552,11 @@ def push_checkpoint_to_hub(
         license: Optional[str] = None,
 ) -> Any:
     """Publish a ``train_fg.py`` checkpoint as ``repo_id``; returns the ``CommitInfo``."""
-    token = _token(token)
-    with tempfile.TemporaryDirectory() as tmp:
+    def write(tmp: Path) -> Tuple[Path, str]:
         folder, ckpt = save_checkpoint_for_hub(
             checkpoint, tmp, repo_id, use_ema=use_ema, summary_csv=summary_csv, revision=revision, license=license)
-        _check_no_secret(folder, token)
-        return _upload_folder(
-            folder, repo_id, token=token, private=private, revision=revision,
-            commit_message=commit_message or _default_message(ckpt, use_ema))
+        return folder, commit_message or _default_message(ckpt, use_ema)
+    return _push(write, repo_id, token=token, private=private, revision=revision)
 
 
 def _default_message(ckpt: Dict[str, Any], use_ema: bool) -> str:
@@ -557,6 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:  # usage errors, before anything is read or written
         check_repo_id(args.repo_id)
+        check_checkpoint_file(args.checkpoint)
         if args.overwrite and not args.dry_run:
             raise HubUploadError('--overwrite goes with --dry-run DIR (a push writes into a temporary folder)')
         if args.dry_run:

@@ -18,6 +18,7 @@ timm and for ``transformers`` (``pipeline('image-classification')``), the citati
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -25,7 +26,11 @@ import torch
 
 import timm
 
-from .files import file_sha256
+from .errors import EvaluationError
+from .evaluation.collect import head_label
+from .evaluation.outputs import EVAL_DIR, read_eval_meta
+from .evaluation.page import percent
+from .files import file_sha256, plain
 
 __all__ = [
     'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
@@ -72,25 +77,12 @@ _CKPT_METRICS = (
 
 # --- small helpers --------------------------------------------------------------------------------
 
-def _listify(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_listify(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _listify(v) for k, v in value.items()}
-    return value
-
-
 def _num(value: Any) -> Optional[float]:
     try:
         x = float(value)
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-def _pct(value: Any) -> str:
-    x = _num(value)
-    return '' if x is None else f'{x:.2f}'
 
 
 def _epoch(value: Any) -> str:
@@ -113,19 +105,37 @@ def _recipe_rows(train_args: Dict[str, Any]) -> List[Tuple[str, str]]:
     keys = [k for k in _RECIPE_KEYS if k in train_args and shown(k, train_args[k])]
     keys += sorted(k for k, v in train_args.items() if k not in keys and shown(k, v)
                    and isinstance(v, (bool, int, float, str, list, tuple, dict)))
-    rows = [(k, f'`{_listify(train_args[k])}`') for k in keys]
+    rows = [(k, f'`{plain(train_args[k])}`') for k in keys]
     start = train_args.get('initial_checkpoint')
     if isinstance(start, str) and start:  # where the weights started matters; its folder does not
         rows.insert(2, ('initial_checkpoint', f'`{Path(start).name}`'))
     return rows
 
 
-def _dataset_title(dataset: str, demo: bool = False) -> Tuple[str, str]:
-    """(title, Hub dataset id or '') of a ``--dataset`` name."""
+def _dataset_title(dataset: Optional[str], demo: bool = False) -> Tuple[str, str]:
+    """(title, Hub dataset id or '') of a ``--dataset`` name: '' is image folders (the generated demo
+    data with ``demo``), None is a data set that was not recorded."""
+    if dataset is None:
+        return 'not recorded', ''
     title, hub_id = _DATASETS.get(dataset, (dataset, ''))
-    if not title and demo:
-        title = DEMO_TITLE
-    return title, hub_id
+    return title or (DEMO_TITLE if demo else 'image folders'), hub_id
+
+
+def _trained_on(train_args: Dict[str, Any], evaluation: Optional[Dict[str, Any]]) -> Optional[str]:
+    """The ``--dataset`` of the training run (from its arguments, else from the evaluation report)."""
+    if 'dataset' in train_args:
+        return str(train_args['dataset'] or '')
+    if evaluation is not None:
+        return str((evaluation['meta'].get('data') or {}).get('dataset') or '')
+    return None
+
+
+def _evaluated_on(train_args: Dict[str, Any], evaluation: Optional[Dict[str, Any]]) -> Tuple[Optional[str], str]:
+    """(``--dataset``, split) the figures of the card were measured on: the report's, else the run's val split."""
+    if evaluation is not None:
+        data = evaluation['meta'].get('data') or {}
+        return str(data.get('dataset') or ''), data.get('split') or ''
+    return _trained_on(train_args, None), train_args.get('val_split') or ''
 
 
 # --- the evaluation report beside a checkpoint ----------------------------------------------------
@@ -137,16 +147,19 @@ def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Opti
     ``train_fg --eval-only`` and the end of training write there) and returns
     ``{'meta': eval.json, 'metrics': metrics.json}`` when the report was made from a file with the
     same SHA-256 and the same weights (EMA or raw); None otherwise (no report, another checkpoint,
-    unreadable files): a card never shows another model's figures.
+    unreadable or malformed files): a card never shows another model's figures.
     """
     checkpoint = Path(checkpoint)
-    folder = checkpoint.parent / 'eval'
+    folder = checkpoint.parent / EVAL_DIR
     try:
-        meta = json.loads((folder / 'eval.json').read_text(encoding='utf-8'))
+        meta = read_eval_meta(folder)
         metrics = json.loads((folder / 'metrics.json').read_text(encoding='utf-8'))
-    except (OSError, ValueError):
+    except (EvaluationError, OSError, ValueError):
         return None
-    if not (isinstance(meta, dict) and isinstance(metrics, dict)) or not meta.get('checkpoint_sha256'):
+    if not isinstance(metrics, dict) or not meta.get('checkpoint_sha256'):
+        return None
+    heads, ece = metrics.get('heads'), metrics.get('ece', {})
+    if not (isinstance(heads, dict) and all(isinstance(v, dict) for v in heads.values()) and isinstance(ece, dict)):
         return None
     if bool(meta.get('ema')) != bool(use_ema) or metrics.get('checkpoint_sha256') != meta['checkpoint_sha256']:
         return None
@@ -155,58 +168,150 @@ def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Opti
     return {'meta': meta, 'metrics': metrics}
 
 
-def _head_label(head: str, l: int) -> str:
-    from .evaluation.collect import head_label
-    return head_label(head, l)
-
-
 # --- front matter ---------------------------------------------------------------------------------
 
-def _eval_result(value: float, head: str, k: int, l: int, dataset: str, demo: bool, split: Optional[str]):
+def _eval_result(value: float, head: str, k: int, l: int, dataset: Optional[str], demo: bool, split: str):
     from huggingface_hub import EvalResult
 
     title, hub_id = _dataset_title(dataset, demo)
     return EvalResult(
         task_type='image-classification', task_name='Fine-grained image classification',
-        dataset_type=hub_id or 'imagefolder', dataset_name=(title or 'image folders').replace('`', ''),
+        dataset_type=hub_id or 'imagefolder', dataset_name=title.replace('`', ''),
         dataset_split=split or None, metric_type='accuracy', metric_value=round(float(value), 2),
-        metric_name=f'top-{k} accuracy (%), {_head_label(head, l)}')
+        metric_name=f'top-{k} accuracy (%), {head_label(head, l)}')
 
 
 def model_card_data(
         name: str, *, license: str, datasets: Sequence[str], metrics: Dict[str, Any], train_args: Dict[str, Any],
         ema: bool, num_hybrid_regions: int, evaluation: Optional[Dict[str, Any]] = None,
+        num_classes: Optional[int] = None,
 ):
     """The card's front matter (:class:`huggingface_hub.ModelCardData`) with ``model-index``.
 
     ``model-index`` holds the measured accuracy of the published weights: the evaluation report's
     figures when there is one (``evaluation``, see :func:`read_evaluation`), else the checkpoint's
-    ``metrics`` (with ``ema`` only the EMA top-1, the other figures being the raw weights').
+    ``metrics`` (with ``ema`` only the EMA top-1, the other figures being the raw weights'). Top-5 is
+    left out for ``num_classes`` of 5 or fewer (it is 100 % by construction).
     """
     from huggingface_hub import ModelCardData
 
-    l = num_hybrid_regions
-    results = []
+    l, demo = num_hybrid_regions, bool(train_args.get('demo'))
+    dataset, split = _evaluated_on(train_args, evaluation)
+    top5 = not _top5_trivial(num_classes)
     if evaluation is not None:
-        meta, ev = evaluation['meta'], evaluation['metrics']
-        data = meta.get('data') or {}
-        for head, acc in (ev.get('heads') or {}).items():
-            for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') else (1,)):
-                if _num(acc.get(f'top{k}')) is not None:
-                    results.append(_eval_result(acc[f'top{k}'], head, k, l, data.get('dataset') or '',
-                                                bool(train_args.get('demo')), data.get('split')))
+        measured = [(acc[f'top{k}'], head, k) for head, acc in (evaluation['metrics'].get('heads') or {}).items()
+                    for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') and top5 else (1,))
+                    if _num(acc.get(f'top{k}')) is not None]
     else:
-        keys = [m for m in _CKPT_METRICS if (m[0] == 'eval_top1_ema') == ema]
-        for key, head, k, _ in keys:
-            if _num(metrics.get(key)) is not None:
-                results.append(_eval_result(metrics[key], head, k, l, str(train_args.get('dataset') or ''),
-                                            bool(train_args.get('demo')), train_args.get('val_split')))
+        measured = [(metrics[key], head, k) for key, head, k, _ in _CKPT_METRICS
+                    if (key == 'eval_top1_ema') == ema and (k == 1 or top5) and _num(metrics.get(key)) is not None]
+    results = [_eval_result(value, head, k, l, dataset, demo, split) for value, head, k in measured]
     return ModelCardData(
         library_name='timm', license=license, pipeline_tag='image-classification', tags=list(CARD_TAGS),
         datasets=list(datasets) or None, model_name=name if results else None, eval_results=results or None)
 
 
+def _top5_trivial(num_classes: Any) -> bool:
+    """With 5 classes or fewer the true class is always among the top 5: top-5 is 100 % and says nothing."""
+    return _num(num_classes) is not None and _num(num_classes) <= 5
+
+
+def _top5_note(num_classes: Any) -> List[str]:
+    return [f'Top-5 accuracy is not reported: with {int(num_classes)} classes the true class is always among the '
+            'top 5, so it is 100 % by construction.', '']
+
+
 # --- the card -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the card says about the model, gathered once by :func:`model_card`."""
+    name: str
+    arch: str
+    model: torch.nn.Module  # built on the meta device from config.json: hyperparameters only
+    config: Dict[str, Any]
+    dataset: str            # the training data's title
+    ema: bool
+    metrics: Dict[str, Any]
+    train_args: Dict[str, Any]
+
+    @property
+    def backbone(self) -> str:
+        return self.model.backbone.pretrained_cfg.get('architecture', '?')
+
+
+def _about(f: _Facts) -> List[str]:
+    m, epoch, epochs = f.model, _num(f.metrics.get('epoch')), _num(f.train_args.get('epochs'))
+    return [
+        f'# Model card for {f.name}', '',
+        f'An FgFocus fine-grained image classifier (`{f.arch}`, {f.backbone} backbone)'
+        + (f' trained on {f.dataset}' if f.dataset != 'not recorded' else '') + '. '
+        f'It implements "{PAPER_TITLE}" (Feng, Fu and Zhao, ICIP 2019): one backbone looks at the whole '
+        'image; the maximum over all classes of its class activation maps says where the discriminative '
+        f'parts are; the top {m.num_regions} regions after NMS are cropped, zoomed to '
+        f'{m.crop_size}x{m.crop_size} and passed through the same backbone; the prediction comes '
+        f'from a hybrid head on the image feature and the features of the best {m.num_hybrid_regions} '
+        'regions. The image-level and region-level heads are trained with it and kept in the checkpoint.',
+        '',
+        f'These are the {"EMA (exponential moving average)" if f.ema else "raw (non-EMA)"} weights'
+        + (f' of epoch {_epoch(epoch)}' if epoch is not None else '')
+        + (f' of {f.train_args["epochs"]}' if epochs is not None and epoch is not None else '') + '.',
+        '',
+    ]
+
+
+def _details(f: _Facts, num_params: Optional[int]) -> List[str]:
+    m, pcfg, config = f.model, f.config.get('pretrained_cfg', {}), f.config
+    out = [
+        '## Model Details',
+        '- **Model Type:** fine-grained image classification',
+        f'- **Architecture:** `{f.arch}` (timm-fgfocus), backbone `{f.backbone}`, '
+        f'{m.num_regions} proposed regions, {m.num_hybrid_regions} in the hybrid head, {m.crop_size} px zoomed crops',
+    ]
+    if num_params:
+        out.append(f'- **Params (M):** {num_params / 1e6:.1f}')
+    out += [
+        f'- **Image size:** {"x".join(str(s) for s in pcfg.get("input_size", ())[1:])}'
+        + (f', crop_pct {pcfg["crop_pct"]}' if 'crop_pct' in pcfg else '')
+        + (f', {pcfg["interpolation"]} interpolation' if 'interpolation' in pcfg else ''),
+        f'- **Classes:** {config.get("num_classes")}' + (' (names in `config.json` `label_names`)'
+                                                        if config.get('label_names') else
+                                                        ' (no class names were stored with the checkpoint)'),
+        f'- **Dataset:** {f.dataset}',
+    ]
+    if f.train_args.get('pretrained'):
+        out.append('- **Pretrain dataset:** ImageNet-1k (the backbone, timm weights)')
+    return out + [
+        f'- **Papers:** [{PAPER_TITLE}]({PAPER_URL})',
+        '- **Code:** timm-fgfocus, a timm plugin: `import timm_fgfocus` registers the architectures',
+        '- **Constructor kwargs (`model_args`):** '
+        + ', '.join(f'`{k}={v}`' for k, v in (config.get('model_args') or {}).items()),
+        '',
+    ]
+
+
+def _recipe(train_args: Dict[str, Any]) -> List[str]:
+    rows = _recipe_rows(train_args)
+    if not rows:
+        return ['## Training Recipe', '', 'The checkpoint stores no training arguments.', '']
+    return (['## Training Recipe', '', 'Trained with `train_fg.py`; the resolved arguments stored in the checkpoint:',
+             '', '| argument | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows] + [''])
+
+
+def _usage(repo_id: str, model_id: str, revision: Optional[str]) -> List[str]:
+    return [
+        '## Model Usage', '', '### Image Classification', '', '```python', usage_snippet(model_id), '```', '',
+        'Fine-tune on another data set: `timm.create_model("' + model_id + '", pretrained=True, '
+        'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
+        'first convolution as timm does.', '',
+        '### With transformers', '',
+        '`transformers` (4.53 or newer) wraps timm models (`TimmWrapper`); import `timm_fgfocus` first so timm '
+        'knows the architecture. The pipeline applies the same preprocessing (from `config.json`) and gives the '
+        'same probabilities:', '',
+        '```python', transformers_snippet(repo_id, revision), '```', '',
+        '## Citation', '', '```bibtex', CITATION, '```', '',
+    ]
+
 
 def model_card(
         repo_id: str,
@@ -231,135 +336,73 @@ def model_card(
     from huggingface_hub import ModelCard
 
     metrics, train_args, summary = dict(metrics or {}), dict(train_args or {}), list(summary or [])
-    pcfg = config.get('pretrained_cfg', {})
-    model_args = dict(config.get('model_args', {}))
     num_classes = config.get('num_classes')
-    labels = config.get('label_names') or []
-    dataset = str(train_args.get('dataset') or '')
-    title, dataset_id = _dataset_title(dataset, bool(train_args.get('demo')))
-    pretrained_backbone = bool(train_args.get('pretrained'))
-    name = repo_id.split('/')[-1]
-    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
     with torch.device('meta'):
-        model = timm.create_model(arch, pretrained=False, **dict(model_args, num_classes=num_classes or 0))
-    backbone = model.backbone.pretrained_cfg.get('architecture', '?')
-    size = 'x'.join(str(s) for s in pcfg.get('input_size', ())[1:])
-    datasets = [d for d in (dataset_id, 'imagenet-1k' if pretrained_backbone else '') if d]
-    data = model_card_data(name, license=license, datasets=datasets, metrics=metrics, train_args=train_args,
-                           ema=ema, num_hybrid_regions=model.num_hybrid_regions, evaluation=evaluation)
-
-    out = [f'# Model card for {name}', '']
-    out += [
-        f'An FgFocus fine-grained image classifier (`{arch}`, {backbone} backbone)'
-        + (f' trained on {title}' if title else '') + '. '
-        f'It implements "{PAPER_TITLE}" (Feng, Fu and Zhao, ICIP 2019): one backbone looks at the whole '
-        'image; the maximum over all classes of its class activation maps says where the discriminative '
-        f'parts are; the top {model.num_regions} regions after NMS are cropped, zoomed to '
-        f'{model.crop_size}x{model.crop_size} and passed through the same backbone; the prediction comes '
-        f'from a hybrid head on the image feature and the features of the best {model.num_hybrid_regions} '
-        'regions. The image-level and region-level heads are trained with it and kept in the checkpoint.',
-        '',
-        f'These are the {"EMA (exponential moving average)" if ema else "raw (non-EMA)"} weights'
-        + (f' of epoch {_epoch(metrics.get("epoch"))}' if _num(metrics.get('epoch')) is not None else '')
-        + (f' of {train_args["epochs"]}' if _num(train_args.get('epochs')) is not None and
-           _num(metrics.get('epoch')) is not None else '') + '.',
-        '',
-        '## Model Details',
-        '- **Model Type:** fine-grained image classification',
-        f'- **Architecture:** `{arch}` (timm-fgfocus), backbone `{backbone}`, '
-        f'{model.num_regions} proposed regions, {model.num_hybrid_regions} in the hybrid head, '
-        f'{model.crop_size} px zoomed crops',
-    ]
-    if num_params:
-        out.append(f'- **Params (M):** {num_params / 1e6:.1f}')
-    out += [
-        f'- **Image size:** {size}' + (f', crop_pct {pcfg["crop_pct"]}' if 'crop_pct' in pcfg else '')
-        + (f', {pcfg["interpolation"]} interpolation' if 'interpolation' in pcfg else ''),
-        f'- **Classes:** {num_classes}' + (' (names in `config.json` `label_names`)' if labels else
-                                           ' (no class names were stored with the checkpoint)'),
-        f'- **Dataset:** {title or "not recorded"}',
-    ]
-    if pretrained_backbone:
-        out.append('- **Pretrain dataset:** ImageNet-1k (the backbone, timm weights)')
-    out += [
-        f'- **Papers:** [{PAPER_TITLE}]({PAPER_URL})',
-        '- **Code:** timm-fgfocus, a timm plugin: `import timm_fgfocus` registers the architectures',
-        '- **Constructor kwargs (`model_args`):** ' + ', '.join(f'`{k}={v}`' for k, v in model_args.items()),
-        '',
-    ]
-
-    out += ['## Training Recipe', '']
-    rows = _recipe_rows(train_args)
-    if rows:
-        out += ['Trained with `train_fg.py`; the resolved arguments stored in the checkpoint:', '',
-                '| argument | value |', '|---|---|'] + [f'| {k} | {v} |' for k, v in rows] + ['']
-    else:
-        out += ['The checkpoint stores no training arguments.', '']
-
-    out += ['## Results', '']
-    out += _results_from_metrics(metrics, train_args, title, ema)
+        model = timm.create_model(arch, pretrained=False, **dict(config.get('model_args', {}),
+                                                                  num_classes=num_classes or 0))
+    demo = bool(train_args.get('demo'))
+    title, dataset_id = _dataset_title(_trained_on(train_args, evaluation), demo)
+    facts = _Facts(name=repo_id.split('/')[-1], arch=arch, model=model, config=config, dataset=title, ema=ema,
+                   metrics=metrics, train_args=train_args)
+    datasets = [d for d in (dataset_id, 'imagenet-1k' if train_args.get('pretrained') else '') if d]
+    data = model_card_data(facts.name, license=license, datasets=datasets, metrics=metrics, train_args=train_args,
+                           ema=ema, num_hybrid_regions=model.num_hybrid_regions, evaluation=evaluation,
+                           num_classes=num_classes)
+    results = ['## Results', ''] + (_top5_note(num_classes) if _top5_trivial(num_classes) else [])
+    results += _results_from_metrics(metrics, train_args, num_classes, ema)
     if evaluation is not None:
-        out += _results_from_report(evaluation, model.num_hybrid_regions, bool(train_args.get('demo')))
-    out += _training_log(summary)
-
-    out += ['## Model Usage', '', '### Image Classification', '', '```python', usage_snippet(model_id), '```', '']
-    out += [
-        'Fine-tune on another data set: `timm.create_model("' + model_id + '", pretrained=True, '
-        'num_classes=N)` keeps the backbone and re-initialises all three heads; `in_chans=1` adapts the '
-        'first convolution as timm does.', '',
-        '### With transformers', '',
-        '`transformers` (4.53 or newer) wraps timm models (`TimmWrapper`); import `timm_fgfocus` first so timm '
-        'knows the architecture. The pipeline applies the same preprocessing (from `config.json`) and gives the '
-        'same probabilities:', '',
-        '```python', transformers_snippet(repo_id, revision), '```', '',
-        '## Citation', '', '```bibtex', CITATION, '```', '',
-    ]
+        results += _results_from_report(evaluation, model.num_hybrid_regions, demo, num_classes)
+    results += _training_log(summary, num_classes)
+    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
+    out = (_about(facts) + _details(facts, num_params) + _recipe(train_args) + results
+           + _usage(repo_id, model_id, revision))
     return str(ModelCard('---\n' + data.to_yaml() + '\n---\n\n' + '\n'.join(out)))
 
 
-def _results_from_metrics(metrics, train_args, title, ema) -> List[str]:
-    measured = [(label, _pct(metrics[k])) for k, _, _, label in _CKPT_METRICS if _pct(metrics.get(k))]
-    split = train_args.get('val_split')
-    where = (f'the {split} split of ' if split else '') + (title or 'the evaluation set')
+def _results_from_metrics(metrics, train_args, num_classes, ema) -> List[str]:
+    top5 = not _top5_trivial(num_classes)
+    measured = [(label, percent(metrics[k])) for k, _, n, label in _CKPT_METRICS
+                if percent(metrics.get(k)) and (n == 1 or top5)]
     if not measured:
         return ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
+    split = train_args.get('val_split')
+    title = _dataset_title(_trained_on(train_args, None), bool(train_args.get('demo')))[0]
+    where = (f'the {split} split of ' if split else '') + (title if title != 'not recorded' else 'the evaluation set')
     n = metrics.get('eval_samples')
     out = [f'Accuracy (%) on {where}' + (f' ({int(n)} images)' if _num(n) else '')
            + (f', measured after epoch {_epoch(metrics["epoch"])}' if _num(metrics.get('epoch')) is not None else '')
            + ' by `train_fg.py`:', '', '| metric | value |', '|---|---|']
     out += [f'| {label} | {v} |' for label, v in measured]
-    if ema and _pct(metrics.get('eval_top1_ema')):
+    if ema and percent(metrics.get('eval_top1_ema')):
         out += ['', 'The weights published here are the EMA weights: theirs is the EMA row; the other '
                     'rows were measured on the raw weights of the same epoch.']
     elif ema:
         out += ['', 'These numbers were measured on the raw weights; the EMA weights published here '
                     'were not evaluated separately.']
-    elif _pct(metrics.get('eval_top1_ema')):
+    elif percent(metrics.get('eval_top1_ema')):
         out += ['', 'The weights published here are the raw ones (the hybrid-head rows), not the EMA ones.']
     out.append('')
     return out
 
 
-def _results_from_report(evaluation, l: int, demo: bool) -> List[str]:
+def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[str]:
     meta, ev = evaluation['meta'], evaluation['metrics']
-    data = meta.get('data') or {}
-    title, _ = _dataset_title(data.get('dataset') or '', demo)
+    dataset, split = _evaluated_on({}, evaluation)
     heads = ev.get('heads') or {}
     tta = any(h.endswith('_tta') for h in heads)
+    ks = ('top1',) if _top5_trivial(num_classes) else ('top1', 'top5')
+    labels = [k.replace('top', 'top-') + ' %' for k in ks]
+    header = ['head'] + labels + ([f'{k} TTA' for k in labels] if tta else [])
     out = ['### Evaluation report', '',
-           f'Every head of these weights on the {data.get("split") or "evaluation"} split of '
-           f'{title or "the image folders"} ({ev.get("num_samples")} images), from the evaluation report of '
-           f'this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '']
-    header = '| head | top-1 % | top-5 %' + (' | top-1 % TTA | top-5 % TTA' if tta else '') + ' |'
-    out += [header, '|---|---|---' + ('|---|---' if tta else '') + '|']
+           f'Every head of these weights on the {split or "evaluation"} split of '
+           f'{_dataset_title(dataset, demo)[0]} ({ev.get("num_samples")} images), from the evaluation report of '
+           f'this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '',
+           '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for h, acc in heads.items():
-        if h.endswith('_tta'):
-            continue
-        row = f'| {_head_label(h, l)} | {_pct(acc.get("top1"))} | {_pct(acc.get("top5"))}'
-        if tta:
-            t = heads.get(h + '_tta') or {}
-            row += f' | {_pct(t.get("top1"))} | {_pct(t.get("top5"))}'
-        out.append(row + ' |')
+        if not h.endswith('_tta'):
+            cells = [percent(acc.get(k)) for k in ks] + ([percent((heads.get(h + '_tta') or {}).get(k)) for k in ks]
+                                                         if tta else [])
+            out.append(f'| {head_label(h, l)} | ' + ' | '.join(cells) + ' |')
     out.append('')
     if tta:
         views = ', '.join(f'scale {s:g}' + (' flipped' if f else '')
@@ -369,13 +412,13 @@ def _results_from_report(evaluation, l: int, demo: bool) -> List[str]:
                 + '. The single-view figures are the model\'s; TTA is reported beside them.', '']
     ece = ev.get('ece') or {}
     if _num(ece.get('hybrid')) is not None:
-        out += [f'Expected calibration error of the prediction: {_pct(ece["hybrid"])} %'
-                + (f' ({_pct(ece["hybrid_tta"])} % with TTA)' if _num(ece.get('hybrid_tta')) is not None else '')
+        out += [f'Expected calibration error of the prediction: {percent(ece["hybrid"])} %'
+                + (f' ({percent(ece["hybrid_tta"])} % with TTA)' if _num(ece.get('hybrid_tta')) is not None else '')
                 + ' (15 equal-width confidence bins).', '']
     return out
 
 
-def _training_log(summary) -> List[str]:
+def _training_log(summary, num_classes) -> List[str]:
     if not summary:
         return []
     out = []
@@ -384,10 +427,11 @@ def _training_log(summary) -> List[str]:
         best = max(scored, key=lambda r: _num(r['eval_top1']))
         last = scored[-1]
         out += [f'Training log (`summary.csv`, {len(summary)} epochs): best hybrid top-1 '
-                f'{_pct(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
-                f'{_epoch(last["epoch"])}: {_pct(last["eval_top1"])} %.', '']
+                f'{percent(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
+                f'{_epoch(last["epoch"])}: {percent(last["eval_top1"])} %.', '']
     cols = [c for c in ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image',
-                        'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)]
+                        'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)
+            and not (c == 'eval_top5' and _top5_trivial(num_classes))]
     out += ['<details><summary>Per-epoch log</summary>', '', '| ' + ' | '.join(cols) + ' |',
             '|' + '---|' * len(cols)]
     for r in summary:

@@ -35,7 +35,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -324,11 +324,98 @@ def _predict_batch(model, batch, geoms, topk: int):
     return results
 
 
+def _regions_folder(path: Optional[str]) -> Optional[Path]:
+    """The ``--save-regions`` folder (created when the first figure is written); None without the flag.
+
+    Raises:
+        PredictError: it is a file, or a file stands where one of its parent folders should be.
+    """
+    if not path:
+        return None
+    folder = Path(path)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = 'is a file' if existing == folder else f'is inside the file {existing}'
+        raise PredictError(f'--save-regions {folder} {where}: it must be a folder (new or existing) for the '
+                           f'figures and contact_sheet.png')
+    return folder
+
+
+class _Session:
+    """One run over the inputs: prints a line per image, writes its figure, keeps thumbnails for the
+    contact sheet and counts what failed."""
+
+    def __init__(self, args, model, class_names: Optional[List[str]], out_dir: Optional[Path], failures: list, bar):
+        self.args, self.model, self.class_names, self.out_dir, self.bar = args, model, class_names, out_dir, bar
+        self.failures = failures
+        self.num_draw = model.num_hybrid_regions if args.draw_regions is None else args.draw_regions
+        self.used_names: set = set()
+        self.thumbs: List = []
+        self.n_ok = 0
+
+    def report(self, msg: str) -> None:
+        from tqdm import tqdm
+        tqdm.write(f'{PROG}: {msg}', file=sys.stderr)
+
+    def predict(self, pending: List[Tuple[_Input, Any, torch.Tensor, InputGeometry]]) -> None:
+        """Classify a batch of ``(input, image, model input, geometry)`` and write what comes out."""
+        if not pending:
+            return
+        results = _predict_batch(self.model, [p[2] for p in pending], [p[3] for p in pending], self.args.topk)
+        for (item, img, _, geom), (finite, top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
+            if not finite:
+                self.failures.append((str(item.path), 'non-finite model output'))
+                self.report(f'{item.path}: the model\'s output for this image is NaN or inf, no prediction '
+                            f'(its weights overflow on this input?)')
+                continue
+            topk = [dict(index=int(i), name=_label(int(i), self.class_names), prob=round(float(p), 6))
+                    for p, i in zip(top_p, top_i)]
+            if self.args.json:  # allow_nan=False: never the invalid JSON tokens NaN / Infinity
+                print(json.dumps(dict(
+                    file=str(item.path), image_size=list(geom.original_size), topk=topk,
+                    boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
+                    scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
+                    num_hybrid_regions=self.model.num_hybrid_regions), allow_nan=False), flush=True)
+            else:
+                print(_format_text(str(item.path), topk), flush=True)
+            if self.out_dir is not None:
+                self._draw(item, img, geom, topk[0], boxes, valid, attention)
+            self.n_ok += 1
+        self.bar.update(len(pending))
+
+    def _draw(self, item: _Input, img, geom: InputGeometry, best: Dict, boxes, valid, attention) -> None:
+        """The image's figure (regions and attention on the original image), and a thumbnail for the sheet."""
+        from timm_fgfocus.visualize import region_figure
+
+        title = f'{best["name"] if best["name"] is not None else "class " + str(best["index"])} ' \
+                f'({100 * best["prob"]:.0f}%)'
+        fig_args = dict(valid=valid, num_regions=self.num_draw, view_box=geom.view_box(), title=title)
+        path = _figure_path(item, self.out_dir, self.used_names)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            region_figure(img, boxes, attention, side=self.args.figure_size, **fig_args).save(path)
+        except OSError as e:
+            raise PredictError(f'cannot write {path}: {e.strerror or e}') from None
+        if len(self.thumbs) < self.args.sheet_max:
+            fig_args['title'] = f'{item.path.name}: {title}'
+            self.thumbs.append(region_figure(img, boxes, attention, side=192, **fig_args))
+
+    def contact_sheet(self, any_folder: bool) -> None:
+        """``contact_sheet.png`` of the thumbnails, for a folder of images or more than one image."""
+        from timm_fgfocus.visualize import make_grid
+
+        if self.out_dir is None or not self.thumbs or not (any_folder or len(self.thumbs) > 1):
+            return
+        sheet = self.out_dir / 'contact_sheet.png'
+        try:
+            make_grid(self.thumbs).save(sheet)
+        except OSError as e:
+            raise PredictError(f'cannot write {sheet}: {e.strerror or e}') from None
+
+
 def run(args) -> int:
     from timm.data import create_transform, resolve_data_config
     from tqdm import tqdm
-
-    from timm_fgfocus import visualize
 
     if args.topk < 1 or args.batch_size < 1 or args.figure_size < 16 or args.sheet_max < 0:
         raise PredictError('--topk, --batch-size must be >= 1, --figure-size >= 16, --sheet-max >= 0')
@@ -341,63 +428,16 @@ def run(args) -> int:
         print(f'{PROG}: {path}: {err}', file=sys.stderr)
     if not items:
         raise PredictError('no images found in ' + ' '.join(args.inputs))
+    out_dir = _regions_folder(args.save_regions)
 
     model, class_names = load_model(args)
-    data_config = resolve_data_config(model=model)
-    transform = create_transform(**data_config, is_training=False)
-    l = model.num_hybrid_regions
-    num_draw = l if args.draw_regions is None else args.draw_regions
-    if not 1 <= num_draw <= model.num_regions:
-        raise PredictError(f'--draw-regions must be in [1, m={model.num_regions}], got {num_draw}')
+    transform = create_transform(**resolve_data_config(model=model), is_training=False)
+    if args.draw_regions is not None and not 1 <= args.draw_regions <= model.num_regions:
+        raise PredictError(f'--draw-regions must be in [1, m={model.num_regions}], got {args.draw_regions}')
 
-    out_dir = Path(args.save_regions) if args.save_regions else None
-    used_names: set = set()
-    thumbs = []
-    n_ok = 0
     bar = tqdm(total=len(items), unit='img', file=sys.stderr, disable=args.no_progress or not any_folder,
                dynamic_ncols=True)
-
-    def report(msg: str) -> None:
-        tqdm.write(f'{PROG}: {msg}', file=sys.stderr)
-
-    def flush(pending) -> None:
-        nonlocal n_ok
-        if not pending:
-            return
-        results = _predict_batch(model, [p[2] for p in pending], [p[3] for p in pending], args.topk)
-        for (item, img, _, geom), (finite, top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
-            if not finite:
-                failures.append((str(item.path), 'non-finite model output'))
-                report(f'{item.path}: the model\'s output for this image is NaN or inf, no prediction '
-                       f'(its weights overflow on this input?)')
-                continue
-            topk = [dict(index=int(i), name=_label(int(i), class_names), prob=round(float(p), 6))
-                    for p, i in zip(top_p, top_i)]
-            if args.json:  # allow_nan=False: never the invalid JSON tokens NaN / Infinity
-                print(json.dumps(dict(
-                    file=str(item.path), image_size=list(geom.original_size), topk=topk,
-                    boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
-                    scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
-                    num_hybrid_regions=l), allow_nan=False), flush=True)
-            else:
-                print(_format_text(str(item.path), topk), flush=True)
-            if out_dir is not None:
-                best = topk[0]
-                title = f'{best["name"] if best["name"] is not None else "class " + str(best["index"])} ' \
-                        f'({100 * best["prob"]:.0f}%)'
-                fig_args = dict(valid=valid, num_regions=num_draw, view_box=geom.view_box(), title=title)
-                path = _figure_path(item, out_dir, used_names)
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    visualize.region_figure(img, boxes, attention, side=args.figure_size, **fig_args).save(path)
-                except OSError as e:
-                    raise PredictError(f'cannot write {path}: {e.strerror or e}') from None
-                if len(thumbs) < args.sheet_max:
-                    fig_args['title'] = f'{item.path.name}: {title}'
-                    thumbs.append(visualize.region_figure(img, boxes, attention, side=192, **fig_args))
-            n_ok += 1
-        bar.update(len(pending))
-
+    session = _Session(args, model, class_names, out_dir, failures, bar)
     pending = []
     try:
         for item in items:
@@ -405,25 +445,19 @@ def run(args) -> int:
                 img = open_image(item.path)
             except Exception as e:  # Pillow raises several types for broken / non-image files
                 failures.append((str(item.path), str(e)))
-                report(f'{item.path}: cannot read image ({type(e).__name__}: {first_line(e)})')
+                session.report(f'{item.path}: cannot read image ({type(e).__name__}: {first_line(e)})')
                 bar.update(1)
                 continue
             pending.append((item, img, transform(img), input_geometry(transform, img.size)))
             if len(pending) == args.batch_size:
-                flush(pending)
+                session.predict(pending)
                 pending = []
-        flush(pending)
+        session.predict(pending)
     finally:
         bar.close()
-
-    if out_dir is not None and thumbs and (any_folder or len(thumbs) > 1):
-        sheet = out_dir / 'contact_sheet.png'
-        try:
-            visualize.make_grid(thumbs).save(sheet)
-        except OSError as e:
-            raise PredictError(f'cannot write {sheet}: {e.strerror or e}') from None
+    session.contact_sheet(any_folder)
     if failures:
-        print(f'{PROG}: {n_ok} image(s) classified, {len(failures)} failed: '
+        print(f'{PROG}: {session.n_ok} image(s) classified, {len(failures)} failed: '
               + ', '.join(p for p, _ in failures), file=sys.stderr)
         return 1
     return 0

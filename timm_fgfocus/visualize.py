@@ -23,10 +23,12 @@ Example (a notebook)::
     fig = region_figure(img, out.boxes[0], out.attention[0], valid=out.valid[0],
                         num_regions=model.num_hybrid_regions, title='pred: Laysan_Albatross')
 """
+import functools
+import logging
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,8 +37,10 @@ from torch import Tensor
 
 __all__ = [
     'REGION_COLORS', 'region_color', 'box_pixels', 'denormalize', 'draw_regions', 'attention_overlay', 'region_figure',
-    'make_grid', 'save_region_sheet',
+    'make_grid', 'save_region_sheet', 'text_font', 'drawable_text',
 ]
+
+_logger = logging.getLogger(__name__)
 
 Color = Tuple[int, int, int]
 BoxesLike = Union[Tensor, np.ndarray, Sequence[Sequence[float]]]
@@ -58,6 +62,7 @@ REGION_COLORS: Tuple[Color, ...] = (
 PANEL_GAP = 4       # between the regions panel and the attention panel
 SHEET_PAD = 8       # around and between figures on a contact sheet
 BACKGROUND = (255, 255, 255)
+CAPTION_FONT = 'DejaVu Sans'
 
 
 def region_color(rank: int) -> Color:
@@ -65,11 +70,72 @@ def region_color(rank: int) -> Color:
     return REGION_COLORS[rank % len(REGION_COLORS)]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+@functools.lru_cache(maxsize=None)
+def _font_file() -> Optional[str]:
+    """DejaVu Sans, shipped with matplotlib; None when it cannot be found."""
+    from matplotlib import font_manager
+    try:
+        return font_manager.findfont(font_manager.FontProperties(family=CAPTION_FONT), fallback_to_default=False)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def text_font(size: int) -> ImageFont.ImageFont:
+    """The font of every caption and label drawn with Pillow: DejaVu Sans at ``size`` pixels.
+
+    Pillow's own default font covers ASCII only (an accented name such as "Mésange" comes out with
+    a box in it); DejaVu Sans covers Latin, Greek and Cyrillic. Without it (a matplotlib install
+    without its fonts) Pillow's default font is used and a warning says so once.
+    """
+    path = _font_file()
+    if path is not None:
+        return ImageFont.truetype(path, size)
+    _warn_once(f'the font {CAPTION_FONT} was not found (it ships with matplotlib): captions are drawn with '
+               f'Pillow\'s default font, which shows letters outside ASCII as boxes')
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType: fixed bitmap font
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=None)
+def _glyphs(path: str) -> frozenset:
+    """The characters a font file has glyphs for (its character map, read by matplotlib's FreeType)."""
+    from matplotlib.ft2font import FT2Font
+    return frozenset(FT2Font(path).get_charmap())
+
+
+def drawable_text(text: str, font: ImageFont.ImageFont) -> str:
+    """``text`` with each character ``font`` has no glyph for written as its code point (``<U+9CE5>``).
+
+    A caption then shows which characters are missing instead of empty boxes, and a warning names
+    them once per process. Fonts whose character map cannot be read (Pillow's default) are trusted.
+    """
+    path = getattr(font, 'path', None)
+    if not isinstance(path, str):
+        return text
+    glyphs = _glyphs(path)
+    missing = sorted({c for c in text if ord(c) not in glyphs})
+    if not missing:
+        return text
+    _warn_once(f'the caption font {font.getname()[0]} has no glyph for {"".join(missing)!r} in {text!r}: '
+               f'pictures show such characters as their code points ({_code_point(missing[0])})')
+    return ''.join(_code_point(c) if ord(c) not in glyphs else c for c in text)
+
+
+def _code_point(c: str) -> str:
+    return f'<U+{ord(c):04X}>'
+
+
+_warned: List[str] = []
+
+
+def _warn_once(message: str) -> None:
+    """One line on the log, the first time only (the first missing characters stand for the rest)."""
+    if not _warned:
+        _warned.append(message)
+        _logger.warning(message)
 
 
 def _to_pil(image: Union[Image.Image, Tensor, np.ndarray]) -> Image.Image:
@@ -144,7 +210,7 @@ def draw_regions(
     keep = _as_array(valid, dtype=bool) if valid is not None else np.ones(len(arr), dtype=bool)
     n = len(arr) if num_regions is None else min(num_regions, len(arr))
     width = width or max(2, round(min(W, H) / 100))
-    font = _font(max(10, round(min(W, H) / 16)))
+    font = text_font(max(10, round(min(W, H) / 16)))
     draw = ImageDraw.Draw(out)
     for rank in reversed(range(n)):  # rank 1 last: on top
         color = colors[rank % len(colors)]
@@ -256,8 +322,8 @@ def region_figure(
     left = draw_regions(img, arr, valid, num_regions=num_regions)
     right = attention_overlay(img, attention, view_box=view_box)
     W, H = img.size
-    lines = [(t, c) for t, c in ((title, title_color), (subtitle, subtitle_color)) if t]
-    font = _font(max(10, round(min(max(W, H), 512) / 18)))
+    font = text_font(max(10, round(min(max(W, H), 512) / 18)))
+    lines = [(drawable_text(t, font), c) for t, c in ((title, title_color), (subtitle, subtitle_color)) if t]
     line_h = font.getbbox('Ag')[3] + 4 if lines else 0
     text_w = max((font.getbbox(t)[2] + 4 for t, _ in lines), default=0)
     fig_w = max(2 * W + PANEL_GAP, text_w)

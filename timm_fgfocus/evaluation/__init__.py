@@ -10,8 +10,8 @@ One module per concern:
   reliability bins, the run's flat figures (pure functions on arrays);
 * :mod:`.pictures`: the confusion picture, the reliability diagram, wrong predictions drawn with
   :mod:`timm_fgfocus.visualize`;
-* :mod:`.report`: everything derived from the saved outputs (no model needed): figures, CSVs,
-  pictures; :mod:`.page` formats ``report.html``;
+* :mod:`.outputs`: the ``eval/`` folder an evaluation saves, and everything derived from it (no
+  model needed): figures, CSVs, pictures; :mod:`.page` formats ``report.html``;
 * :mod:`.run`: evaluating a model in a ``train_fg`` run (every epoch, ``--eval-only``, the end of training).
 """
 from ..errors import EvaluationError
@@ -22,7 +22,7 @@ from .metrics import (
     confusion_matrix, expected_calibration_error, flat_metrics, most_confused, per_class_accuracy, reliability_bins,
     topk_accuracy,
 )
-from .report import build_report
+from .outputs import build_report
 from .run import eval_context, evaluate_model, evaluate_run, report_best_checkpoint
 from .tta import apply_view, forward_tta, tta_views
 

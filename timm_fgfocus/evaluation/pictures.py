@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..visualize import BACKGROUND, _font, make_grid, region_figure
+from ..visualize import BACKGROUND, drawable_text, make_grid, region_figure, text_font
 from .metrics import ConfusedPair, ReliabilityBins, worst_classes
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
 
 RIGHT = (0, 140, 0)
 WRONG = (200, 0, 0)
+# matplotlib text properties for class names: drawn as written, never read as mathtext ($...$) or TeX
+LITERAL = dict(parse_math=False, usetex=False)
 
 
 def short_name(name: str, width: int = 28) -> str:
@@ -82,9 +84,9 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], rows: Sequence[
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(share, cmap='Blues', vmin=0, vmax=1, aspect='equal')
     ylabels = [f'{short_name(class_names[r])} ({100 * cm[r, r] / max(count[r], 1):.0f}%)' for r in rows]
-    ax.set_yticks(range(len(rows)), ylabels, fontsize=8)
+    ax.set_yticks(range(len(rows)), ylabels, fontsize=8, **LITERAL)
     ax.set_xticks(range(len(cols)), [short_name(class_names[c]) for c in cols], fontsize=8, rotation=60,
-                  ha='right', rotation_mode='anchor')
+                  ha='right', rotation_mode='anchor', **LITERAL)
     for (i, j), n in np.ndenumerate(sub):
         if n:
             ax.text(j, i, str(int(n)), ha='center', va='center', fontsize=7,
@@ -156,7 +158,8 @@ def mistakes_grid(figures: Sequence[Image.Image], ncols: int = 4) -> Image.Image
 def pair_figure(left: Image.Image, right: Optional[Image.Image], caption: str) -> Image.Image:
     """Two example figures side by side under a caption line (``right`` may be None: left alone)."""
     sheet = make_grid([f for f in (left, right) if f is not None], ncols=2)
-    font = _font(16)
+    font = text_font(16)
+    caption = drawable_text(caption, font)
     line_h = font.getbbox('Ag')[3] + 8
     out = Image.new('RGB', (max(sheet.width, font.getbbox(caption)[2] + 16), sheet.height + line_h), BACKGROUND)
     ImageDraw.Draw(out).text((8, 6), caption, fill=(0, 0, 0), font=font)

@@ -3,7 +3,7 @@
 :func:`evaluate_model` is the evaluation every caller runs: this process's share of the val images
 (:func:`~.collect.collect_predictions`), gathered on rank 0, the metrics (:func:`~.metrics.flat_metrics`)
 on every rank. :func:`evaluate_run` adds, on rank 0, the saved outputs (``eval/``) and ``report.html``
-(:mod:`.report`); :func:`report_best_checkpoint` does it at the end of training for ``best.pth``.
+(:mod:`.outputs`); :func:`report_best_checkpoint` does it at the end of training for ``best.pth``.
 
 Output folder: ``--eval-only`` writes into ``--output DIR``, by default the checkpoint's own folder;
 the end of training into the run's folder. ``report.html`` and ``eval/`` there are replaced when an
@@ -31,7 +31,7 @@ from .collect import (
 )
 from .metrics import confusion_matrix, flat_metrics, most_confused
 from .pictures import select_mistakes, select_pair_examples
-from .report import EVAL_DIR, EVAL_FORMAT, REPORT_NAME, build_report
+from .outputs import EVAL_DIR, EVAL_FORMAT, build_report, check_report_folder
 from .tta import tta_views
 
 __all__ = ['eval_context', 'evaluate_model', 'check_output', 'evaluate_run', 'report_best_checkpoint',
@@ -121,18 +121,8 @@ def check_output(out_dir: Union[str, Path]) -> None:
         EvaluationError: naming the file in the way or the folder (nothing is written).
     """
     out_dir = Path(out_dir)
-    eval_dir, page = out_dir / EVAL_DIR, out_dir / REPORT_NAME
-    ours = False
-    if (eval_dir / 'eval.json').is_file():
-        try:
-            ours = json.loads((eval_dir / 'eval.json').read_text(encoding='utf-8')).get('format') == EVAL_FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-    for path in (eval_dir, page):
-        if (path.exists() or path.is_symlink()) and not ours:
-            raise EvaluationError(
-                f'{path} exists and was not written by an fgfocus evaluation: it is left alone; pass --output DIR '
-                f'for the report (or --no-eval-report)')
+    eval_dir = out_dir / EVAL_DIR
+    check_report_folder(out_dir, 'pass --output DIR for the report (or --no-eval-report)')
     if eval_dir.exists() and not eval_dir.is_dir():
         raise EvaluationError(f'{eval_dir} is not a folder: pass --output DIR for the report')
     problem = writable_problem(out_dir)

@@ -65,7 +65,7 @@ def draw_run_plot(rows: Sequence[Dict[str, str]], title: Optional[str] = None):
         if len(epochs) == 1:
             ax.set_xticks(epochs)
     if title:
-        fig.suptitle(title, fontsize=10, parse_math=False)  # a '$' in a path is text, not maths
+        fig.suptitle(title, fontsize=10, parse_math=False, usetex=False)  # a folder name is text, not mathtext
     return fig
 
 
