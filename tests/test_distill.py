@@ -137,7 +137,8 @@ def test_bad_arguments_are_one_line_errors(kwargs, needle):
     if 'distill_temp' in kwargs:
         hybrid, image, regions = _logits()
         with pytest.raises(ValueError, match='distill_temp must be'):
-            fgfocus_loss_terms((hybrid, image, regions), torch.tensor([0, 1, 2, 3]), distill_temp=kwargs['distill_temp'])
+            fgfocus_loss_terms((hybrid, image, regions), torch.tensor([0, 1, 2, 3]),
+                               distill_temp=kwargs['distill_temp'])
 
 
 def test_distill_loss_compiles_fullgraph():

@@ -31,7 +31,7 @@ from torch import Tensor
 import timm
 from timm.models import parse_model_name, split_model_name_tag
 
-__all__ = ['PlainExportError', 'PlainTimmModel', 'plain_timm_model', 'create_plain_model']
+__all__ = ['PlainExportError', 'PlainTimmModel', 'plain_timm_model', 'plain_model_args', 'create_plain_model']
 
 # what the verification allows between the plain model's and the single pass's logits (float32)
 _TOL = 1e-4
