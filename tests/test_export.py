@@ -262,3 +262,82 @@ def test_no_host_reads_with_transformer_backbones(family):
         out = model(x)
         (out[0].sum() + out[1].sum() + out[2].sum()).backward()
     assert rec.reads == []
+
+
+# --- single-pass mode: the image path alone ----------------------------------------------------
+
+def _single_pass(tiny):
+    tiny.set_single_pass()
+    return tiny
+
+
+def test_single_pass_compiles_fullgraph_in_train_and_eval(tiny):
+    """A training step of the single pass in one graph (``aot_eager``: Dynamo + AOTAutograd without C++
+    code generation), then eval (inductor: the slow test below)."""
+    model = _single_pass(tiny).train()
+    x, target = _images(2), torch.tensor([1, 7])
+
+    def loss_fn(images, labels):
+        return torch.nn.functional.cross_entropy(model(images), labels)
+
+    loss = torch.compile(loss_fn, fullgraph=True, backend='aot_eager')(x, target)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    eager = loss_fn(x, target)
+    eager.backward()
+    torch.testing.assert_close(loss, eager, atol=1e-5, rtol=1e-5)
+    assert set(grads) == {n for n, p in model.named_parameters() if p.grad is not None}
+    assert not any(n.startswith(('hybrid_fc', 'region_fc')) for n in grads)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, atol=1e-4, rtol=1e-4, msg=n)
+
+    model.eval()
+    compiled = torch.compile(model, fullgraph=True, backend='eager')
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model.forward_structured(x).image_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_single_pass_compiles_fullgraph_with_inductor(tiny):
+    model = _single_pass(tiny)
+    compiled = torch.compile(model, fullgraph=True)
+    x = _images(2, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_single_pass_torch_export_with_dynamic_batch_has_no_crop():
+    model = _family_model('vit')
+    model.set_single_pass()
+    program = torch.export.export(model, (_family_images('vit', 2),),
+                                  dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=64)},))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == 'call_function'}
+    assert not any('grid_sampler' in t or 'sort' in t or 'topk' in t for t in targets), targets
+    for n, seed in ((3, 2), (1, 3)):
+        xi = _family_images('vit', n, seed)
+        with torch.no_grad():
+            full = model.forward_structured(xi).image_logits
+            torch.testing.assert_close(program.module()(xi), full, atol=1e-5, rtol=1e-5)
+
+
+def test_single_pass_onnx_runs_in_onnxruntime(tiny, tmp_path):
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnxscript')
+    from timm_fgfocus.export import export_onnx
+    model = _single_pass(tiny)
+    path = tmp_path / 'single.onnx'
+    export_onnx(model, _images(2), path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {'GridSample', 'TopK', 'NonMaxSuppression', 'Loop'}, ops
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    for n, seed in ((2, 1), (3, 2)):
+        xi = _images(n, seed)
+        (out,) = session.run(None, {name: xi.numpy()})
+        with torch.no_grad():
+            ref = model.forward_structured(xi).image_logits
+        assert out.shape == (n, NUM_CLASSES)
+        torch.testing.assert_close(torch.from_numpy(out), ref, atol=1e-4, rtol=1e-4)

@@ -1,5 +1,8 @@
 """Export helpers: ONNX through the dynamo exporter, with the one translation it lacks.
 
+The image path alone as a plain timm model (no ONNX, no fgfocus needed to load it) is in
+:mod:`timm_fgfocus.plain`.
+
 ``torch.export.export(model.eval(), (x,))`` works as is. ONNX needs one extra translation: the
 dynamo exporter has none for the stable sort (``aten.sort.stable``) that
 :func:`~timm_fgfocus.ops.topk_nms` uses to order candidates. ONNX ``TopK`` over the whole axis is
@@ -33,7 +36,11 @@ def export_onnx(
         opset_version: int = 18,
         dynamic_batch: bool = True,
 ):
-    """Export the eval model (hybrid logits) to an ONNX file with one batched ``GridSample``.
+    """Export the eval model's ``forward`` to an ONNX file.
+
+    The full model gives the hybrid logits, its crops one batched ``GridSample``; in single-pass
+    mode (:meth:`~timm_fgfocus.fgfocus.FgFocus.set_single_pass`) the graph is the backbone and the
+    image-level head only, with no ``GridSample`` or ``TopK``.
 
     Args:
         model: an fgfocus model; it is put in eval mode.

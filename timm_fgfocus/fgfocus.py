@@ -26,6 +26,9 @@ Departures from timm's usual model shape, chosen so timm's tools keep working:
   map, the pooled region features, the regions), like timm's non-standard models do.
 * In train mode ``forward`` returns ``(hybrid [B, C], image [B, C], regions [B * m, C])``, the
   logits :class:`~timm_fgfocus.loss.FgFocusLoss` needs; in eval mode the hybrid logits only.
+* ``single_pass=True`` (or :meth:`FgFocus.set_single_pass`) makes ``forward`` step 1 alone: one
+  backbone pass and the image-level logits ``[B, C]`` (``[B, n]`` with ``num_classes=0``), the
+  model to deploy once the image head has learnt from the hybrid head (``FgFocusLoss(distill_weight=...)``).
 """
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
@@ -128,6 +131,7 @@ class FgFocus(nn.Module):
             candidates, so fine maps need no bound, see :func:`~timm_fgfocus.ops.topk_nms`).
         crop_sampling_ratio: bilinear sampling points per output pixel and axis.
         drop_rate: dropout before the classifiers.
+        single_pass: ``forward`` runs the image path only (see :meth:`FgFocus.set_single_pass`).
         device, dtype: where and in which dtype parameters are created (timm factory kwargs).
     """
 
@@ -150,6 +154,7 @@ class FgFocus(nn.Module):
             pre_nms_top_n: Optional[int] = None,
             crop_sampling_ratio: int = 1,
             drop_rate: float = 0.,
+            single_pass: bool = False,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
@@ -193,6 +198,7 @@ class FgFocus(nn.Module):
         self.crop_sampling_ratio = crop_sampling_ratio
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.single_pass = single_pass
 
         # device/dtype only when asked for: timm releases before the factory kwargs do not take them
         dd = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
@@ -259,6 +265,16 @@ class FgFocus(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
+    def set_single_pass(self, enable: bool = True) -> None:
+        """Make ``forward`` run the image path only (:meth:`forward_image`), in train and eval mode.
+
+        One backbone pass on the image and the image-level head ``fc``: no attention map, no
+        proposals, no crops, no second backbone pass. ``forward_structured``, ``forward_features``
+        and ``forward_head`` stay the full model; ``enable=False`` restores the full ``forward``.
+        """
+        self.single_pass = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.hybrid_fc
 
@@ -275,7 +291,8 @@ class FgFocus(nn.Module):
 
     # --- forward --------------------------------------------------------------------------
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, regions: bool = True) -> None:
+        """One-line ValueError for a bad input; ``regions``: also large enough for m regions."""
         if not isinstance(x, Tensor):
             raise ValueError(f'fgfocus input must be a Tensor[B, {self.in_chans}, H, W], got {type(x).__name__}')
         if x.ndim != 4 or not x.is_floating_point():
@@ -288,6 +305,8 @@ class FgFocus(nn.Module):
         size_error = self.adapter.size_error(H, W)
         if size_error:
             raise ValueError(f'fgfocus input {H}x{W}: {size_error}')
+        if not regions:
+            return
         h, w = H // self.feature_stride, W // self.feature_stride
         num_candidates = h * w * len(self.region_scales) * len(self.region_ratios)
         if h < 1 or w < 1 or num_candidates < self.num_regions:
@@ -332,7 +351,7 @@ class FgFocus(nn.Module):
         self._check_input(x)
         B = x.shape[0]
         image_features = self._feature_map(x)
-        image_logits = self.fc(self.head_drop(self.global_pool(image_features)))
+        image_logits = self._image_head(image_features)
         attention = self._attention(image_features, image_logits)
         boxes, scores, valid = propose_regions(
             attention, (x.shape[-2], x.shape[-1]), self.num_regions, self.region_scales, self.region_ratios,
@@ -345,6 +364,29 @@ class FgFocus(nn.Module):
             region_features = image_features.new_zeros(B, 0, self.backbone_num_features)
         feats = FgFocusFeatures(image_features, region_features, boxes, scores, valid, attention)
         return feats, image_logits
+
+    def _image_head(self, image_features: Tensor, pre_logits: bool = False) -> Tensor:
+        """Z Tensor[B, n, h, w] -> image-level logits ``fc(dropout(GAP(Z)))`` (or the pooled feature)."""
+        pooled = self.head_drop(self.global_pool(image_features))
+        return pooled if pre_logits else self.fc(pooled)
+
+    def forward_image(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """The image path alone: one backbone pass and the image-level head (the single-pass model).
+
+        Equals ``forward_structured(x).image_logits`` (the same dropout in train mode) without the
+        attention map, the proposals, the crops and the second backbone pass. Takes any input size
+        the backbone takes, also one too small for m regions.
+
+        Args:
+            x: Tensor[B, C, H, W].
+            pre_logits: return the pooled image feature F^I instead of the logits.
+
+        Returns:
+            Tensor[B, num_classes] image-level logits; Tensor[B, n] (``n = backbone_num_features``)
+            with ``pre_logits`` or ``num_classes=0``.
+        """
+        self._check_input(x, regions=False)
+        return self._image_head(self._feature_map(x), pre_logits)
 
     def forward_features(self, x: Tensor) -> FgFocusFeatures:
         """Everything up to the hybrid head: m regions in train mode, only the l needed in eval."""
@@ -381,6 +423,13 @@ class FgFocus(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor, Tensor]]:
+        """Hybrid logits Tensor[B, C] in eval mode; ``(hybrid, image, regions)`` logits in train mode.
+
+        In single-pass mode (:meth:`set_single_pass`) the image-level logits Tensor[B, C] in both
+        modes (Tensor[B, n] features with ``num_classes=0``).
+        """
+        if self.single_pass:
+            return self.forward_image(x)
         if self.training and self.num_classes:
             out = self.forward_structured(x)
             return out.logits, out.image_logits, out.region_logits.flatten(0, 1)
