@@ -553,9 +553,10 @@ def test_hfds_float_labels_say_how_to_convert(data, tmp_path, capsys, hf_offline
 
 # --- sources: WebDataset shards (wds/) ------------------------------------------------------------
 
-def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', 'val', 2, 8)), info=True):
+def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', 'val', 2, 8)), info=True,
+                 relabel=lambda key, label: label):
     """PNG + .cls WebDataset shards of the image folders (split, folder, shards, images), with
-    timm's _info.json."""
+    timm's _info.json; sample ``key`` gets the label ``relabel(key, class index)``."""
     wds = pytest.importorskip('webdataset')
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -569,8 +570,9 @@ def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', '
             name = f'birds-{split}-{s:04d}.tar'
             with wds.TarWriter(str(root / name)) as w:
                 for i, (path, cls) in enumerate(part):
-                    w.write({'__key__': f'{split}{s}_{i:04d}', 'png': Path(path).read_bytes(),
-                             'cls': str(names.index(cls)).encode()})
+                    key = f'{split}{s}_{i:04d}'
+                    w.write({'__key__': key, 'png': Path(path).read_bytes(),
+                             'cls': str(relabel(key, names.index(cls))).encode()})
             files.append(name)
             lengths.append(len(part))
         splits[split] = {'name': split, 'num_samples': sum(lengths), 'filenames': files, 'shard_lengths': lengths}
@@ -596,6 +598,20 @@ def test_wds_needs_info_or_counts_and_class_count(data, tmp_path, capsys):
     line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
                              '--output', str(tmp_path / 'o')], capsys)
     assert '--num-classes' in line
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_wds_label_outside_the_classes_names_the_sample(data, tmp_path, capsys, workers):
+    """A .cls label >= --num-classes stops the run with one line naming the sample's key and label,
+    also when it is read in a loader worker."""
+    shards = write_shards(tmp_path / 'shards', data, relabel=lambda key, label: 7 if key == 'validation1_0002' else label)
+    argv = TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation', '--num-classes', '3']
+    _, val, _ = training.create_datasets(training.parse_args(argv), None, None)
+    with pytest.raises(training.TrainError, match=r"split 'validation': sample 'validation1_0002' has label 7, "
+                                                  r"outside \[0, 3\) for 3 classes"):
+        list(val)
+    line = run_error(argv + ['--workers', str(workers), '--epochs', '1', '--output', str(tmp_path / 'o')], capsys)
+    assert "--dataset wds/birds, split 'validation': sample 'validation1_0002' has label 7" in line
 
 
 @pytest.mark.parametrize('prefix,package', [('wds', 'webdataset'), ('hfds', 'datasets')])
