@@ -15,14 +15,16 @@ from timm.data.readers.reader_wds import ReaderWds  # imports webdataset only if
 from timm.utils.misc import natural_key
 
 from ..datasets import DATASET_INFO, create_fg_dataset
+from ..ground_truth import GroundTruth, load_ground_truth
 from ..images import open_image, to_rgb
 from .csv_source import create_csv_datasets
-from ..errors import TrainError, first_line
+from ..errors import EvaluationError, TrainError, first_line
 from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
     'FG_DATASETS', 'UNREADABLE_ERRORS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder',
-    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'resolve_run_data_config', 'checkpoint_data_cfg',
+    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'check_labels', 'val_ground_truth',
+    'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
@@ -378,6 +380,29 @@ def _source(args, kind: str, split: str) -> str:
     if kind == 'csv':
         return str(args.data_dir)
     return f'--dataset {args.dataset} (--data-dir {args.data_dir or "(none)"})'
+
+
+def val_ground_truth(args, val: Dataset, boxes_file: Optional[str] = None) -> Optional[GroundTruth]:
+    """Ground-truth boxes for each sample of the val split ``val`` (as :func:`create_datasets`
+    returns it): from ``boxes_file`` (``--boxes``; paths relative to ``--data-dir`` for image folders
+    and the benchmarks, to the label table's folder for ``csv``, row indices or stored file names for
+    ``hfds/``), else CUB-200-2011's own files with ``--dataset cub200``, else None
+    (:mod:`timm_fgfocus.ground_truth`).
+
+    Raises:
+        TrainError: a bad box file, naming it and the line, or a data set whose samples have no names.
+    """
+    kind = dataset_kind(args.dataset)
+    base = split_folder = None
+    if kind in ('folder', 'benchmark'):
+        base = args.data_dir
+        split_folder = Path(args.data_dir) / args.val_split if kind == 'folder' else None
+    elif kind == 'csv':
+        base = args.data_dir if Path(args.data_dir).is_dir() else Path(args.data_dir).parent
+    try:
+        return load_ground_truth(val, boxes_file, base, split_folder)
+    except EvaluationError as e:
+        raise TrainError(str(e)) from None
 
 
 def resolve_run_data_config(args, model) -> Dict[str, Any]:
