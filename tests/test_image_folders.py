@@ -199,3 +199,22 @@ def test_links_into_another_class_are_skipped_links_within_the_class_kept(tmp_pa
     assert rel == [('a/ext/9.png', 'a'), ('a/ext9.png', 'a'), ('a/sub/0.png', 'a'), ('b/sub/0.png', 'b')]
     err = capsys.readouterr().err
     assert 'skipped 3 link(s)' in err and all(str(a / n) in err for n in ('b_sub', 'b0.png', 'val_a'))
+
+
+def test_link_up_from_a_class_stored_outside_the_data_folder_is_skipped(tmp_path, capsys):
+    """Class a is a link to store/a_images; store/a_images/up -> .. (the store, holding other images)
+    leads to a folder holding the class folder: skipped, so the store's other images stay out of a."""
+    store = tmp_path / 'store'
+    png(store / 'a_images' / '0.png')
+    png(store / 'b_images' / '1.png')
+    png(store / 'unsorted' / '2.png')  # in no class
+    os.symlink('..', store / 'a_images' / 'up')
+    root = tmp_path / 'data'
+    for split in ('train', 'val'):
+        (root / split).mkdir(parents=True)
+        os.symlink(store / 'a_images', root / split / 'a')
+        os.symlink(store / 'b_images', root / split / 'b')
+    train, _, classes = training.create_datasets(args_for(root), None, None)
+    assert sorted((Path(p).relative_to(root / 'train').as_posix(), classes[t])
+                  for p, t in train.base.reader.samples) == [('a/0.png', 'a'), ('b/1.png', 'b')]
+    assert str(root / 'train' / 'a' / 'up') in capsys.readouterr().err
