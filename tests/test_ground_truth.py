@@ -10,7 +10,7 @@ from PIL import Image
 from timm_fgfocus import training
 from timm_fgfocus.errors import EvaluationError
 from timm_fgfocus.ground_truth import (
-    BOX_COLUMNS, cub_ground_truth, load_ground_truth, read_box_file, read_ground_truth, write_box_file,
+    BOX_COLUMNS, cub_ground_truth, load_ground_truth, read_box_file, write_box_file,
 )
 from timm_fgfocus.datasets import create_fg_dataset
 from test_datasets import make_cub
@@ -47,7 +47,8 @@ def index_of(val, rel: str) -> int:
 
 
 def test_box_file_rows_any_column_order(tmp_path):
-    f = write(tmp_path / 'b.csv', ['Y1,x0,path,note,y0,x1', '15,30,val/a/0.png,wing,5,38', '2.5,1,"val/b/x,1.png",,0.5,4'])
+    f = write(tmp_path / 'b.csv', ['Y1,x0,path,note,y0,x1', '15,30,val/a/0.png,wing,5,38',
+                                   '2.5,1,"val/b/x,1.png",,0.5,4'])
     rows = read_box_file(f)
     assert [(r.line, r.path, r.box) for r in rows] == [(2, 'val/a/0.png', (30, 5, 38, 15)),
                                                        (3, 'val/b/x,1.png', (1, 0.5, 4, 2.5))]
@@ -59,7 +60,8 @@ def test_box_file_rows_any_column_order(tmp_path):
     (['path,x,y,w,h', 'val/a/0.png,1,2,3,4'], r'b\.csv: the first row must name the columns path,x0,y0,x1,y1 .*'
                                               r"missing x0, y0, x1, y1, found 'path', 'x', 'y', 'w', 'h'"),
     (['val/a/0.png,1,2,3,4'], r"b\.csv: the first row must name .*missing path, x0, y0, x1, y1"),
-    (['path,x0,y0,x1,y1', 'val/a/0.png,1,2,3,4', 'val/a/1.png,1,two,3,4'], r"b\.csv, line 3: y0 must be a number, got 'two'"),
+    (['path,x0,y0,x1,y1', 'val/a/0.png,1,2,3,4', 'val/a/1.png,1,two,3,4'],
+     r"b\.csv, line 3: y0 must be a number, got 'two'"),
     (['path,x0,y0,x1,y1', 'val/a/0.png,1,2,nan,4'], r"b\.csv, line 2: x1 must be a number, got 'nan'"),
     (['path,x0,y0,x1,y1', 'val/a/0.png,1,2,3'], r'b\.csv, line 2: expected path,x0,y0,x1,y1'),
     (['path,x0,y0,x1,y1', '', 'val/a/0.png,10,2,3,4'], r'b\.csv, line 3: x1 3 < x0 10: .*x,y,width,height'),
@@ -98,13 +100,25 @@ def test_folder_boxes_per_sample_with_counted_skips_and_clipping(tmp_path, capsy
     np.testing.assert_array_equal(truth.boxes[b1], np.array([[1, 2, 3, 4]], np.float32))
     assert truth.boxes[a1].shape == truth.boxes[b0].shape == (0, 4) and truth.boxes[a0].dtype == np.float32
     assert truth.num_with_boxes == 2 and truth.parts is None
-    assert dict(truth.counts) == dict(rows=8, kept=3, other_split=1, unknown=1, empty=1, outside=2, clipped=1)
+    assert dict(truth.counts) == dict(rows=8, kept=3, other_split=1, unknown=1, unreadable=0, empty=1, outside=2,
+                                      clipped=1)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
     assert len(warnings) == 4, warnings
     assert f"{f}: 1 row(s) name images that are not in the split (e.g. line 8: 'val/c/9.png')" in warnings[0]
     assert "1 empty box(es) (zero width or height) skipped (e.g. line 5" in warnings[1]
     assert "2 box(es) entirely outside their image skipped (e.g. line 6: 'val/a/1.png')" in warnings[2]
     assert "1 box(es) partly outside their image clipped to it (e.g. line 3" in warnings[3]
+
+
+def test_rows_of_an_unreadable_image_are_counted_skips(tmp_path, capsys):
+    root = make_folders(tmp_path / 'data')
+    args, val = val_of(root)
+    (root / 'val' / 'b' / '0.png').write_bytes(b'not a png')
+    f = write(tmp_path / 'boxes.csv', ['path,x0,y0,x1,y1', 'val/b/0.png,1,2,3,4', 'val/a/0.png,1,2,3,4'])
+    truth = training.data.val_ground_truth(args, val, str(f))
+    assert truth.counts['unreadable'] == 1 and truth.counts['kept'] == 1 and truth.num_with_boxes == 1
+    assert "1 row(s) name images that cannot be read (their boxes are not used) (e.g. line 2: 'val/b/0.png')" \
+        in capsys.readouterr().err
 
 
 def test_csv_source_paths_as_in_the_label_table(tmp_path):

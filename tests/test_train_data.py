@@ -362,7 +362,8 @@ def test_csv_unknown_or_blank_split_is_an_error_naming_the_row(data, tmp_path, c
 
 
 def test_csv_split_case_is_ignored_and_said_with_the_count(data, tmp_path, capsys):
-    rows = folder_rows(data, 'train') + folder_rows(data, 'val') + [[p, c, 'test'] for p, c, _ in folder_rows(data, 'val')]
+    rows = folder_rows(data, 'train') + folder_rows(data, 'val') \
+        + [[p, c, 'test'] for p, c, _ in folder_rows(data, 'val')]
     for r in rows[18:23]:
         r[2] = 'Val'
     rows[0][2] = 'TRAIN'

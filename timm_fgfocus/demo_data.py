@@ -239,7 +239,7 @@ def ensure_demo_data(root, **params: Any) -> Path:
         want = dict(train_per_class=150, val_per_class=50, num_classes=6, image_size=128, wing_units=10, seed=0)
         want.update(params)
         if all(saved.get(k) == v for k, v in want.items()):
-            if not (root / BOX_FILE).is_file():  # made before the box file was written
+            if not (root / BOX_FILE).is_file():  # a demo folder without its box file: written from the marker
                 write_box_file(root / BOX_FILE, {k: [tuple(v)] for k, v in saved.get('wing_boxes', {}).items()})
             return root
         raise ValueError(f'{root} holds a demo data set made with other settings; remove it or pick another --data-dir')

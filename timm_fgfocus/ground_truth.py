@@ -21,8 +21,8 @@ Sources:
 Checks, the same for every source. A file without the header's columns, a value that is not a
 number, a box with ``x1 < x0`` or ``y1 < y0`` (columns in the wrong order, or ``x, y, width,
 height``) is an error naming the file and line (:class:`~timm_fgfocus.errors.EvaluationError`).
-An empty box (zero width or height), a box entirely outside its image and a row naming an image
-that is not in the split are skipped; a box partly outside its image is clipped to it; each kind
+An empty box (zero width or height), a box entirely outside its image, a row naming an image
+that is not in the split and a row naming an image that cannot be read are skipped; a box partly outside its image is clipped to it; each kind
 is counted (:attr:`GroundTruth.counts`) and said in one warning line with an example. Nothing
 read is written to.
 """
@@ -125,13 +125,15 @@ def read_box_file(path: os.PathLike) -> List[BoxRow]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise EvaluationError(f'boxes file {path} cannot be read: {e}') from None
     if not records:
-        raise EvaluationError(f'boxes file {path} is empty: expected a header {",".join(BOX_COLUMNS)} and one row per box')
+        raise EvaluationError(f'boxes file {path} is empty: expected a header {",".join(BOX_COLUMNS)} and one row '
+                              f'per box')
     cols = _header(path, records[0][1])
     rows = []
     for n, record in records[1:]:
         where = f'boxes file {path}, line {n}'
         if len(record) <= max(cols.values()) or not record[cols['path']].strip():
-            raise EvaluationError(f'{where}: expected {",".join(BOX_COLUMNS)} with a path, got {delimiter.join(record)!r}')
+            raise EvaluationError(f'{where}: expected {",".join(BOX_COLUMNS)} with a path, '
+                                  f'got {delimiter.join(record)!r}')
         x0, y0, x1, y1 = (_number(record[cols[c]].strip(), c, where) for c in BOX_COLUMNS[1:])
         for lo, hi, a, b in (('x0', 'x1', x0, x1), ('y0', 'y1', y0, y1)):
             if b < a:
@@ -155,6 +157,7 @@ def _clip(box: Tuple[float, float, float, float], size: Tuple[int, int]) -> Tupl
 
 _SKIPS = {
     'unknown': 'row(s) name images that are not in the split',
+    'unreadable': 'row(s) name images that cannot be read (their boxes are not used)',
     'empty': 'empty box(es) (zero width or height) skipped',
     'outside': 'box(es) entirely outside their image skipped',
     'clipped': 'box(es) partly outside their image clipped to it',
@@ -171,7 +174,7 @@ def boxes_for_samples(rows: Sequence[BoxRow], keys: Mapping[str, int], num_sampl
         keys: sample key -> sample index (:func:`sample_keys`).
         num_samples: the split's size.
         image_size: sample index -> (width, height) of its original image; called once per sample
-            that has a box.
+            that has a box (an image it cannot read: its rows are skipped and counted).
         resolve: a row's ``path`` -> its key (e.g. made absolute against the data folder).
         elsewhere: keys of images that belong to another split of the same data (counted as
             ``other_split``, without a warning: one box file may cover every split).
@@ -183,7 +186,7 @@ def boxes_for_samples(rows: Sequence[BoxRow], keys: Mapping[str, int], num_sampl
     per_sample: List[List[np.ndarray]] = [[] for _ in range(num_samples)]
     counts = dict.fromkeys(('rows', 'kept', 'other_split', *_SKIPS), 0)
     first: Dict[str, BoxRow] = {}
-    sizes: Dict[int, Tuple[int, int]] = {}
+    sizes: Dict[int, Optional[Tuple[int, int]]] = {}
     for row in rows:
         counts['rows'] += 1
         key = resolve(row.path)
@@ -192,8 +195,11 @@ def boxes_for_samples(rows: Sequence[BoxRow], keys: Mapping[str, int], num_sampl
             kind = 'other_split' if elsewhere(key) else 'unknown'
         else:
             if index not in sizes:
-                sizes[index] = image_size(index)
-            kind, box = _clip(row.box, sizes[index])
+                try:
+                    sizes[index] = image_size(index)
+                except (OSError, SyntaxError, ValueError):  # what PIL raises on a broken image
+                    sizes[index] = None
+            kind, box = _clip(row.box, sizes[index]) if sizes[index] else ('unreadable', None)
             if kind in (None, 'clipped'):
                 per_sample[index].append(box)
                 counts['kept'] += 1

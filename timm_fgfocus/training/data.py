@@ -5,7 +5,7 @@ import importlib.util
 import numbers
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
@@ -292,7 +292,8 @@ def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
     if isinstance(reader, LabelCheckedReaderWds):
         reader.label_check = _TargetInRange(num_classes, where)
         return
-    if isinstance(ds, IterableDataset) or not (hasattr(reader, 'label_key') and hasattr(reader, 'dataset')) or getattr(reader, 'remap_class', False):
+    is_hfds = hasattr(reader, 'label_key') and hasattr(reader, 'dataset')
+    if isinstance(ds, IterableDataset) or not is_hfds or getattr(reader, 'remap_class', False):
         return
     labels = _hfds_labels(reader, where) or []
     bad = [(i, v) for i, v in enumerate(labels) if not 0 <= v < num_classes]
