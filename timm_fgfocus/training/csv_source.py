@@ -54,7 +54,7 @@ class LabelRow(NamedTuple):
     row: int
     path: str  # absolute
     label: str
-    split: Optional[str]
+    split: Optional[str]  # None: the row has no split column; '': its split cell is blank
 
 
 def _delimiter(path: Path) -> str:
