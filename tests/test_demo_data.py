@@ -1,12 +1,14 @@
 """The generated demo data set: layout, determinism, the class-deciding detail."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from timm_fgfocus.demo_data import (
-    CLASSES, MARKER, PATTERNS, _pattern, ensure_demo_data, generate_demo_data, render_closeup, render_scene,
+    BOX_FILE, CLASSES, COAT_CLASSES, MARKER, PATTERNS, _pattern, ensure_demo_data, generate_coat_data,
+    generate_demo_data, render_closeup, render_coat, render_scene,
 )
 
 
@@ -77,3 +79,80 @@ def test_ensure_reuses_and_refuses(tmp_path):
     with pytest.raises(ValueError, match='not a demo data set'):
         ensure_demo_data(other, **kw)
     assert (other / 'precious.txt').read_text() == 'keep'
+
+
+def differing_box(render, size, seed):
+    """The bounding box (xyxy, pixel edges) of the pixels that differ between the classes when
+    everything else of the scene is drawn from the same random numbers: where the class is decided."""
+    renders = [np.asarray(render(label, np.random.default_rng(seed))[0]).astype(int) for label in range(size)]
+    differs = np.zeros(renders[0].shape[:2], bool)
+    for other in renders[1:]:
+        differs |= (other != renders[0]).any(-1)
+    ys, xs = np.nonzero(differs)
+    return (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_wing_box_holds_exactly_the_pixels_that_decide_the_class(seed):
+    for size, units in ((128, 10), (64, 6)):
+        render = lambda label, rng: render_scene(label, rng, size=size, wing_units=units)  # noqa: E731
+        box = render(0, np.random.default_rng(seed))[1]
+        assert all(render(label, np.random.default_rng(seed))[1] == box for label in range(6))
+        assert differing_box(render, len(PATTERNS), seed) == box
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3])
+def test_coat_box_holds_exactly_the_pixels_that_decide_the_class(seed):
+    render = lambda label, rng: render_coat(label, rng, size=96)  # noqa: E731
+    img, box = render(0, np.random.default_rng(seed))
+    x0, y0, x1, y1 = box
+    assert differing_box(render, len(COAT_CLASSES), seed) == box
+    assert (x1 - x0) * (y1 - y0) > 0.25 * 96 * 96  # a large detail: over a quarter of the image
+
+
+def test_box_files_list_every_image_as_rendered(tmp_path):
+    """boxes.csv holds one box per image, the box render_* returned for that image's seed; read back
+    through the --boxes reader for the val split of the generated folders."""
+    from timm_fgfocus import training
+    from timm_fgfocus.ground_truth import read_box_file
+    from train_utils import TINY
+
+    for make, render, classes, kw in (
+            (generate_demo_data, lambda lab, rng: render_scene(lab, rng, 64, 6), CLASSES, dict(wing_units=6)),
+            (generate_coat_data, lambda lab, rng: render_coat(lab, rng, 64), COAT_CLASSES, {})):
+        root = make(tmp_path / make.__name__, train_per_class=2, val_per_class=2, num_classes=3, image_size=64,
+                    seed=4, **kw)
+        rows = read_box_file(root / BOX_FILE)
+        files = sorted(p.relative_to(root).as_posix() for p in root.rglob('*.png'))
+        assert sorted(r.path for r in rows) == files
+        for r in rows:
+            split, cls, name = r.path.split('/')
+            img, box = render(classes.index(cls), np.random.default_rng([4, ('train', 'val').index(split),
+                                                                          classes.index(cls), int(name[:4])]))
+            assert r.box == box
+            with Image.open(root / r.path) as saved:
+                assert np.array_equal(np.asarray(saved), np.asarray(img))
+        args = training.parse_args(TINY + ['--data-dir', str(root)])
+        _, val, _ = training.create_datasets(args, None, None, need_train=False)
+        truth = training.data.val_ground_truth(args, val, str(root / BOX_FILE))
+        assert truth.num_with_boxes == len(val) == 6 and dict(truth.counts)['other_split'] == 6
+        for i, (path, _) in enumerate(val.base.reader.samples):
+            want = [r.box for r in rows if r.path == Path(path).relative_to(root).as_posix()]
+            np.testing.assert_array_equal(truth.boxes[i], np.asarray(want, np.float32))
+
+
+def test_reused_demo_data_without_box_file_gets_one(tmp_path):
+    kw = dict(train_per_class=1, val_per_class=1, num_classes=2, image_size=64, wing_units=6)
+    root = ensure_demo_data(tmp_path / 'd', **kw)
+    written = (root / BOX_FILE).read_text()
+    (root / BOX_FILE).unlink()
+    ensure_demo_data(root, **kw)
+    assert (root / BOX_FILE).read_text() == written
+
+
+def test_coat_data_refuses_a_folder_with_files(tmp_path):
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'keep.txt').write_text('keep')
+    with pytest.raises(ValueError, match='not empty'):
+        generate_coat_data(tmp_path / 'mine', train_per_class=1, val_per_class=1)
+    assert (tmp_path / 'mine' / 'keep.txt').read_text() == 'keep'

@@ -156,3 +156,65 @@ def test_classes_in_natural_order_as_timm_orders_them(tmp_path):
             png(tmp_path / split / cls / '0.png')
     _, _, classes = training.create_datasets(args_for(tmp_path), None, None)
     assert classes == ['c1', 'c2', 'c10']
+
+
+def test_links_up_the_tree_bring_no_other_class_in(tmp_path, capsys):
+    """train/a/up -> .. and train/b/up2 -> ../.. in a 12-image train set: 12 images, each labelled by
+    the folder it lies in, and one warning naming both links."""
+    for split, n in (('train', 6), ('val', 2)):
+        for i, cls in enumerate(('a', 'b')):
+            for j in range(n):
+                png(tmp_path / split / cls / f'{j}.png', 10 * i)
+    os.symlink('..', tmp_path / 'train' / 'a' / 'up')
+    os.symlink('../..', tmp_path / 'train' / 'b' / 'up2')
+    train, val, classes = training.create_datasets(args_for(tmp_path), None, None)
+    assert len(train) == 12 and len(val) == 4
+    rel = sorted(Path(p).relative_to(tmp_path / 'train').as_posix() for p, _ in train.base.reader.samples)
+    assert rel == [f'{c}/{j}.png' for c in 'ab' for j in range(6)]
+    labels = labels_by_top_folder(train, tmp_path / 'train')
+    assert all(label == top for label, top in labels.values())
+    err = [line for line in capsys.readouterr().err.splitlines() if 'link' in line]
+    assert len(err) == 1 and 'skipped 2 link(s)' in err[0]
+    assert str(tmp_path / 'train' / 'a' / 'up') in err[0] and str(tmp_path / 'train' / 'b' / 'up2') in err[0]
+
+
+def test_links_into_another_class_are_skipped_links_within_the_class_kept(tmp_path, capsys):
+    """A folder link and a file link into class b from class a are skipped; a link to a folder of a's
+    own, and links out of the data folder, keep their images in a."""
+    store = tmp_path / 'store'
+    png(store / 'outside' / '9.png')
+    root = tmp_path / 'data'
+    for split in ('train', 'val'):
+        for cls in ('a', 'b'):
+            png(root / split / cls / 'sub' / '0.png')
+    a = root / 'train' / 'a'
+    os.symlink(root / 'train' / 'b' / 'sub', a / 'b_sub')           # into another class: skipped
+    os.symlink(root / 'train' / 'b' / 'sub' / '0.png', a / 'b0.png')  # a file of another class: skipped
+    os.symlink(root / 'val' / 'a' / 'sub', a / 'val_a')              # into another split: skipped
+    os.symlink(a / 'sub', root / 'train' / 'a' / 'again')            # its own folder: followed (walked once)
+    os.symlink(store / 'outside', a / 'ext')                         # out of the data folder: followed
+    os.symlink(store / 'outside' / '9.png', a / 'ext9.png')          # a file out of the data folder: followed
+    train, _, classes = training.create_datasets(args_for(root), None, None)
+    rel = sorted((Path(p).relative_to(root / 'train').as_posix(), classes[t]) for p, t in train.base.reader.samples)
+    assert rel == [('a/ext/9.png', 'a'), ('a/ext9.png', 'a'), ('a/sub/0.png', 'a'), ('b/sub/0.png', 'b')]
+    err = capsys.readouterr().err
+    assert 'skipped 3 link(s)' in err and all(str(a / n) in err for n in ('b_sub', 'b0.png', 'val_a'))
+
+
+def test_link_up_from_a_class_stored_outside_the_data_folder_is_skipped(tmp_path, capsys):
+    """Class a is a link to store/a_images; store/a_images/up -> .. (the store, holding other images)
+    leads to a folder holding the class folder: skipped, so the store's other images stay out of a."""
+    store = tmp_path / 'store'
+    png(store / 'a_images' / '0.png')
+    png(store / 'b_images' / '1.png')
+    png(store / 'unsorted' / '2.png')  # in no class
+    os.symlink('..', store / 'a_images' / 'up')
+    root = tmp_path / 'data'
+    for split in ('train', 'val'):
+        (root / split).mkdir(parents=True)
+        os.symlink(store / 'a_images', root / split / 'a')
+        os.symlink(store / 'b_images', root / split / 'b')
+    train, _, classes = training.create_datasets(args_for(root), None, None)
+    assert sorted((Path(p).relative_to(root / 'train').as_posix(), classes[t])
+                  for p, t in train.base.reader.samples) == [('a/0.png', 'a'), ('b/1.png', 'b')]
+    assert str(root / 'train' / 'a' / 'up') in capsys.readouterr().err

@@ -332,6 +332,106 @@ def test_csv_bad_image_is_skipped_and_named(data, tmp_path, capsys):
     assert f'skipping unreadable image {broken}' in capsys.readouterr().err
 
 
+def csv_args(table):
+    return training.parse_args(TINY + ['--dataset', 'csv', '--data-dir', str(table)])
+
+
+def warnings_in(err: str):
+    return [line for line in err.splitlines() if line.startswith(('warning:', 'note:'))]
+
+
+@pytest.mark.parametrize('value,shown', [('trian', "split 'trian'"), ('', 'an empty split cell'),
+                                         ('validation', "split 'validation'")])
+def test_csv_unknown_or_blank_split_is_an_error_naming_the_row(data, tmp_path, capsys, value, shown):
+    """No row is dropped without a word: a split the run does not know names the file, the row and
+    the values the split column takes."""
+    rows = [['path', 'label', 'split']] + folder_rows(data, 'train') + folder_rows(data, 'val')
+    rows[7][2] = value
+    table = write_table(tmp_path / 'labels.csv', rows)
+    line = run_error(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--output', str(tmp_path / 'o')], capsys)
+    assert f'{table}, row 8: {shown}' in line and 'train, val, test' in line and '--val-split' in line
+    # the run's own split names are accepted too
+    if value == 'validation':
+        rows = [r[:2] + ['validation' if r[2] == 'val' else r[2]] for r in rows[1:]]
+        table = write_table(tmp_path / 'other.csv', [['path', 'label', 'split']] + rows)
+        train, val, _ = training.create_datasets(training.parse_args(
+            TINY + ['--dataset', 'csv', '--data-dir', str(table), '--val-split', 'validation']), None, None)
+        assert (len(train), len(val)) == (17, 10)  # row 8 moved from train to validation
+
+
+def test_csv_split_case_is_ignored_and_said_with_the_count(data, tmp_path, capsys):
+    rows = folder_rows(data, 'train') + folder_rows(data, 'val') \
+        + [[p, c, 'test'] for p, c, _ in folder_rows(data, 'val')]
+    for r in rows[18:23]:
+        r[2] = 'Val'
+    rows[0][2] = 'TRAIN'
+    capsys.readouterr()
+    train, val, _ = training.create_datasets(csv_args(write_table(tmp_path / 'labels.csv', rows)), None, None)
+    assert (len(train), len(val)) == (18, 9)  # test rows left out, no row lost
+    notes = warnings_in(capsys.readouterr().err)
+    assert any("5 row(s) with split 'Val' (e.g. row 19) read as 'val'" in n for n in notes), notes
+    assert any("1 row(s) with split 'TRAIN' (e.g. row 1) read as 'train'" in n for n in notes), notes
+
+
+def test_csv_repeated_rows_and_train_val_overlap_warn_with_count(data, tmp_path, capsys):
+    train_rows, val_rows = folder_rows(data, 'train'), folder_rows(data, 'val')
+    rows = train_rows + [list(train_rows[2]), list(train_rows[2]), list(train_rows[5])] + val_rows \
+        + [[train_rows[0][0], train_rows[0][1], 'val'], [train_rows[1][0], train_rows[1][1], 'val']]
+    table = write_table(tmp_path / 'labels.csv', rows)
+    capsys.readouterr()
+    train, val, _ = training.create_datasets(csv_args(table), None, None)
+    assert len(train) == 18 and len(val) == 11  # each image once per split
+    assert sorted(p for p, _ in train.base.reader.samples) == sorted(str(Path(p)) for p, _, _ in train_rows)
+    lines = warnings_in(capsys.readouterr().err)
+    assert len(lines) == 2, lines
+    assert f'{table}: 3 repeated row(s) in the train split (e.g. row 19 repeats row 3, {train_rows[2][0]})' in lines[0]
+    assert f'2 image(s) are in both the train and the val split (e.g. {train_rows[0][0]}: {table}, row 1' in lines[1]
+
+
+def test_csv_image_with_two_labels_is_an_error_naming_both_rows(data, tmp_path, capsys):
+    rows = folder_rows(data, 'train') + folder_rows(data, 'val')
+    rows.append([rows[4][0], 'albatross', 'train'])
+    table = write_table(tmp_path / 'labels.csv', rows)
+    line = run_error(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--output', str(tmp_path / 'o')], capsys)
+    assert f'{table}, row {len(rows)}' in line and f'{table}, row 5' in line and "'albatross'" in line
+
+
+@pytest.mark.parametrize('header,missing', [(['filename', 'class', 'split'], 'path or label'),
+                                            (['path', 'class', 'split'], 'label'), (['image', 'label'], 'path')])
+def test_csv_unrecognised_header_names_the_columns_expected_and_found(data, tmp_path, capsys, header, missing):
+    rows = [header] + [r[:len(header)] for r in folder_rows(data, 'train') + folder_rows(data, 'val')]
+    table = write_table(tmp_path / 'labels.csv', rows)
+    line = run_error(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--output', str(tmp_path / 'o')], capsys)
+    assert f'{table}, row 1' in line and 'path,label[,split]' in line and f'no {missing} column' in line
+    assert ', '.join(repr(h) for h in header) in line and 'does not exist' not in line
+
+
+def test_csv_headerless_first_row_with_a_missing_image_is_not_taken_for_a_header(data, tmp_path, capsys):
+    rows = folder_rows(data, 'train') + folder_rows(data, 'val')
+    rows[0][0] = str(tmp_path / 'gone.png')
+    table = write_table(tmp_path / 'labels.csv', rows)
+    line = run_error(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--output', str(tmp_path / 'o')], capsys)
+    assert f'{table}, row 1: image {tmp_path / "gone.png"} does not exist' in line
+
+
+def test_one_class_is_refused_naming_split_and_source(data, tmp_path, capsys):
+    root = tmp_path / 'one'
+    for split in ('train', 'val'):
+        (root / split).mkdir(parents=True)
+        os.symlink(Path(data) / split / CLASSES[0], root / split / CLASSES[0])
+    line = run_error(TINY + ['--data-dir', str(root), '--output', str(tmp_path / 'o')], capsys)
+    assert f'the train split of {root / "train"} has 1 class ({CLASSES[0]!r})' in line and 'at least two' in line
+    table = write_table(tmp_path / 'one.csv', [r for s in ('train', 'val') for r in folder_rows(data, s)
+                                               if r[1] == CLASSES[1]])
+    line = run_error(TINY + ['--dataset', 'csv', '--data-dir', str(table), '--output', str(tmp_path / 'o')], capsys)
+    assert f'the train split of {table} has 1 class ({CLASSES[1]!r})' in line
+    assert not (tmp_path / 'o').exists()
+    # evaluating a one-class val split is not training: allowed
+    _, val, classes = training.create_datasets(training.parse_args(TINY + ['--data-dir', str(root)]), None, None,
+                                               need_train=False)
+    assert classes == [CLASSES[0]] and len(val) == 3
+
+
 # --- sources: Hugging Face datasets (hfds/) -------------------------------------------------------
 
 def write_parquet_dataset(root, data, splits=('train', 'validation'), folders=('train', 'val')):
@@ -377,11 +477,85 @@ def test_hfds_missing_folder_or_split(data, tmp_path, capsys, monkeypatch):
     assert 'nothing' in line
 
 
+def write_hfds(root, data, column='label', feature=None, relabel=lambda split, i, cls: cls):
+    """A local `datasets` parquet data set of the image folders whose label column (``column``, of
+    ``feature``: a Value or ClassLabel) holds ``relabel(split, row, class name)``."""
+    datasets = pytest.importorskip('datasets')
+    feature = feature or datasets.Value('string')
+    features = datasets.Features({'image': datasets.Image(), column: feature})
+    for split, folder in (('train', 'train'), ('validation', 'val')):
+        rows = folder_rows(data, folder, with_split=False)
+        ds = datasets.Dataset.from_dict(
+            {'image': [{'bytes': Path(p).read_bytes(), 'path': None} for p, _ in rows],
+             column: [relabel(split, i, c) for i, (_, c) in enumerate(rows)]}, features=features)
+        ds.to_parquet(str(Path(root) / 'data' / f'{split}-00000-of-00001.parquet'))
+    return Path(root)
+
+
+def hfds_argv(root, tmp_path, *extra):
+    return TINY + ['--dataset', f'hfds/{root}', '--data-dir', str(tmp_path / 'cache'), '--val-split', 'validation',
+                   '--output', str(tmp_path / 'o'), *extra]
+
+
+@pytest.fixture
+def hf_offline(monkeypatch):
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+
+
+def test_hfds_without_a_label_column_names_the_columns_and_target_key(data, tmp_path, capsys, hf_offline):
+    datasets = pytest.importorskip('datasets')
+    names = sorted(CLASSES[:3])
+    root = write_hfds(tmp_path / 'birds', data, 'species', datasets.ClassLabel(names=names),
+                      lambda s, i, c: names.index(c))
+    line = run_error(hfds_argv(root, tmp_path), capsys)
+    assert f"--dataset hfds/{root}, split 'train' has no 'label' column (its columns: image, species)" in line
+    assert '--target-key' in line and '--num-classes' not in line
+    train, val, classes = training.create_datasets(training.parse_args(hfds_argv(root, tmp_path, '--target-key',
+                                                                                 'species')), None, None)
+    assert classes == names and [val[i][1] for i in range(len(val))] == \
+        [names.index(c) for _, c in folder_rows(data, 'val', with_split=False)]
+
+
+def test_hfds_string_labels_become_sorted_classes(data, tmp_path, capsys, hf_offline):
+    """String labels map to the train split's names in order; a val name train lacks is one line."""
+    rename = {CLASSES[0]: 'zebra finch', CLASSES[1]: 'Bengal finch', CLASSES[2]: 'bird 10'}
+    root = write_hfds(tmp_path / 'birds', data, relabel=lambda s, i, c: rename[c])
+    train, val, classes = training.create_datasets(training.parse_args(hfds_argv(root, tmp_path)), None, None)
+    assert classes == ['Bengal finch', 'bird 10', 'zebra finch']
+    for ds, folder in ((train, 'train'), (val, 'val')):
+        want = [classes.index(rename[c]) for _, c in folder_rows(data, folder, with_split=False)]
+        assert [ds[i][1] for i in range(len(ds))] == want
+    root = write_hfds(tmp_path / 'odd', data, relabel=lambda s, i, c: 'crow' if (s, i) == ('validation', 4) else c)
+    line = run_error(hfds_argv(root, tmp_path), capsys)
+    assert "split 'validation': row 4 has label 'crow', which the train split does not have" in line
+
+
+@pytest.mark.parametrize('bad,split,row', [(5, 'validation', 2), (-1, 'train', 7)])
+def test_hfds_integer_labels_outside_the_classes_are_named_before_training(data, tmp_path, capsys, hf_offline,
+                                                                           bad, split, row):
+    datasets = pytest.importorskip('datasets')
+    names = sorted(CLASSES[:3])
+    root = write_hfds(tmp_path / 'birds', data, feature=datasets.Value('int64'),
+                      relabel=lambda s, i, c: bad if (s, i) == (split, row) else names.index(c))
+    line = run_error(hfds_argv(root, tmp_path, '--num-classes', '3'), capsys)
+    assert f"split {split!r}: row {row} has label {bad}, outside [0, 3) for 3 classes (1 such rows)" in line
+    assert not (tmp_path / 'o').exists()
+
+
+def test_hfds_float_labels_say_how_to_convert(data, tmp_path, capsys, hf_offline):
+    datasets = pytest.importorskip('datasets')
+    root = write_hfds(tmp_path / 'birds', data, feature=datasets.Value('float32'), relabel=lambda s, i, c: 1.5)
+    line = run_error(hfds_argv(root, tmp_path, '--num-classes', '3'), capsys)
+    assert "column 'label' holds float values" in line and 'integers' in line and 'strings' in line
+
+
 # --- sources: WebDataset shards (wds/) ------------------------------------------------------------
 
-def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', 'val', 2, 8)), info=True):
+def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', 'val', 2, 8)), info=True,
+                 relabel=lambda key, label: label):
     """PNG + .cls WebDataset shards of the image folders (split, folder, shards, images), with
-    timm's _info.json."""
+    timm's _info.json; sample ``key`` gets the label ``relabel(key, class index)``."""
     wds = pytest.importorskip('webdataset')
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -395,8 +569,9 @@ def write_shards(root, data, shards=(('train', 'train', 2, 18), ('validation', '
             name = f'birds-{split}-{s:04d}.tar'
             with wds.TarWriter(str(root / name)) as w:
                 for i, (path, cls) in enumerate(part):
-                    w.write({'__key__': f'{split}{s}_{i:04d}', 'png': Path(path).read_bytes(),
-                             'cls': str(names.index(cls)).encode()})
+                    key = f'{split}{s}_{i:04d}'
+                    w.write({'__key__': key, 'png': Path(path).read_bytes(),
+                             'cls': str(relabel(key, names.index(cls))).encode()})
             files.append(name)
             lengths.append(len(part))
         splits[split] = {'name': split, 'num_samples': sum(lengths), 'filenames': files, 'shard_lengths': lengths}
@@ -422,6 +597,20 @@ def test_wds_needs_info_or_counts_and_class_count(data, tmp_path, capsys):
     line = run_error(TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation',
                              '--output', str(tmp_path / 'o')], capsys)
     assert '--num-classes' in line
+
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_wds_label_outside_the_classes_names_the_sample(data, tmp_path, capsys, workers):
+    """A .cls label >= --num-classes stops the run with one line naming the sample's key and label,
+    also when it is read in a loader worker."""
+    shards = write_shards(tmp_path / 'shards', data, relabel=lambda key, label: 7 if key == 'validation1_0002' else label)
+    argv = TINY + ['--dataset', 'wds/birds', '--data-dir', str(shards), '--val-split', 'validation', '--num-classes', '3']
+    _, val, _ = training.create_datasets(training.parse_args(argv), None, None)
+    with pytest.raises(training.TrainError, match=r"split 'validation': sample 'validation1_0002' has label 7, "
+                                                  r"outside \[0, 3\) for 3 classes"):
+        list(val)
+    line = run_error(argv + ['--workers', str(workers), '--epochs', '1', '--output', str(tmp_path / 'o')], capsys)
+    assert "--dataset wds/birds, split 'validation': sample 'validation1_0002' has label 7" in line
 
 
 @pytest.mark.parametrize('prefix,package', [('wds', 'webdataset'), ('hfds', 'datasets')])

@@ -102,7 +102,7 @@ def test_loader_message_counts_the_images_it_tried(data, tmp_path, capsys):
     first = sorted((root / 'val').rglob('*.png'))
     break_images(root / 'val')
     args = training.parse_args(TINY + ['--data-dir', str(root), '--train-split', 'val'])
-    _, val, _ = training.create_datasets(args, None, None)
+    _, val, _ = training.create_datasets(args, None, None, need_train=False)  # one class: not a train split
     assert len(val) == 3
     with pytest.raises(training.TrainError, match=r'^3 consecutive unreadable images from .* \(all 3 of the split\)'):
         val[0]

@@ -136,7 +136,9 @@ class Cub200(Dataset):
         split: ``'train'`` (5994 images) or ``'test'`` (5794; ``'val'`` is an alias).
         transform: applied to the PIL RGB image.
 
-    Labels are 0-based (the files' class ids minus one); ``classes[i]`` is the name of label ``i``.
+    Labels are 0-based (the files' class ids minus one); ``classes[i]`` is the name of label ``i``;
+    ``image_ids[i]`` is the 1-based image id of sample ``i`` in the release's files (its object box
+    and part locations: :func:`timm_fgfocus.ground_truth.cub_ground_truth`).
     """
 
     def __init__(self, root: str, split: str = 'train', transform: Optional[Callable] = None):
@@ -167,10 +169,11 @@ class Cub200(Dataset):
             self._check_same_ids(images, other_name, other)
 
         want = 1 if self.split == 'train' else 0
-        listed = [(lineno, os.path.join(self.root, 'images', rel_path), labels[image_id][0] - 1)
+        listed = [(lineno, os.path.join(self.root, 'images', rel_path), labels[image_id][0] - 1, image_id)
                   for image_id, (rel_path, lineno) in images.items() if is_train[image_id][0] == want]
-        _check_images('cub200', self._file('images.txt'), [(lineno, path) for lineno, path, _ in listed])
-        self.samples: List[Tuple[str, int]] = [(path, label) for _, path, label in listed]
+        _check_images('cub200', self._file('images.txt'), [(lineno, path) for lineno, path, _, _ in listed])
+        self.samples: List[Tuple[str, int]] = [(path, label) for _, path, label, _ in listed]
+        self.image_ids: List[int] = [image_id for _, _, _, image_id in listed]
         self.targets: List[int] = [label for _, label in self.samples]
 
     @staticmethod

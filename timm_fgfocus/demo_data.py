@@ -13,22 +13,36 @@ crops see), so the backbone starts out knowing the textures but not where they a
 
 Everything is deterministic given the seed. ``ensure_demo_data(root)`` writes (the demo run itself is :mod:`timm_fgfocus.demo`)::
 
-    root/train/<class>/<i>.png, root/val/<class>/<i>.png, root/fgfocus_demo.json
+    root/train/<class>/<i>.png, root/val/<class>/<i>.png, root/fgfocus_demo.json, root/boxes.csv
+
+``boxes.csv`` is the box of each image's wing patch in the ``--boxes`` format of
+:mod:`timm_fgfocus.ground_truth` (``path,x0,y0,x1,y1``, paths relative to ``root``).
+
+The other way round, :func:`generate_coat_data` writes "coats" in the same layout: the class is
+decided by how a large body is marked (dark cap, belly, belt, spine, rim or core), which only the
+whole body shows. A region zoomed from it sees a uniformly dark or light part of the body and
+cannot tell the class; the whole-image view can, so there zooming should help little and a plain
+fine-tune of the same backbone may do as well or better. Its ``boxes.csv`` holds the body's box.
 """
 import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['CLASSES', 'PATTERNS', 'render_scene', 'render_closeup', 'generate_demo_data', 'ensure_demo_data',
-           'pretrain_backbone']
+from .ground_truth import write_box_file
+
+__all__ = ['CLASSES', 'PATTERNS', 'COAT_CLASSES', 'BOX_FILE', 'render_scene', 'render_closeup', 'render_coat',
+           'generate_demo_data', 'generate_coat_data', 'ensure_demo_data', 'pretrain_backbone']
 
 MARKER = 'fgfocus_demo.json'
+COAT_MARKER = 'fgfocus_coats.json'
+BOX_FILE = 'boxes.csv'  # the box of each image's deciding detail, paths relative to the data set's root
+Box = Tuple[int, int, int, int]
 
 
 def _pattern(name: str, n: int) -> np.ndarray:
@@ -116,6 +130,93 @@ def render_closeup(label: int, rng: np.random.Generator, size: int = 64, wing_un
     return Image.fromarray(img)
 
 
+COAT_MARKINGS = ('capped', 'bellied', 'belted', 'spined', 'rimmed', 'cored')
+COAT_CLASSES = tuple(f'{m}_beetle' for m in COAT_MARKINGS)
+
+
+def _marking(name: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Bool mask of the dark marking on a body; ``u, v`` in [-1, 1] across the body's box (left to
+    right, top to bottom), ``r`` the elliptic radius (1 on the outline). Each is symmetric under a
+    horizontal flip, and none can be told from another inside a small window of the body."""
+    if name == 'capped':    # the top part dark
+        return v < -0.1
+    if name == 'bellied':   # the bottom part dark
+        return v > 0.1
+    if name == 'belted':    # a horizontal band across the middle
+        return np.abs(v) < 0.3
+    if name == 'spined':    # a vertical band down the middle
+        return np.abs(u) < 0.3
+    if name == 'rimmed':    # a dark outer ring
+        return r > 0.7
+    if name == 'cored':     # a dark inner ellipse
+        return r < 0.6
+    raise ValueError(f'unknown marking {name!r}')
+
+
+def render_coat(label: int, rng: np.random.Generator, size: int = 128, clutter: int = 14) -> Tuple[Image.Image, Box]:
+    """One cluttered scene holding a large elliptic body marked as class ``label`` decides; returns
+    (image, the body's box xyxy: exactly the pixels whose colour depends on the class)."""
+    arr = np.array(_background(size, rng, clutter)).astype(np.float32)
+    rx, ry = rng.uniform(0.3, 0.42) * size, rng.uniform(0.2, 0.3) * size
+    cx, cy = rng.uniform(rx + 1, size - rx - 1), rng.uniform(ry + 1, size - ry - 1)
+    body = rng.integers(110, 236, size=3).astype(np.float32)
+    grain = rng.normal(0, 10, size=(size, size, 1)).astype(np.float32)
+    y, x = np.mgrid[:size, :size].astype(np.float32) + 0.5  # pixel centres
+    u, v = (x - cx) / rx, (y - cy) / ry
+    r = np.sqrt(u * u + v * v)
+    inside = r <= 1
+    dark = inside & _marking(COAT_MARKINGS[label], u, v, r)
+    arr[inside] = body + grain[inside]
+    arr[dark] = body * 0.35 + grain[dark]
+    ys, xs = np.nonzero(inside)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), box
+
+
+def generate_coat_data(root, train_per_class: int = 60, val_per_class: int = 20, num_classes: int = 6,
+                       image_size: int = 128, seed: int = 0) -> Path:
+    """Write the "coats" data set (:func:`render_coat`; see the module docstring) to ``root``
+    (created; it must not hold files), with ``boxes.csv`` (the body of each image) and
+    ``fgfocus_coats.json``. Returns ``root``. The default 480 images take a few seconds."""
+    root = Path(root)
+    if not 1 <= num_classes <= len(COAT_MARKINGS):
+        raise ValueError(f'num_classes must be in [1, {len(COAT_MARKINGS)}], got {num_classes}')
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f'{root} exists and is not empty: pick another folder for the coats data set')
+    params = dict(train_per_class=train_per_class, val_per_class=val_per_class, num_classes=num_classes,
+                  image_size=image_size, seed=seed, classes=list(COAT_CLASSES[:num_classes]))
+    return _write_data_set(root, lambda label, rng: render_coat(label, rng, image_size),
+                           list(COAT_CLASSES[:num_classes]), {'train': train_per_class, 'val': val_per_class}, seed,
+                           COAT_MARKER, params, 'body_boxes')
+
+
+def _write_data_set(root: Path, render: Callable[[int, np.random.Generator], Tuple[Image.Image, Box]],
+                    classes: List[str], per_split: Dict[str, int], seed: int, marker: str,
+                    params: Dict[str, Any], box_key: str) -> Path:
+    """Render ``root/<split>/<class>/<i>.png`` (image i of a class drawn with the seed
+    ``[seed, split number, label, i]``), ``root/boxes.csv`` and the marker (``params`` and the boxes
+    under ``box_key``), in a temp folder renamed to ``root`` at the end (``root`` must not exist or
+    be empty)."""
+    tmp = root.with_name(f'.{root.name}.tmp-{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    boxes: Dict[str, List[Box]] = {}
+    for split_i, (split, n) in enumerate(per_split.items()):
+        for label, name in enumerate(classes):
+            folder = tmp / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img, box = render(label, np.random.default_rng([seed, split_i, label, i]))
+                img.save(folder / f'{i:04d}.png')
+                boxes[f'{split}/{name}/{i:04d}.png'] = [box]
+    write_box_file(tmp / BOX_FILE, boxes)
+    (tmp / marker).write_text(json.dumps(dict(params, **{box_key: {k: list(v[0]) for k, v in boxes.items()}})))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists():
+        root.rmdir()  # empty (checked by the caller); a non-empty folder raises here
+    os.replace(tmp, root)
+    return root
+
+
 def generate_demo_data(root, train_per_class: int = 150, val_per_class: int = 50, num_classes: int = 6,
                        image_size: int = 128, wing_units: int = 10, seed: int = 0) -> Path:
     """Write the data set to ``root`` (created; it must not hold files). Returns ``root``."""
@@ -124,24 +225,9 @@ def generate_demo_data(root, train_per_class: int = 150, val_per_class: int = 50
         raise ValueError(f'num_classes must be in [1, {len(PATTERNS)}], got {num_classes}')
     params = dict(train_per_class=train_per_class, val_per_class=val_per_class, num_classes=num_classes,
                   image_size=image_size, wing_units=wing_units, seed=seed, classes=list(CLASSES[:num_classes]))
-    tmp = root.with_name(f'.{root.name}.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    boxes = {}
-    for split_i, (split, n) in enumerate((('train', train_per_class), ('val', val_per_class))):
-        for label in range(num_classes):
-            folder = tmp / split / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, split_i, label, i])
-                img, box = render_scene(label, rng, image_size, wing_units)
-                img.save(folder / f'{i:04d}.png')
-                boxes[f'{split}/{CLASSES[label]}/{i:04d}.png'] = list(box)
-    (tmp / MARKER).write_text(json.dumps(dict(params, wing_boxes=boxes)))
-    root.parent.mkdir(parents=True, exist_ok=True)
-    if root.exists():
-        root.rmdir()  # empty (checked by the caller); a non-empty folder raises here
-    os.replace(tmp, root)
-    return root
+    return _write_data_set(root, lambda label, rng: render_scene(label, rng, image_size, wing_units),
+                           list(CLASSES[:num_classes]), {'train': train_per_class, 'val': val_per_class}, seed,
+                           MARKER, params, 'wing_boxes')
 
 
 def ensure_demo_data(root, **params: Any) -> Path:
@@ -153,6 +239,8 @@ def ensure_demo_data(root, **params: Any) -> Path:
         want = dict(train_per_class=150, val_per_class=50, num_classes=6, image_size=128, wing_units=10, seed=0)
         want.update(params)
         if all(saved.get(k) == v for k, v in want.items()):
+            if not (root / BOX_FILE).is_file():  # a demo folder without its box file: written from the marker
+                write_box_file(root / BOX_FILE, {k: [tuple(v)] for k, v in saved.get('wing_boxes', {}).items()})
             return root
         raise ValueError(f'{root} holds a demo data set made with other settings; remove it or pick another --data-dir')
     if root.exists() and any(root.iterdir()):

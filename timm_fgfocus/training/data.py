@@ -2,6 +2,7 @@
 the sources timm's ``create_dataset`` reads (``hfds/`` Hugging Face datasets, ``wds/`` WebDataset
 shards, ...). Transforms live in :mod:`.transforms`, loaders in :mod:`.loaders`."""
 import importlib.util
+import numbers
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -9,17 +10,21 @@ from typing import Any, Dict, List, Optional
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from timm.data import create_dataset, resolve_data_config
+from timm.data import IterableImageDataset, create_dataset, resolve_data_config
+from timm.data.readers.reader_wds import ReaderWds  # imports webdataset only if it is installed
+from timm.utils.misc import natural_key
 
 from ..datasets import DATASET_INFO, create_fg_dataset
+from ..ground_truth import GroundTruth, load_ground_truth
 from ..images import open_image, to_rgb
 from .csv_source import create_csv_datasets
-from ..errors import TrainError, first_line
+from ..errors import EvaluationError, TrainError, first_line
 from .image_folders import check_image_folder, image_folder_dataset, scan_image_folder
 
 __all__ = [
     'FG_DATASETS', 'UNREADABLE_ERRORS', 'RobustImageDataset', 'dataset_classes', 'check_image_folder',
-    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'resolve_run_data_config', 'checkpoint_data_cfg',
+    'dataset_kind', 'create_timm_dataset', 'create_datasets', 'check_labels', 'val_ground_truth',
+    'resolve_run_data_config', 'checkpoint_data_cfg',
 ]
 
 FG_DATASETS = tuple(DATASET_INFO)  # cub200, aircraft, cars
@@ -142,10 +147,11 @@ def _benchmark_splits(args, splits) -> Dict[str, Dataset]:
 _PACKAGES = {'hfds': 'datasets', 'hfids': 'datasets', 'wds': 'webdataset', 'tfds': 'tensorflow-datasets'}
 
 
-def create_timm_dataset(args, split: str) -> Dataset:
+def create_timm_dataset(args, split: str, class_map: Optional[Dict[str, int]] = None) -> Dataset:
     """One split of a data set timm's ``create_dataset`` reads: ``hfds/NAME_OR_FOLDER`` (a Hugging
-    Face ``datasets`` data set, class names from its ``ClassLabel`` feature; ``--data-dir`` is the
-    ``datasets`` cache), ``wds/NAME`` (WebDataset shards in ``--data-dir``, an iterable data set),
+    Face ``datasets`` data set, class names from its ``ClassLabel`` feature or ``class_map``;
+    ``--data-dir`` is the ``datasets`` cache), ``wds/NAME`` (WebDataset shards in ``--data-dir``, an
+    iterable data set whose labels :class:`LabelCheckedReaderWds` checks as they are read),
     ``tfds/``, ``torch/``, ...; a missing package or folder is one line."""
     name = args.dataset
     prefix = name.partition('/')[0].lower() if '/' in name else ''
@@ -160,8 +166,11 @@ def create_timm_dataset(args, split: str) -> Dataset:
     # iterable ones (wds/, tfds/, hfids/) are used as timm makes them, so timm converts to RGB
     img_mode = 'RGB' if prefix in ('wds', 'tfds', 'hfids') else None
     try:
+        if prefix == 'wds':
+            return _create_wds(name, args.data_dir or None, split, training, args, img_mode, kwargs)
         return create_dataset(name, root=args.data_dir or None, split=split, is_training=training,
-                              batch_size=args.batch_size, seed=args.seed, input_img_mode=img_mode, **kwargs)
+                              batch_size=args.batch_size, seed=args.seed, input_img_mode=img_mode,
+                              class_map=class_map, **kwargs)
     except ImportError as e:
         package = _PACKAGES.get(prefix) or e.name or str(e)
         raise TrainError(f'--dataset {name} needs the {package} package: pip install {package}') from None
@@ -174,8 +183,124 @@ def create_timm_dataset(args, split: str) -> Dataset:
                          f'{msg}{hint}') from None
 
 
+class _TargetInRange:
+    """A WebDataset pipeline stage: a sample whose integer target is outside ``[0, num_classes)`` is
+    an error naming the sample's key and its label."""
+
+    def __init__(self, num_classes: int, where: str):
+        self.num_classes = num_classes
+        self.where = where
+
+    def __call__(self, sample: Dict[str, Any]) -> Dict[str, Any]:
+        target = sample.get('target')
+        if isinstance(target, numbers.Integral) and not 0 <= target < self.num_classes:
+            raise TrainError(f'{self.where}: sample {sample.get("__key__")!r} has label {target}, outside '
+                             f'[0, {self.num_classes}) for {self.num_classes} classes: fix its label, or set '
+                             f'--num-classes to the class count of the shards')
+        return sample
+
+
+class LabelCheckedReaderWds(ReaderWds):
+    """timm's WebDataset reader; with ``label_check`` set (by :func:`check_labels`) each sample's
+    label is checked as it is read, naming the sample (shards have no index to check them before)."""
+    label_check: Optional[_TargetInRange] = None
+
+    def _lazy_init(self):
+        super()._lazy_init()
+        if self.label_check is not None:
+            import webdataset
+
+            self.ds.append(webdataset.map(self.label_check))
+
+
+def _create_wds(name: str, root: Optional[str], split: str, training: bool, args, img_mode: str,
+                kwargs: Dict[str, Any]) -> IterableImageDataset:
+    """What timm's ``create_dataset`` makes of ``wds/NAME``, with :class:`LabelCheckedReaderWds` as
+    its reader (``create_dataset`` builds timm's own reader, which has no label check)."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    reader = LabelCheckedReaderWds(root=root, name=name.partition('/')[2], split=split, is_training=training,
+                                   batch_size=args.batch_size, seed=args.seed, input_img_mode=img_mode, **kwargs)
+    return IterableImageDataset(root, reader=reader)
+
+
 def _timm_splits(args, splits) -> Dict[str, Dataset]:
-    return {split: create_timm_dataset(args, split) for split in splits}
+    """Each split through :func:`create_timm_dataset`; an ``hfds/`` label column of class names is
+    mapped to class indices (the train split's names, sorted as timm sorts folder names)."""
+    made = {split: create_timm_dataset(args, split) for split in splits}
+    if args.dataset.lower().startswith('hfds/'):
+        labels = {split: _hfds_labels(ds.reader, _where(args, split)) for split, ds in made.items()}
+        class_map = _class_map_of_names(labels, splits[0], args)
+        if class_map:
+            made = {split: create_timm_dataset(args, split, class_map) for split in splits}
+    return made
+
+
+def _where(args, split: str) -> str:
+    return f'--dataset {args.dataset}, split {split!r}'
+
+
+def _hfds_labels(reader, where: str) -> Optional[List[Any]]:
+    """The label column of an ``hfds/`` split, read without decoding images; None where timm reads
+    the target another way (several binary fields, a nested path)."""
+    key = reader.label_key
+    if getattr(reader, 'target_keys', None):
+        return None
+    columns = list(reader.dataset.column_names)
+    if key not in columns:
+        if '/' in key:
+            return None
+        raise TrainError(f'{where} has no {key!r} column (its columns: {", ".join(columns)}): pass '
+                         f'--target-key COLUMN to name the label column')
+    labels = list(reader.dataset.select_columns([key])[key])
+    empty = [i for i, v in enumerate(labels) if v is None]
+    if empty:
+        raise TrainError(f'{where}: row {empty[0]} has no {key!r} ({len(empty)} such rows): give every image a label')
+    odd = {type(v).__name__ for v in labels if isinstance(v, bool) or not isinstance(v, (str, numbers.Integral))}
+    if odd or len({isinstance(v, str) for v in labels}) > 1:
+        found = ', '.join(sorted(odd or {'str', 'int'}))
+        raise TrainError(f'{where}: column {key!r} holds {found} values; expected class indices (all integers) or '
+                         f'class names (all strings): convert the column, or pass --target-key COLUMN')
+    return labels
+
+
+def _class_map_of_names(labels: Dict[str, Optional[List[Any]]], class_split: str, args) -> Optional[Dict[str, int]]:
+    """Class name -> index when the labels are strings (``class_split``'s names in natural order);
+    None for integer labels. A name another split has and ``class_split`` lacks is an error naming its row."""
+    names = labels[class_split]
+    if not names or not isinstance(names[0], str):
+        return None
+    classes = sorted(set(names), key=natural_key)
+    for split, values in labels.items():
+        unknown = [(i, v) for i, v in enumerate(values or ()) if v not in set(classes)]
+        if unknown:
+            i, v = unknown[0]
+            raise TrainError(f'{_where(args, split)}: row {i} has label {v!r}, which the {class_split} split does '
+                             f'not have ({len(unknown)} such rows)')
+    return {c: i for i, c in enumerate(classes)}
+
+
+def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
+    """Labels of a ``hfds/`` or ``wds/`` data set must lie in ``[0, num_classes)``. An ``hfds/``
+    split is checked now, from its label column (no image is decoded); a ``wds/`` reader checks
+    each sample as it is read (:class:`LabelCheckedReaderWds`). Other sources build their labels
+    from their class list.
+
+    Raises:
+        TrainError: naming the split (``where``), the row and its label.
+    """
+    reader = getattr(ds, 'reader', None)
+    if isinstance(reader, LabelCheckedReaderWds):
+        reader.label_check = _TargetInRange(num_classes, where)
+        return
+    is_hfds = hasattr(reader, 'label_key') and hasattr(reader, 'dataset')
+    if isinstance(ds, IterableDataset) or not is_hfds or getattr(reader, 'remap_class', False):
+        return
+    labels = _hfds_labels(reader, where) or []
+    bad = [(i, v) for i, v in enumerate(labels) if not 0 <= v < num_classes]
+    if bad:
+        i, v = bad[0]
+        raise TrainError(f'{where}: row {i} has label {v}, outside [0, {num_classes}) for {num_classes} classes '
+                         f'({len(bad)} such rows): fix the labels, or set --num-classes')
 
 
 def _with_transform(ds: Dataset, transform, args) -> Dataset:
@@ -215,7 +340,11 @@ def _folder_splits(args, splits) -> Dict[str, Dataset]:
 
 
 def create_datasets(args, train_transform, eval_transform, need_train: bool = True):
-    """(train dataset or None, val dataset, class names), validated with one-line errors."""
+    """(train dataset or None, val dataset, class names), validated with one-line errors.
+
+    With ``need_train`` the train split must hold at least two classes (one class trains to loss 0
+    and 100 %, and mixup cannot mix it).
+    """
     splits = ([args.train_split] if need_train else []) + [args.val_split]
     kind = dataset_kind(args.dataset)
     if kind is None:
@@ -232,10 +361,49 @@ def create_datasets(args, train_transform, eval_transform, need_train: bool = Tr
     val = _with_transform(made[args.val_split], eval_transform, args)
     train = _with_transform(made[args.train_split], train_transform, args) if need_train else None
     classes = classes or _class_names(train if train is not None else val, args)
+    if need_train and len(classes) < 2:
+        raise TrainError(f'the {args.train_split} split of {_source(args, kind, args.train_split)} has '
+                         f'{len(classes)} class ({", ".join(map(repr, classes))}): a classifier needs at least two '
+                         f'(add the other classes)')
     for name, ds in (('train', train), ('val', val)):
         if ds is not None and len(ds) == 0:
             raise TrainError(f'the {name} split of {args.data_dir} holds no images')
+    if kind == 'timm':
+        for split in dict.fromkeys(splits):
+            check_labels(made[split], len(classes), _where(args, split))
     return train, val, classes
+
+
+def _source(args, kind: str, split: str) -> str:
+    """Where a split comes from, as a user would name it."""
+    if kind == 'folder':
+        return str(Path(args.data_dir) / split)
+    if kind == 'csv':
+        return str(args.data_dir)
+    return f'--dataset {args.dataset} (--data-dir {args.data_dir or "(none)"})'
+
+
+def val_ground_truth(args, val: Dataset, boxes_file: Optional[str] = None) -> Optional[GroundTruth]:
+    """Ground-truth boxes for each sample of the val split ``val`` (as :func:`create_datasets`
+    returns it): from ``boxes_file`` (``--boxes``; paths relative to ``--data-dir`` for image folders
+    and the benchmarks, to the label table's folder for ``csv``, row indices or stored file names for
+    ``hfds/``), else CUB-200-2011's own files with ``--dataset cub200``, else None
+    (:mod:`timm_fgfocus.ground_truth`).
+
+    Raises:
+        TrainError: a bad box file, naming it and the line, or a data set whose samples have no names.
+    """
+    kind = dataset_kind(args.dataset)
+    base = split_folder = None
+    if kind in ('folder', 'benchmark'):
+        base = args.data_dir
+        split_folder = Path(args.data_dir) / args.val_split if kind == 'folder' else None
+    elif kind == 'csv':
+        base = args.data_dir if Path(args.data_dir).is_dir() else Path(args.data_dir).parent
+    try:
+        return load_ground_truth(val, boxes_file, base, split_folder)
+    except EvaluationError as e:
+        raise TrainError(str(e)) from None
 
 
 def resolve_run_data_config(args, model) -> Dict[str, Any]:
