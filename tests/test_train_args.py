@@ -87,11 +87,35 @@ def test_bad_recipe_value_gets_the_same_checks(line_, expected, tmp_path, capsys
     assert not (tmp_path / 'o').exists()
 
 
-def test_flag_on_the_command_line_is_not_blamed_on_the_recipe(tmp_path, capsys):
+@pytest.mark.parametrize('value', ['-2', '-1'])
+def test_flag_on_the_command_line_is_not_blamed_on_the_recipe(value, tmp_path, capsys):
     recipe = tmp_path / 'mine.yaml'
     recipe.write_text('base: demo\nlr: -1\n')
-    line = run_error(['--config', str(recipe), '--lr', '-2'], capsys)
-    assert '--lr -2.0' in line and 'recipe' not in line
+    line = run_error(['--config', str(recipe), '--lr', value], capsys)
+    assert f'--lr {float(value)}: must be > 0' in line and 'recipe' not in line
+
+
+def _run_checkpoint(path, **args):
+    """A checkpoint file whose run was started with ``args``."""
+    import torch
+    from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict
+    atomic_save(checkpoint_dict(torch.nn.Linear(1, 1), 'fgfocus_test', {}, args=args), path)
+    return str(path)
+
+
+def test_precedence_command_line_then_checkpoint_then_recipe_then_parser(tmp_path):
+    recipe = tmp_path / 'mine.yaml'
+    recipe.write_text('base: demo\nlr: 0.2\nepochs: 4\nbatch_size: 8\n')
+    ckpt = _run_checkpoint(tmp_path / 'last.pth', lr=0.3, epochs=5, output='elsewhere', seed=7)
+    args = training.parse_args(['--config', str(recipe), '--resume', ckpt, '--epochs', '6'])
+    assert (args.epochs, args.lr, args.seed, args.batch_size) == (6, 0.3, 7, 8)
+    assert args.output == '' and args.warmup_lr == 1e-5  # the invocation's own; the parser's default
+
+
+def test_bad_checkpoint_value_names_the_checkpoint(tmp_path, capsys):
+    ckpt = _run_checkpoint(tmp_path / 'last.pth', lr=-0.5)
+    line = run_error(['--resume', ckpt], capsys)
+    assert line == f'train_fg: error: --lr -0.5 (from --resume {ckpt}): must be > 0'
 
 
 def _problem(argv):
@@ -202,6 +226,31 @@ BAD_AA = [
     ('rand-p1.01', 'p1.01 is a probability'), ('rand-inc2', 'inc2 must be inc0 or inc1'), ('augmix-b2', 'b2 must be'),
     ('augmix-a0', 'a0 must be > 0'), ('rand-m9-m5', 'm is given twice'),
 ]
+
+
+def test_auto_augment_refusal_lists_what_the_policy_takes():
+    rand, augmix = _problem(['--aa', 'rand-foo']), _problem(['--aa', 'augmix-foo'])
+    assert rand.endswith('its sections are m<int>, n<int>, p<float>, mstd<float>, mmax<int>, inc<0|1>, '
+                         't<weights|3aw|3a>'), rand
+    assert augmix.endswith('its sections are m<int>, w<int>, d<int>, a<float>, b<0|1>, mstd<float>'), augmix
+    assert _problem(['--aa', 'rand-m11']).endswith('m11 is above 10, where timm clips it (mmax11 raises the bound)')
+    assert _problem(['--aa', 'augmix-m11']).endswith('m11 is above 10, where timm clips it')
+
+
+@pytest.mark.parametrize('values,expected', [
+    ('[4]', None), ('[0.01, 1]', None), ('[4.01]', '--tta-scales 4.01 (from recipe'), ('[0]', '0 is not in (0, 4]'),
+    ('[1, -0.5]', '-0.5 is not in (0, 4]'), ('[]', 'one or more'), ('2', '--tta-scales 2 (from recipe'),
+])
+def test_tta_scales_of_a_recipe_at_the_bounds(values, expected, tmp_path):
+    """The command line's (0, 4] rule (argparse's type) also reads the recipe's values."""
+    recipe = tmp_path / 'mine.yaml'
+    recipe.write_text(f'base: demo\ntta_scales: {values}\n')
+    try:
+        args = training.parse_args(['--config', str(recipe)])
+    except training.TrainError as e:
+        assert expected is not None and expected in str(e), str(e)
+    else:
+        assert expected is None and args.tta_scales == [float(x) for x in values.strip('[]').split(',')]
 
 
 @pytest.mark.parametrize('aa', GOOD_AA)

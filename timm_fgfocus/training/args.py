@@ -57,10 +57,12 @@ def _number(v: Any) -> bool:
 
 
 def at_least(low: float) -> Check:
+    """``v >= low``."""
     return lambda v, args: None if v >= low else f'must be >= {low}'
 
 
 def greater_than(low: float) -> Check:
+    """``v > low``."""
     return lambda v, args: None if v > low else f'must be > {low}'
 
 
@@ -80,7 +82,8 @@ def each(check: Check) -> Check:
     return check_each
 
 
-def ascending(v: Any, args) -> Optional[str]:
+def ascending(v: Sequence[float], args) -> Optional[str]:
+    """Values given low to high (equal ones allowed)."""
     return None if list(v) == sorted(v) else 'must be given low to high'
 
 
@@ -134,12 +137,12 @@ def _decay_rate(v: float, args) -> Optional[str]:
 
 
 def _warmup_epochs(v: int, args) -> Optional[str]:
-    if 0 < args.epochs <= v:
+    if args.epochs <= v:
         return Odd(f'not shorter than --epochs {args.epochs}: the run ends in warmup and the lr never reaches --lr')
     return None
 
 
-def channel_count(args) -> int:
+def _channel_count(args) -> int:
     """Input channels of the model: ``in_chans`` in --model-kwargs, else 3 (images are read as RGB)."""
     return args.model_kwargs.get('in_chans', 3)
 
@@ -148,15 +151,15 @@ def _input_size(v: List[int], args) -> Optional[str]:
     c, h, w = v
     if h < 1 or w < 1:
         return 'height and width must be >= 1'
-    if c != channel_count(args):
-        return (f'{c} channel(s), but the model takes in_chans={channel_count(args)} '
+    if c != _channel_count(args):
+        return (f'{c} channel(s), but the model takes in_chans={_channel_count(args)} '
                 f'(images are read as 3-channel RGB)')
     return None
 
 
 def _per_channel(v: List[float], args) -> Optional[str]:
     """One value per input channel (``--input-size`` C, or the model's ``in_chans``)."""
-    c = args.input_size[0] if args.input_size else channel_count(args)
+    c = args.input_size[0] if args.input_size else _channel_count(args)
     return None if len(v) == c else f'needs one value per input channel: {c}'
 
 
