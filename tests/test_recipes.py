@@ -139,7 +139,8 @@ def test_every_recipe_passes_the_argument_checks_quietly(name, capsys):
 
 @pytest.mark.parametrize('text,expected', [
     ('base: demo\nlr: [1, 2\nepochs: 3\n', "is not valid YAML at line 3, column 7: expected ',' or ']', but got ':'"),
-    ('base: demo\n\tlr: 1\n', "is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token"),
+    ('base: demo\n\tlr: 1\n',
+     "is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token"),
     ('base: nosuch\n', "base: recipe 'nosuch' not found: give a YAML file path or one of the built-in recipes"),
 ])
 def test_broken_recipe_is_one_line_naming_the_file(text, expected, tmp_path, capsys):

@@ -182,7 +182,8 @@ BOUNDARIES = [
     (['--opt-betas', '0', '0.999'], None), (['--opt-betas', '0.9', '1'], '--opt-betas 0.9 1.0'),
     (['--opt-betas', '-0.1', '0.9'], '--opt-betas -0.1 0.9'),
     (['--decay-milestones', '0', '10'], None), (['--decay-milestones', '10', '10'], None),
-    (['--decay-milestones', '-1', '10'], '--decay-milestones -1 10'), (['--decay-milestones', '10', '5'], 'low to high'),
+    (['--decay-milestones', '-1', '10'], '--decay-milestones -1 10'),
+    (['--decay-milestones', '10', '5'], 'low to high'),
     (['--train-num-samples', '1'], None), (['--train-num-samples', '0'], '--train-num-samples 0'),
     (['--val-num-samples', '1'], None), (['--val-num-samples', '0'], '--val-num-samples 0'),
     (['--cutmix-minmax', '0.01', '1'], None), (['--cutmix-minmax', '0', '0.5'], '--cutmix-minmax 0.0 0.5'),
@@ -218,7 +219,8 @@ GOOD_AA = ['rand-m9-mstd0.5-inc1', 'rand-m10', 'rand-m15-mmax20', 'rand-n1-p1-tw
            'augmix-m5-w3', 'augmix-m10-w1-d0-b1-a0.5', 'augmix', 'v0', 'v0r', 'original-mstd0.5', 'originalr', '3a']
 BAD_AA = [
     ('rnd-m9', "'rnd' is none of rand, augmix"), ('random-m9', "'random' is none"),
-    ('rand-m9-foo', "section 'foo' means nothing to RandAugment"), ('augmix-zzz', "section 'zzz' means nothing to AugMix"),
+    ('rand-m9-foo', "section 'foo' means nothing to RandAugment"),
+    ('augmix-zzz', "section 'zzz' means nothing to AugMix"),
     ('v0-m9', "section 'm9' means nothing to AutoAugment"), ('rand-m9-', "section ''"),
     ('rand-tfoo', "'tfoo' names no transform set"), ('rand-m9x', "'9x' is not an integer"),
     ('rand-p0.5x', "'0.5x' is not a number"), ('rand-m11', 'm11 is above 10'), ('rand-m21-mmax20', 'm21 is above 20'),
@@ -268,7 +270,8 @@ def test_auto_augment_garbage_is_refused(aa, expected):
 ODD = [  # (flags, the parsed value kept, the warning)
     (['--decay-rate', '1'], ('decay_rate', 1.0), '--decay-rate 1.0: keeps the lr constant: --sched step never decays'),
     (['--sched', 'multistep', '--decay-rate', '1'], ('decay_rate', 1.0), '--sched multistep never decays it'),
-    (['--warmup-epochs', '50', '--epochs', '1'], ('warmup_epochs', 50), '--warmup-epochs 50: not shorter than --epochs 1'),
+    (['--warmup-epochs', '50', '--epochs', '1'], ('warmup_epochs', 50),
+     '--warmup-epochs 50: not shorter than --epochs 1'),
     (['--warmup-epochs', '5', '--epochs', '5'], ('warmup_epochs', 5), 'the run ends in warmup'),
 ]
 
@@ -308,8 +311,10 @@ GOOD_VALUES = [
     (['--opt', 'adamw'], dict(opt='adamw')), (['--opt', 'lookahead_adamw'], dict(opt='lookahead_adamw')),
     (['--opt', 'MOMENTUM'], dict(opt='MOMENTUM')),
     (['--sched', 'cosine'], dict(sched='cosine')), (['--sched', 'constant'], dict(sched='constant')),
-    (['--clip-mode', 'agc'], dict(clip_mode='agc')), (['--lr', '1e-9'], dict(lr=1e-9)), (['-b', '1'], dict(batch_size=1)),
-    (['--workers', '0'], dict(workers=0)), (['--epochs', '1'], dict(epochs=1)), (['--smoothing', '0'], dict(smoothing=0.0)),
+    (['--clip-mode', 'agc'], dict(clip_mode='agc')), (['--lr', '1e-9'], dict(lr=1e-9)),
+    (['-b', '1'], dict(batch_size=1)),
+    (['--workers', '0'], dict(workers=0)), (['--epochs', '1'], dict(epochs=1)),
+    (['--smoothing', '0'], dict(smoothing=0.0)),
     (['--mean', '0.5', '0.5', '0.5'], dict(mean=[0.5, 0.5, 0.5])),
     (['--grad-accum', '3'], dict(accum_steps=3, grad_accum=3)),
     (['--scale', '0.3', '1'], dict(scale=[0.3, 1.0])),

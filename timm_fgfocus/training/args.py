@@ -9,7 +9,8 @@ kept on its argparse action. :func:`check_args` walks the parser's actions once 
 merged, so a recipe or checkpoint value gets the same checks as a command-line one:
 
 1. **Types**, from each action's ``type``, ``nargs`` and ``choices``: argparse applies them to
-   command-line strings only, not to the values a recipe or a checkpoint brings (``set_defaults``).
+   command-line strings only, not to the values a recipe or a checkpoint brings (the namespace the
+   parse starts from).
 2. **Values**: each ``check(value, args)`` returns what is wrong (a phrase) or None. A check that
    involves several flags (an even batch under mixup) sits on one of them and reads the others from
    ``args``. A problem wrapped in :class:`Odd` is allowed but probably not meant: one warning line.
@@ -558,7 +559,9 @@ def check_args(
 
     for action in actions:
         value = getattr(args, action.dest)
-        for check in getattr(action, 'checks', ()) if value is not None else ():
+        if value is None:
+            continue
+        for check in getattr(action, 'checks', ()):
             problem = check(value, args)
             if isinstance(problem, Odd):
                 if os.environ.get('RANK', '0') == '0':  # once under torchrun
