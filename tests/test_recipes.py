@@ -122,3 +122,41 @@ def test_train_fg_accepts_recipe(name):
     assert [type(t).__name__ for t in train_tf.transforms[:3]] == ['Resize', 'RandomCrop', 'RandomHorizontalFlip']
     assert tuple(train_tf.transforms[0].size) == (600, 600)
     assert train_tf(Image.new('RGB', (500, 375))).shape == (3, 448, 448)
+
+
+
+@pytest.mark.parametrize('name', list_recipes())
+def test_every_recipe_passes_the_argument_checks_quietly(name, capsys):
+    """Each shipped recipe gives its own values and no error or warning; an integer for a float option
+    (``decay_epochs: 40``) becomes a float."""
+    from timm_fgfocus import training
+    args = training.parse_args(['--config', name])
+    for key, value in load_recipe(name).items():
+        assert getattr(args, key) == value, key
+    assert type(args.decay_epochs) is float and type(args.epochs) is int
+    assert capsys.readouterr().err == ''
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('base: demo\nlr: [1, 2\nepochs: 3\n', "is not valid YAML at line 3, column 7: expected ',' or ']', but got ':'"),
+    ('base: demo\n\tlr: 1\n',
+     "is not valid YAML at line 2, column 1: found character '\\t' that cannot start any token"),
+    ('base: nosuch\n', "base: recipe 'nosuch' not found: give a YAML file path or one of the built-in recipes"),
+])
+def test_broken_recipe_is_one_line_naming_the_file(text, expected, tmp_path, capsys):
+    from timm_fgfocus import train as train_mod
+    recipe = tmp_path / 'mine.yaml'
+    recipe.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        train_mod.main(['--config', str(recipe), '--output', str(tmp_path / 'o')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f'train_fg: error: recipe {recipe}') and expected in err[0], err[0]
+    assert not (tmp_path / 'o').exists()
+
+
+def test_recipe_base_is_found_beside_the_recipe(tmp_path):
+    (tmp_path / 'parent.yaml').write_text('base: demo\nlr: 0.5\nepochs: 3\n')
+    (tmp_path / 'child.yaml').write_text('base: parent\nepochs: 4\n')
+    r = load_recipe(tmp_path / 'child.yaml')
+    assert (r['lr'], r['epochs'], r['model']) == (0.5, 4, 'fgfocus_test')

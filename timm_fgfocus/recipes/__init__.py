@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from ..errors import first_line
+
 __all__ = ['RECIPE_DIR', 'RecipeError', 'list_recipes', 'resolve_recipe', 'load_recipe']
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -56,6 +58,13 @@ def _merge(base: Dict[str, Any], child: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _yaml_where(e: yaml.YAMLError) -> str:
+    """Where and what the YAML error is, on one line (PyYAML's own message spans several, with a caret)."""
+    mark = getattr(e, 'problem_mark', None)
+    where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
+    return f'{where}: {getattr(e, "problem", None) or first_line(e)}'
+
+
 def load_recipe(name_or_path: Union[str, Path], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
     """Read a recipe and the chain of ``base:`` recipes under it, as one dict of defaults.
 
@@ -64,15 +73,21 @@ def load_recipe(name_or_path: Union[str, Path], _seen: Optional[List[Path]] = No
             ``base:`` recipes form a cycle.
     """
     seen = list(_seen or [])
-    relative_to = seen[-1].parent if seen else None
-    path = resolve_recipe(name_or_path, relative_to).resolve()
+    try:
+        path = resolve_recipe(name_or_path, seen[-1].parent if seen else None).resolve()
+    except RecipeError as e:
+        if seen:  # name the file whose base: is missing
+            raise RecipeError(f'recipe {seen[-1]}: base: {e}') from None
+        raise
     if path in seen:
         chain = ' -> '.join(p.name for p in seen + [path])
         raise RecipeError(f'recipe {path} inherits itself through base: ({chain})')
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RecipeError(f'recipe {path} cannot be read as YAML: {e}') from None
+    except OSError as e:
+        raise RecipeError(f'recipe {path} cannot be read: {first_line(e)}') from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f'recipe {path} is not valid YAML{_yaml_where(e)}') from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

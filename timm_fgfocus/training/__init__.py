@@ -1,7 +1,7 @@
 """The training library behind ``train_fg``, one module per concern.
 
-* :mod:`.args`: the parser (timm ``train.py`` flag names), recipes and resumed settings merged;
-* :mod:`.validate`: every argument checked once, after the merge;
+* :mod:`.args`: the parser (timm ``train.py`` flag names, each with its value check), recipes and
+  resumed settings merged, every argument checked once after the merge;
 * :mod:`.data`: data sets (``--dataset`` names: image folders, benchmarks, timm's ``hfds/``/``wds/`` sources);
 * :mod:`.image_folders`: the one definition of a class in ``DIR/<split>/<class>/`` folders;
 * :mod:`.csv_source`: labelled images listed in a CSV/TSV file;

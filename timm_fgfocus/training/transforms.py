@@ -6,7 +6,8 @@ resize + random crop), flips, auto-augment (``--aa``) or colour jitter, then eit
 ``ToTensor + Normalize + RandomErasing`` in the loader workers or, with the prefetcher on CUDA,
 uint8 tensors that timm's ``PrefetchLoader`` normalises (and random-erases) on the device.
 """
-from typing import Any, Dict, Optional, Tuple
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from PIL import Image
 from torchvision import transforms
@@ -17,7 +18,7 @@ from timm.data.auto_augment import augment_and_mix_transform, auto_augment_trans
 from timm.data.transforms import str_to_interp_mode
 from timm.data.transforms_factory import transforms_imagenet_train
 
-from ..errors import TrainError
+from ..errors import TrainError, first_line
 
 __all__ = ['TRAIN_INTERPOLATIONS', 'auto_augment_problem', 'check_auto_augment', 'build_transforms', 'mixup_active',
            'create_mixup']
@@ -26,20 +27,95 @@ __all__ = ['TRAIN_INTERPOLATIONS', 'auto_augment_problem', 'check_auto_augment',
 TRAIN_INTERPOLATIONS = ('', 'random', 'nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
 
 
+# The sections each of timm's policy factories reads (timm.data.auto_augment): a key followed by
+# its value ('m9', 'mstd0.5'; RandAugment's 't<name>' names a transform set). timm skips a section
+# without a digit and takes an unknown transform set for its default one, so 'rand-m9-foo' or
+# 'rand-tfoo' would train silently without what was asked: the grammar is checked here.
+_AA_SECTIONS = {
+    'RandAugment': dict(m=int, n=int, p=float, mstd=float, mmax=int, inc=int),
+    'AugMix': dict(m=int, w=int, d=int, a=float, b=int, mstd=float),
+    'AutoAugment': dict(mstd=float),
+}
+_AA_POLICIES = ('v0', 'v0r', 'original', 'originalr', '3a')  # timm's auto_augment_policy names
+_RAND_TRANSFORM_SETS = ('weights', '3aw', '3a')  # timm's rand_augment_choices names
+_AA_MAGNITUDE_MAX = 10  # timm's _LEVEL_DENOM: magnitudes above it are clipped to it (unless mmax raises it)
+_AA_EXAMPLES = 'use e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3 (AugMix), v0 or original (AutoAugment)'
+
+
+def _aa_value_problem(section: str, key: str, value: Any) -> Optional[str]:
+    """What is wrong with one section's value beyond its type: values timm takes and then misbehaves on."""
+    if key in ('inc', 'b') and value not in (0, 1):
+        return f'{section} must be {key}0 or {key}1 (off or on)'
+    if key == 'n' and value < 1:
+        return f'{section} applies no op: at least n1'
+    if key == 'w' and value < 1:
+        return f'{section} mixes no augmentation chain: at least w1'
+    if key == 'p' and value > 1:
+        return f'{section} is a probability: at most p1'
+    if key == 'a' and value <= 0:
+        return f'{section} must be > 0 (the Dirichlet/Beta concentration)'
+    return None
+
+
+def _aa_section(family: str, section: str) -> Tuple[str, Any, Optional[str]]:
+    """(key, value, problem) of one section, read as timm does: the key is what comes before the
+    first digit, the value the rest (RandAugment's ``t<name>`` names a transform set)."""
+    grammar = _AA_SECTIONS[family]
+    if family == 'RandAugment' and section.startswith('t'):
+        name = section[1:]
+        ok = name in _RAND_TRANSFORM_SETS
+        return 't', name, None if ok else f'{section!r} names no transform set ({", ".join(_RAND_TRANSFORM_SETS)})'
+    key, text = re.match(r'(\D*)(.*)', section).groups()
+    if key not in grammar or not text:
+        known = [f'{k}<{"0|1" if k in ("inc", "b") else t.__name__}>' for k, t in grammar.items()]
+        if family == 'RandAugment':
+            known.append(f't<{"|".join(_RAND_TRANSFORM_SETS)}>')
+        return key, None, f'section {section!r} means nothing to {family}: its sections are {", ".join(known)}'
+    try:
+        value = grammar[key](text)
+    except ValueError:
+        return key, None, f'{section!r}: {text!r} is not {"an integer" if grammar[key] is int else "a number"}'
+    return key, value, _aa_value_problem(section, key, value)
+
+
+def _aa_sections(family: str, sections: Sequence[str]) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The ``{key: value}`` of a policy's sections after its name, or what is wrong with one of them."""
+    values: Dict[str, Any] = {}
+    for section in sections:
+        key, value, problem = _aa_section(family, section)
+        if problem is None and key in values:
+            problem = f'{key} is given twice'
+        if problem:
+            return values, problem
+        values[key] = value
+    return values, None
+
+
 def auto_augment_problem(aa: str) -> Optional[str]:
-    """What is wrong with an ``--aa`` policy string, asked of timm's own policy factories (None: fine)."""
+    """What is wrong with an ``--aa`` policy string (None: fine).
+
+    The string is read with timm's grammar (``<policy>-<section>-...``, the sections that policy's
+    factory reads, each with a value of its type), then built by timm's own factory.
+    """
+    name, *sections = aa.split('-')
+    family = {'rand': 'RandAugment', 'augmix': 'AugMix'}.get(name, 'AutoAugment' if name in _AA_POLICIES else None)
+    if family is None:
+        return f'not a timm auto-augment policy ({name!r} is none of rand, augmix, {", ".join(_AA_POLICIES)}): ' \
+               f'{_AA_EXAMPLES}'
+    values, problem = _aa_sections(family, sections)
+    if problem:
+        return f'not a timm {family} policy: {problem}'
+    bound = values.get('mmax', _AA_MAGNITUDE_MAX)
+    if values.get('m', 0) > bound:
+        return (f'not a timm {family} policy: magnitude m{values["m"]} is above {bound}, where timm clips it'
+                + (f' (mmax{values["m"]} raises the bound)' if family == 'RandAugment' else ''))
     hparams = dict(translate_const=100, img_mean=(124, 116, 104))
     try:
-        if aa.startswith('rand'):
-            rand_augment_transform(aa, hparams)
-        elif aa.startswith('augmix'):
-            augment_and_mix_transform(aa, hparams)
-        else:
-            auto_augment_transform(aa, hparams)
+        factory = {'RandAugment': rand_augment_transform, 'AugMix': augment_and_mix_transform}
+        factory.get(family, auto_augment_transform)(aa, hparams)
     except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
-        why = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-        return (f'not a timm auto-augment policy ({why}): use e.g. rand-m9-mstd0.5-inc1 (RandAugment), '
-                f'augmix-m5-w3 (AugMix), v0 or original (AutoAugment)')
+        why = f'{type(e).__name__}: {first_line(e)}' if str(e).strip() else type(e).__name__
+        return f'not a timm auto-augment policy ({why}): {_AA_EXAMPLES}'
     return None
 
 
