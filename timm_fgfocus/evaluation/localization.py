@@ -74,8 +74,8 @@ def normalize_score_maps(score_maps: np.ndarray, frame_size: Optional[Tuple[int,
                              align_corners=False)[:, 0].numpy()
     lo = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - lo
-    maps -= lo
-    maps *= np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)  # constant maps: all zero
+    maps -= lo  # a constant map is now all zero and stays so
+    np.divide(maps, span, out=maps, where=span > 0)
     return maps
 
 
