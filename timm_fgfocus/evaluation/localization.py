@@ -390,17 +390,17 @@ def part_share(regions: np.ndarray, valid: np.ndarray, parts: Sequence[np.ndarra
         raise ValueError(f'parts: got {len(parts)} entries for {r.shape[0]} images')
     contains = np.zeros(r.shape[:2], dtype=bool)
     counted = np.zeros(r.shape[:2], dtype=bool)
+    with_parts = np.zeros(r.shape[0], dtype=bool)
     for i, p in enumerate(parts):
         p = np.asarray(p, dtype=np.float64).reshape(-1, 3)
         seen = p[p[:, 2] > 0]
         if len(seen):
+            with_parts[i] = True
             counted[i] = v[i]
             contains[i] = _contains(r[i], seen).any(axis=1) & v[i]
-    images = counted.any(axis=1)
     num = int(counted.sum())
     share = 100.0 * float(contains.sum()) / num if num else float('nan')
-    with_parts = np.array([np.any(np.asarray(p, np.float64).reshape(-1, 3)[:, 2] > 0) for p in parts], bool)
-    return PartShare(share, contains, num, int(images.sum()), int((~with_parts).sum()))
+    return PartShare(share, contains, num, int(counted.any(axis=1).sum()), int((~with_parts).sum()))
 
 
 # --- frames: original image pixels <-> model input pixels -------------------------------------
