@@ -289,6 +289,15 @@ def test_constant_and_nan_maps_have_no_box_and_are_counted():
     assert np.all(normalize_score_maps(maps[:2]) == 0)
 
 
+@pytest.mark.parametrize('value', [0.123456789, 0.7, 1e6 / 3])
+def test_constant_map_resized_is_still_blank(value):
+    """Bicubic resizing of a constant map may wobble by rounding; it must still give no box."""
+    res = max_box_acc(np.full((1, 2, 3), value), [np.array([[0, 0, 17, 13]])], frame_size=(17, 13),
+                      iou_thresholds=(0.01,))
+    assert res.accuracy.tolist() == [0.0] and res.num_blank_maps == 1
+    assert np.all(normalize_score_maps(np.full((1, 2, 3), value), (17, 13)) == 0)
+
+
 def test_no_ground_truth_at_all_gives_nan_and_counts():
     res = max_box_acc(np.random.default_rng(0).random((2, 6, 6)), [np.zeros((0, 4))] * 2)
     assert np.isnan(res.accuracy).all() and np.isnan(res.v2) and (res.num_images, res.num_without_boxes) == (0, 2)

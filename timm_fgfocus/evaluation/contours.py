@@ -42,11 +42,7 @@ from scipy.sparse.csgraph import connected_components
 
 __all__ = ['ContourBoxes', 'contour_boxes', 'threshold_levels']
 
-# neighbour offsets (dy, dx): all of them for the ascent, half of them for the adjacency pairs
-_NEIGHBOURS = {
-    8: ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)),
-    4: ((-1, 0), (0, -1), (0, 1), (1, 0)),
-}
+# neighbour offsets (dy, dx), one of each pair of opposite ones: the adjacent pixel pairs
 _FORWARD = {8: ((0, 1), (1, -1), (1, 0), (1, 1)), 4: ((0, 1), (1, 0))}
 
 
@@ -172,21 +168,21 @@ def _region_passes(region: np.ndarray, level: np.ndarray, connectivity: int, num
         passes.append(touch[keep])
     pairs, passes = np.concatenate(pairs), np.concatenate(passes)
     unique, inverse = np.unique(pairs, return_inverse=True)
-    top = np.zeros(unique.size, dtype=passes.dtype)
-    np.maximum.at(top, inverse, passes)
-    return unique // num_regions, unique % num_regions, top.astype(np.int64)
+    highest = np.zeros(unique.size, dtype=passes.dtype)
+    np.maximum.at(highest, inverse, passes)
+    return unique // num_regions, unique % num_regions, highest.astype(np.int64)
 
 
 def _suffix_boxes(region: np.ndarray, level: np.ndarray, num_regions: int, num_levels: int) -> np.ndarray:
-    """int64[R, L + 1, 4] ``(r0, c0, r1, c1)``, inclusive, of each region's pixels at level >= j."""
+    """int32[R, L + 1, 4] ``(r0, c0, r1, c1)``, inclusive, of each region's pixels at level >= j."""
     n, H, W = region.shape
-    rows = np.broadcast_to(np.arange(H)[:, None], (n, H, W)).ravel()  # ufunc.at is fastest on flat arrays
-    cols = np.broadcast_to(np.arange(W), (n, H, W)).ravel()
+    rows = np.broadcast_to(np.arange(H, dtype=np.int32)[:, None], (n, H, W)).ravel()  # ufunc.at: flat is fastest
+    cols = np.broadcast_to(np.arange(W, dtype=np.int32), (n, H, W)).ravel()
     cell = (region * (num_levels + 1) + level).ravel()
     size = num_regions * (num_levels + 1)
     big = max(H, W)
-    lo_r, lo_c = np.full(size, big, np.int64), np.full(size, big, np.int64)
-    hi_r, hi_c = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    lo_r, lo_c = np.full(size, big, np.int32), np.full(size, big, np.int32)
+    hi_r, hi_c = np.full(size, -1, np.int32), np.full(size, -1, np.int32)
     np.minimum.at(lo_r, cell, rows)
     np.minimum.at(lo_c, cell, cols)
     np.maximum.at(hi_r, cell, rows)
@@ -245,23 +241,32 @@ def contour_boxes(score_maps: np.ndarray, thresholds: np.ndarray) -> ContourBoxe
     """Boxes of all contours (outer and inner) of every map binarised at every threshold.
 
     Args:
-        score_maps: float[N, H, W], normalised maps (any real values work; foreground at
-            threshold ``t`` is ``score > t``).
+        score_maps: float[N, H, W], finite; foreground at threshold ``t`` is ``score > t``. Maps
+            normalised to [0, 1] (:func:`~timm_fgfocus.evaluation.localization.normalize_score_maps`)
+            are the fastest: other values are correct but order fewer pixels within a level.
         thresholds: float[T], strictly increasing.
 
     Returns:
         :class:`ContourBoxes`, outer contours first, each group sorted by (image, threshold).
+
+    Raises:
+        ValueError: for a stack of more than 2**32 pixels (split it), non-finite scores or bad thresholds.
     """
     score_maps = np.asarray(score_maps, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if score_maps.ndim != 3:
         raise ValueError(f'score_maps must be [N, H, W], got shape {score_maps.shape}')
-    if thresholds.ndim != 1 or not thresholds.size or np.any(np.diff(thresholds) <= 0):
-        raise ValueError('thresholds must be a non-empty, strictly increasing 1-D array')
-    T = thresholds.size
-    # a background frame one pixel wide, as OpenCV pads the mask: no pixel of it passes a threshold
+    if thresholds.ndim != 1 or not 0 < thresholds.size < 2 ** 15 or np.any(np.diff(thresholds) <= 0):
+        raise ValueError(f'thresholds must be a strictly increasing 1-D array of 1 to 32767 values, '
+                         f'got shape {thresholds.shape}')
     if not np.isfinite(score_maps).all():
         raise ValueError('score_maps must be finite (normalize_score_maps zeroes maps that are not)')
+    N, H, W = score_maps.shape
+    if N * (H + 2) * (W + 2) >= 2 ** 32:  # the flat index has 32 bits in the ascent's keys
+        raise ValueError(f'{N} maps of {H}x{W} are too many pixels at once: pass at most '
+                         f'{2 ** 32 // ((H + 2) * (W + 2))} maps per call')
+    T = thresholds.size
+    # a background frame one pixel wide, as OpenCV pads the mask: no pixel of it passes a threshold
     padded = np.pad(score_maps, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     level = np.pad(threshold_levels(score_maps, thresholds), ((0, 0), (1, 1), (1, 1)))
     parts = []

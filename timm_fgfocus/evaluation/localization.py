@@ -67,16 +67,24 @@ def normalize_score_maps(score_maps: np.ndarray, frame_size: Optional[Tuple[int,
     """
     maps = _check_maps(score_maps)
     H, W = _frame_hw(maps, frame_size)
-    finite = np.isfinite(maps).all(axis=(1, 2))
-    maps = np.where(finite[:, None, None], maps, 0.0)  # a fresh array, changed in place below
+    blank = _blank(maps)
+    # zero blank maps before the resize: a resized constant map can wobble by rounding; a fresh array
+    maps = np.where(blank[:, None, None], 0.0, maps)
     if (H, W) != maps.shape[1:]:
         maps = F.interpolate(torch.from_numpy(maps)[:, None], size=(H, W), mode='bicubic',
                              align_corners=False)[:, 0].numpy()
     lo = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - lo
-    maps -= lo  # a constant map is now all zero and stays so
+    maps -= lo
     np.divide(maps, span, out=maps, where=span > 0)
     return maps
+
+
+def _blank(maps: np.ndarray) -> np.ndarray:
+    """bool[N]: the map is constant or has a NaN or infinite value (normalised to all zeros)."""
+    finite = np.isfinite(maps).all(axis=(1, 2))
+    safe = np.where(finite[:, None, None], maps, 0.0)
+    return ~finite | (safe.max(axis=(1, 2)) == safe.min(axis=(1, 2)))
 
 
 def paired_box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
@@ -217,8 +225,7 @@ def max_box_acc(score_maps: np.ndarray, gt_boxes: Sequence[np.ndarray],
     thresholds = np.asarray(map_thresholds, dtype=np.float64)
     accuracy = curve.max(axis=1)
     best_threshold = np.where(scored.any(), thresholds[np.argmax(np.nan_to_num(curve, nan=0.0), axis=1)], np.nan)
-    span = np.ptp(np.where(np.isfinite(maps), maps, 0.0), axis=(1, 2))
-    blank = (span <= 0) | ~np.isfinite(maps).all(axis=(1, 2))
+    blank = _blank(maps)
     return MaxBoxAcc(deltas, accuracy, best_threshold, float(accuracy.mean()), curve, thresholds,
                      int(scored.sum()), int((~scored).sum()), int((blank & scored).sum()))
 
