@@ -32,7 +32,7 @@ __all__ = [
 
 MAP_THRESHOLDS = np.arange(0, 1, 0.01)  # wsolevaluation's score-map thresholds (cam_curve_interval 0.01)
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)  # MaxBoxAccV2's IoU thresholds delta
-_CHUNK_PIXELS = 2 ** 19  # maps per chunk of contour_boxes: arrays that stay in cache are ~1.5x faster
+_CHUNK_PIXELS = 2 ** 19  # pixels per contour_boxes call: bounded memory, and 10-20 % faster than one big stack
 
 
 def _check_maps(score_maps: np.ndarray) -> np.ndarray:
@@ -110,7 +110,9 @@ def _check_boxes(gt_boxes: Sequence[np.ndarray], num_images: int, what: str = 'g
         raise ValueError(f'{what}: got {len(gt_boxes)} entries for {num_images} images')
     out = []
     for i, boxes in enumerate(gt_boxes):
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+        b = np.asarray(boxes, dtype=np.float64) if np.size(boxes) else np.zeros((0, 4))
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f'{what} of image {i}: expected float[K, 4], got shape {b.shape}')
         bad = ~np.isfinite(b).all(axis=1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
         if bad.any():
             raise ValueError(f'{what} of image {i}: box {b[bad][0].tolist()} is not (x0, y0, x1, y1) with '
