@@ -14,7 +14,7 @@ from timm_fgfocus.evaluation import contours, localization
 from timm_fgfocus.evaluation.contours import contour_boxes
 from timm_fgfocus.evaluation.localization import (
     MAP_THRESHOLDS, best_box_iou, boxes_to_input, boxes_to_original, gt_known_loc, largest_component_box, map_boxes,
-    max_box_acc, normalize_score_maps, part_share, points_to_input, region_hits,
+    max_box_acc, max_box_acc_from_ious, normalize_score_maps, part_share, points_to_input, region_hits,
 )
 from timm_fgfocus.predict import input_geometry
 
@@ -192,7 +192,8 @@ def test_contour_boxes_of_smooth_and_noisy_maps_match_labelling_every_threshold(
 def test_contour_boxes_match_opencv_when_installed():
     """The boxes are cv2.findContours(RETR_TREE)'s boundingRect (x, y, x + w, y + h)."""
     cv2 = pytest.importorskip('cv2')
-    maps = np.stack([ref_normalise(m) for m in smooth_maps(4, 6, (40, 36), 3)] + [np.pad(ring_map(), ((0, 20), (0, 16)))])
+    maps = np.stack([ref_normalise(m) for m in smooth_maps(4, 6, (40, 36), 3)]
+                    + [np.pad(ring_map(), ((0, 20), (0, 16)))])
     found = contour_boxes(maps, MAP_THRESHOLDS)
     for i, m in enumerate(maps):
         for k, t in enumerate(MAP_THRESHOLDS):
@@ -239,6 +240,12 @@ def test_max_box_acc_matches_loops_on_random_smooth_maps():
         assert res.accuracy[d] == pytest.approx(acc) and res.best_threshold[d] == thr
     assert res.v2 == pytest.approx(np.mean(res.accuracy))
     assert (res.num_images, res.num_without_boxes, res.num_blank_maps) == (5, 1, 0)
+    # the same figures from per-image IoUs computed in two batches and gathered
+    halves = [best_box_iou(maps[s], [gt[i] for i in range(6)[s]], map_thresholds=THRESHOLDS)
+              for s in (slice(0, 3), slice(3, 6))]
+    again = max_box_acc_from_ious(np.concatenate(halves), THRESHOLDS, (0.3, 0.5, 0.7))
+    assert again.accuracy.tolist() == res.accuracy.tolist()
+    assert again.best_threshold.tolist() == res.best_threshold.tolist()
 
 
 def test_max_box_acc_finds_the_smaller_blob_and_the_nested_blob():
@@ -358,7 +365,7 @@ def test_gt_known_loc_threshold_is_on_the_normalised_map_and_iou_half_counts():
 # --- region hits and parts -----------------------------------------------------------------------
 
 def ref_hits(regions, valid, gt):
-    rank1, anyhit, scored = [], [], []
+    rank1, anyhit = [], []
     for i in range(len(regions)):
         if not len(gt[i]):
             continue

@@ -25,8 +25,8 @@ from .contours import contour_boxes
 
 __all__ = [
     'MAP_THRESHOLDS', 'IOU_THRESHOLDS', 'normalize_score_maps', 'paired_box_iou', 'map_boxes', 'best_box_iou',
-    'MaxBoxAcc', 'max_box_acc', 'largest_component_box', 'GtKnownLoc', 'gt_known_loc', 'RegionHits',
-    'region_hits', 'PartShare', 'part_share', 'clip_boxes', 'boxes_to_input', 'points_to_input',
+    'MaxBoxAcc', 'max_box_acc', 'max_box_acc_from_ious', 'largest_component_box', 'GtKnownLoc', 'gt_known_loc',
+    'RegionHits', 'region_hits', 'PartShare', 'part_share', 'clip_boxes', 'boxes_to_input', 'points_to_input',
     'boxes_to_original',
 ]
 
@@ -218,18 +218,41 @@ def max_box_acc(score_maps: np.ndarray, gt_boxes: Sequence[np.ndarray],
     """
     maps = _check_maps(score_maps)
     best = best_box_iou(maps, gt_boxes, frame_size, map_thresholds)
+    blank = _blank(maps) & ~np.isnan(best[:, 0])
+    return max_box_acc_from_ious(best, map_thresholds, iou_thresholds, int(blank.sum()))
+
+
+def max_box_acc_from_ious(best_iou: np.ndarray, map_thresholds: np.ndarray = MAP_THRESHOLDS,
+                          iou_thresholds: Sequence[float] = IOU_THRESHOLDS, num_blank_maps: int = 0) -> MaxBoxAcc:
+    """MaxBoxAcc from per-image best IoUs computed earlier (batch by batch, on several ranks).
+
+    :func:`best_box_iou` is per image, so it can run as predictions arrive and its ``[N, T]``
+    rows be gathered and saved; this gives the figures from them.
+
+    Args:
+        best_iou: float[N, T] from :func:`best_box_iou` (NaN rows: images without ground truth).
+        map_thresholds: float[T], the thresholds it was computed at.
+        iou_thresholds: the deltas.
+        num_blank_maps: reported as is (:func:`max_box_acc` counts them from the maps).
+
+    Returns:
+        :class:`MaxBoxAcc`; accuracies are NaN when no image has a ground-truth box.
+    """
+    best = np.asarray(best_iou, dtype=np.float64)
+    thresholds = np.asarray(map_thresholds, dtype=np.float64)
+    if best.ndim != 2 or best.shape[1] != thresholds.size:
+        raise ValueError(f'best_iou must be float[N, T] with T = {thresholds.size} map thresholds, got {best.shape}')
     scored = ~np.isnan(best[:, 0])
     deltas = np.asarray(iou_thresholds, dtype=np.float64)
     if scored.any():
         curve = 100.0 * (best[scored][None] >= deltas[:, None, None]).mean(axis=1)
+        best_threshold = thresholds[np.argmax(curve, axis=1)]  # the first, lowest, of equal maxima
     else:
-        curve = np.full((deltas.size, best.shape[1]), np.nan)
-    thresholds = np.asarray(map_thresholds, dtype=np.float64)
+        curve = np.full((deltas.size, thresholds.size), np.nan)
+        best_threshold = np.full(deltas.size, np.nan)
     accuracy = curve.max(axis=1)
-    best_threshold = np.where(scored.any(), thresholds[np.argmax(np.nan_to_num(curve, nan=0.0), axis=1)], np.nan)
-    blank = _blank(maps)
     return MaxBoxAcc(deltas, accuracy, best_threshold, float(accuracy.mean()), curve, thresholds,
-                     int(scored.sum()), int((~scored).sum()), int((blank & scored).sum()))
+                     int(scored.sum()), int((~scored).sum()), int(num_blank_maps))
 
 
 def largest_component_box(score_map: np.ndarray, threshold: float = 0.2) -> Optional[np.ndarray]:
