@@ -12,6 +12,7 @@ __all__ = [
     'topk_accuracy', 'per_class_accuracy', 'confusion_matrix', 'ConfusedPair', 'most_confused',
     'ReliabilityBins', 'reliability_bins', 'expected_calibration_error', 'worst_classes', 'head_accuracies',
     'flat_metrics',
+    'McNemar', 'mcnemar_exact',
 ]
 
 
@@ -129,7 +130,6 @@ def head_accuracies(topk: Dict[str, np.ndarray], target: np.ndarray,
     return {head: {f'top{k}': topk_accuracy(idx, target, k) for k in ks} for head, idx in topk.items()}
 
 
-
 def flat_metrics(preds) -> Dict[str, Any]:
     """The figures a run records for an evaluation (:class:`~.collect.Predictions`): loss and top-1/top-5
     of the prediction head (hybrid) and of the image-level head, the sample count, and with TTA the
@@ -147,3 +147,44 @@ def flat_metrics(preds) -> Dict[str, Any]:
         out['eval_top5_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 5)
         out['eval_top1_image_tta'] = topk_accuracy(preds.topk['image_tta'], preds.target, 1)
     return out
+
+
+class McNemar(NamedTuple):
+    """McNemar's exact test on paired predictions of two models over the same images.
+
+    Attributes:
+        only_a: images model A gets right and model B wrong.
+        only_b: images model B gets right and model A wrong.
+        p_value: two-sided exact p-value (1.0 when no image is discordant).
+    """
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
+    """McNemar's exact test: do two models differ in accuracy on the same images?
+
+    Only the discordant images count. Under the null hypothesis each of the ``n = only_a + only_b``
+    of them is equally likely to favour either model, so ``only_a ~ Binomial(n, 1/2)`` and the
+    two-sided p-value is ``min(1, 2 * P[X <= min(only_a, only_b)])`` (the binomial being
+    symmetric, this is the exact test's "as or less likely" p-value).
+
+    Args:
+        correct_a: bool[N], model A's prediction is right, per image.
+        correct_b: bool[N], model B's, for the same images in the same order.
+
+    Returns:
+        :class:`McNemar`.
+    """
+    from scipy.stats import binom  # here: scipy.stats takes ~0.3 s to import
+
+    a = np.asarray(correct_a)
+    b = np.asarray(correct_b)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f'correct_a and correct_b must both be [N] (the same images), got {a.shape} and {b.shape}')
+    a, b = a.astype(bool), b.astype(bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(min(only_a, only_b), n, 0.5)))
+    return McNemar(only_a, only_b, p)

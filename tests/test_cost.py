@@ -1,0 +1,110 @@
+"""FLOPs per image against counts written from the architecture; forward time per image."""
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import timm
+import timm_fgfocus  # noqa: F401
+from timm_fgfocus.backbones import smoothing_cells
+from timm_fgfocus.evaluation.cost import flops_per_image, forward_seconds_per_image
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def conv_flops(cin, cout, k, hw_in, stride, padding, groups=1):
+    """(FLOPs, output side) of a square convolution: 2 * Cin / groups * Cout * k * k * Hout * Wout."""
+    out = (hw_in + 2 * padding - k) // stride + 1
+    return 2 * cin // groups * cout * k * k * out * out, out
+
+
+def resnet18_flops(size, num_classes=1000):
+    """ResNet-18 (He et al. 2016, table 1) by hand: every convolution and the classifier; batch norm, ReLU,
+    pooling and the residual adds are not multiply-adds and count 0."""
+    total, s = conv_flops(3, 64, 7, size, 2, 3)  # conv1
+    s = (s + 2 - 3) // 2 + 1  # max pool 3x3, stride 2, padding 1
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block in range(2):
+            st = stride if block == 0 else 1
+            f1, s1 = conv_flops(cin, cout, 3, s, st, 1)
+            f2, _ = conv_flops(cout, cout, 3, s1, 1, 1)
+            total += f1 + f2
+            if st != 1 or cin != cout:
+                total += conv_flops(cin, cout, 1, s, st, 0)[0]  # downsample
+            cin, s = cout, s1
+    return total + 2 * 512 * num_classes
+
+
+@pytest.mark.parametrize('size', [64, 96, 160, 224])
+def test_resnet18_flops_match_the_architecture(size):
+    model = timm.create_model('resnet18')
+    assert flops_per_image(model, (3, size, size)) == resnet18_flops(size)
+
+
+def test_flops_are_per_image_and_restore_the_mode():
+    model = timm.create_model('resnet18', num_classes=7).train()
+    assert flops_per_image(model, (3, 64, 64), batch_size=3) == resnet18_flops(64, 7)
+    assert model.training
+
+
+def hooked_flops(module, x):
+    """FLOPs of every nn.Conv2d and nn.Linear that runs, from forward hooks (not FlopCounterMode)."""
+    total = []
+
+    def hook(m, inputs, out):
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total.append(2 * m.in_channels // m.groups * m.out_channels * kh * kw * out.shape[-2] * out.shape[-1]
+                         * out.shape[0])
+        else:
+            total.append(2 * m.in_features * m.out_features * out.numel() // m.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        module(x)
+    for h in handles:
+        h.remove()
+    return sum(total) // x.shape[0]
+
+
+def test_fgfocus_flops_are_one_image_pass_l_crop_passes_and_the_heads():
+    """fgfocus_test in eval mode: backbone at 128 px + l times the backbone at the 64 px crop size + the
+    image and hybrid heads + the CAMs (an einsum) and the attention's Gaussian blur (a convolution);
+    NMS, roi_align crops and pooling count 0."""
+    C = 5
+    model = timm.create_model('fgfocus_test', num_classes=C).eval()
+    l, n, crop, stride = model.num_hybrid_regions, model.backbone_num_features, model.crop_size, model.feature_stride
+    features = model.backbone.forward_features
+    wrapper = type('Features', (nn.Module,), {'forward': lambda self, x: features(x)})()
+    wrapper.add_module('backbone', model.backbone)
+    backbone_full = hooked_flops(wrapper, torch.randn(1, 3, 128, 128))
+    backbone_crop = hooked_flops(wrapper, torch.randn(1, 3, crop, crop))
+    h = w = 128 // stride
+    radius = min(math.ceil(3 * smoothing_cells(model.smooth_sigma, stride)), h - 1, w - 1)
+    heads = 2 * n * C + 2 * (l + 1) * n * C
+    attention = 2 * C * n * h * w + 2 * (2 * radius + 1) ** 2 * h * w
+    assert flops_per_image(model, (3, 128, 128)) == backbone_full + l * backbone_crop + heads + attention
+    assert backbone_crop < backbone_full  # the crops really are smaller than the image
+
+
+class Sleeper(nn.Module):
+    def forward(self, x):
+        time.sleep(0.02)
+        return x
+
+
+def test_forward_seconds_are_per_image_and_restore_the_mode():
+    model = Sleeper().train()
+    seconds = forward_seconds_per_image(model, torch.zeros(4, 3, 8, 8), repeats=3, warmup=1)
+    assert 0.02 / 4 <= seconds < 0.02  # one 20 ms forward shared by 4 images
+    assert model.training
+
+
+def test_bad_sizes_are_one_line():
+    with pytest.raises(ValueError, match=r'input_size must be \(C, H, W\).*\(224, 224\)'):
+        flops_per_image(nn.Identity(), (224, 224))
+    with pytest.raises(ValueError, match='repeats must be >= 1'):
+        forward_seconds_per_image(nn.Identity(), torch.zeros(1, 3, 4, 4), repeats=0)
