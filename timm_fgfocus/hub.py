@@ -28,7 +28,6 @@ Command line::
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/NAME --dry-run /tmp/repo
 """
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from timm.models import save_for_hf
 
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .errors import first_line
+from . import metric_table
 from .files import plain, write_text
 from .fgfocus import HF_ORG
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
@@ -111,34 +111,11 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
 # --- the training log for the card -------------------------------------------------------------
 
 def read_summary(path: Union[str, Path], required: bool = False) -> List[Dict[str, str]]:
-    """Rows of a ``summary.csv`` written by ``train_fg.py``.
-
-    A missing file gives ``[]`` unless ``required`` (a file the user named).
-
-    Raises:
-        HubUploadError: naming the file, when it is required and missing, is not a readable CSV
-            text file, has no ``epoch`` column or a row whose epoch is not a whole number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        if required:
-            raise HubUploadError(f'training log {path} does not exist')
-        return []
+    """:func:`timm_fgfocus.metric_table.read_summary`, its errors as :class:`HubUploadError`."""
     try:
-        with open(path, newline='', encoding='utf-8') as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise HubUploadError(f'training log {path} is not a readable CSV file: {e}') from None
-    if 'epoch' not in columns:
-        raise HubUploadError(f'training log {path} is not a train_fg.py summary.csv: no "epoch" column '
-                             f'(columns: {", ".join(columns[:5]) or "none"})')
-    for line, row in enumerate(rows, 2):
-        epoch = row.get('epoch') or ''
-        if epoch != '' and not epoch.strip().isdigit():
-            raise HubUploadError(f'training log {path}, line {line}: epoch {epoch[:20]!r} is not a whole number')
-    return [row for row in rows if row.get('epoch', '') != '']
+        return metric_table.read_summary(path, required)
+    except ValueError as e:
+        raise HubUploadError(str(e)) from None
 
 
 # --- errors ---------------------------------------------------------------------------------------

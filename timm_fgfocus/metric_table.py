@@ -31,6 +31,7 @@ class Metric(NamedTuple):
         card_head: for metrics on the model card, the head (``hybrid``, ``image``) of its ``model-index``
             entry; None: not on the card.
         card_k: top-k of the card entry.
+        card_label: its row label in the card's results table.
     """
     key: str
     tag: str
@@ -39,6 +40,7 @@ class Metric(NamedTuple):
     style: str = '-'
     card_head: Optional[str] = None
     card_k: int = 1
+    card_label: str = ''
 
 
 # summary.png panels, left to right: (title, log-scale y)
@@ -58,11 +60,15 @@ METRICS = (
     Metric('train_top1', 'train/top1', ('top1',), 'train (prediction head)', ':'),
     Metric('train_images', 'train/images'),
     Metric('eval_loss', 'eval/loss', ('hybrid_ce',), 'eval (prediction head)', '--'),
-    Metric('eval_top1', 'eval/top1', ('top1',), 'prediction head (fgfocus: image + regions)', '-', 'hybrid', 1),
-    Metric('eval_top5', 'eval/top5', (), 'top-5, prediction head', '-', 'hybrid', 5),
-    Metric('eval_top1_image', 'eval/top1_image', ('top1',), 'image-level head alone', '-', 'image', 1),
-    Metric('eval_top5_image', 'eval/top5_image', (), 'top-5, image-level head', '-', 'image', 5),
-    Metric('eval_top1_ema', 'eval/top1_ema', ('top1',), 'prediction head, EMA weights', '--', 'hybrid', 1),
+    Metric('eval_top1', 'eval/top1', ('top1',), 'prediction head (fgfocus: image + regions)', '-', 'hybrid', 1,
+           'top-1, hybrid head (the prediction)'),
+    Metric('eval_top5', 'eval/top5', (), 'top-5, prediction head', '-', 'hybrid', 5, 'top-5, hybrid head'),
+    Metric('eval_top1_image', 'eval/top1_image', ('top1',), 'image-level head alone', '-', 'image', 1,
+           'top-1, image-level head only'),
+    Metric('eval_top5_image', 'eval/top5_image', (), 'top-5, image-level head', '-', 'image', 5,
+           'top-5, image-level head'),
+    Metric('eval_top1_ema', 'eval/top1_ema', ('top1',), 'prediction head, EMA weights', '--', 'hybrid', 1,
+           'top-1 of the EMA weights, hybrid head'),
     Metric('eval_samples', 'eval/samples'),
     Metric('lr', 'lr/heads', ('lr',), 'heads'),
     Metric('lr_backbone', 'lr/backbone', ('lr',), 'backbone'),
@@ -91,9 +97,9 @@ def panel_lines(panel: str) -> List[Metric]:
     return [m for m in METRICS if panel in m.panels]
 
 
-def card_metrics(ema: bool) -> List[Metric]:
-    """The rows shown on the model card: the EMA's with ``ema``, else the others."""
-    return [m for m in METRICS if m.card_head and (m.key == 'eval_top1_ema') == ema]
+def card_metrics(ema: Optional[bool] = None) -> List[Metric]:
+    """The rows shown on the model card, in table order: with ``ema`` True the EMA's, False the others, None all."""
+    return [m for m in METRICS if m.card_head and (ema is None or (m.key == 'eval_top1_ema') == ema)]
 
 
 def summary_columns(rows: Iterable[Dict[str, Any]]) -> List[str]:
@@ -123,10 +129,32 @@ def write_summary(path: PathLike, rows: Sequence[Dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def read_summary(path: PathLike) -> List[Dict[str, str]]:
-    """The rows of a ``summary.csv`` (column -> text); ``[]`` when there is no such file."""
+def read_summary(path: PathLike, required: bool = False) -> List[Dict[str, str]]:
+    """The rows of a ``summary.csv`` (column -> text), one per epoch.
+
+    A missing file gives ``[]`` unless ``required`` (a file the user named).
+
+    Raises:
+        ValueError: naming the file, when it is required and missing, is not a readable CSV text file,
+            has no ``epoch`` column or a row whose epoch is not a whole number.
+    """
     path = Path(path)
     if not path.is_file():
+        if required:
+            raise ValueError(f'training log {path} does not exist')
         return []
-    with open(path, newline='', encoding='utf-8') as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline='', encoding='utf-8') as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f'training log {path} is not a readable CSV file: {e}') from None
+    if 'epoch' not in columns:
+        raise ValueError(f'training log {path} is not a train_fg.py summary.csv: no "epoch" column '
+                         f'(columns: {", ".join(columns[:5]) or "none"})')
+    for line, row in enumerate(rows, 2):
+        epoch = row.get('epoch') or ''
+        if epoch != '' and not epoch.strip().isdigit():
+            raise ValueError(f'training log {path}, line {line}: epoch {epoch[:20]!r} is not a whole number')
+    return [row for row in rows if row.get('epoch', '') != '']

@@ -31,6 +31,7 @@ from .evaluation.collect import head_label
 from .evaluation.outputs import EVAL_DIR, read_eval_meta
 from .evaluation.page import percent
 from .files import file_sha256, plain
+from .metric_table import card_metrics
 
 __all__ = [
     'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
@@ -65,14 +66,6 @@ _RECIPE_KEYS = (
 _NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
                          r'eval_only|eval_report|tta|pin_mem|no_prefetcher|dist|progress|overwrite)($|_)')
 _SECRET = re.compile(r'token|secret|passw|credential|api_?key|auth', re.IGNORECASE)
-# checkpoint metrics -> (head, k, label)
-_CKPT_METRICS = (
-    ('eval_top1', 'hybrid', 1, 'top-1, hybrid head (the prediction)'),
-    ('eval_top5', 'hybrid', 5, 'top-5, hybrid head'),
-    ('eval_top1_image', 'image', 1, 'top-1, image-level head only'),
-    ('eval_top5_image', 'image', 5, 'top-5, image-level head'),
-    ('eval_top1_ema', 'hybrid', 1, 'top-1 of the EMA weights, hybrid head'),
-)
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -203,8 +196,8 @@ def model_card_data(
                     for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') and top5 else (1,))
                     if _num(acc.get(f'top{k}')) is not None]
     else:
-        measured = [(metrics[key], head, k) for key, head, k, _ in _CKPT_METRICS
-                    if (key == 'eval_top1_ema') == ema and (k == 1 or top5) and _num(metrics.get(key)) is not None]
+        measured = [(metrics[m.key], m.card_head, m.card_k) for m in card_metrics(ema)
+                    if (m.card_k == 1 or top5) and _num(metrics.get(m.key)) is not None]
     results = [_eval_result(value, head, k, l, dataset, demo, split) for value, head, k in measured]
     return ModelCardData(
         library_name='timm', license=license, pipeline_tag='image-classification', tags=list(CARD_TAGS),
@@ -361,8 +354,8 @@ def model_card(
 
 def _results_from_metrics(metrics, train_args, num_classes, ema) -> List[str]:
     top5 = not _top5_trivial(num_classes)
-    measured = [(label, percent(metrics[k])) for k, _, n, label in _CKPT_METRICS
-                if percent(metrics.get(k)) and (n == 1 or top5)]
+    measured = [(m.card_label, percent(metrics[m.key])) for m in card_metrics()
+                if percent(metrics.get(m.key)) and (m.card_k == 1 or top5)]
     if not measured:
         return ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
     split = train_args.get('val_split')

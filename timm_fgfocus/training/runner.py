@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-import torch
 import yaml
 from torch.utils.data import IterableDataset
 

@@ -156,8 +156,11 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
                               drop_last=True if run.mixup_fn is not None else None)
     run.val_loader = eval_loader(val_ds, args, device, data_config, prefetch)
     if ckpt is not None:  # a resumed run continued in another folder takes the rows of its own summary.csv along
-        run.summary_rows = [r for r in read_summary(Path(args.resume).parent / 'summary.csv')
-                            if int(r['epoch']) < run.start_epoch]
+        try:
+            rows = read_summary(Path(args.resume).parent / 'summary.csv')
+        except ValueError as e:
+            raise TrainError(f'--resume: {e}') from None
+        run.summary_rows = [r for r in rows if int(r['epoch']) < run.start_epoch]
     return run
 
 
