@@ -205,10 +205,14 @@ def test_non_square_inputs_and_sizes_a_backbone_cannot_take(family):
         with torch.no_grad():  # CNNs take any side
             assert m(torch.randn(1, 3, H + 5, W - 3)).shape == (1, NUM_CLASSES)
         return
-    with pytest.raises(ValueError, match=rf'input {H + 5}x{W}: .* multiples of {stride} .*'
-                                         rf'nearest: height {H} or {H + stride}, width {W}$'):
+    # a side the patch embedding cannot split: timm's reason, and the nearest sides that run
+    patch = m.backbone.patch_embed.patch_size[0]
+    lower = (H + 5) // patch * patch
+    with pytest.raises(ValueError, match=rf'input {H + 5}x{W}: \S+ cannot run {H + 5}x{W} inputs \(Input height '
+                                         rf'\({H + 5}\) should be divisible by patch size \({patch}\)\.\); '
+                                         rf'nearest sides it runs: height {lower} or {lower + patch}, width {W}$'):
         m(torch.randn(1, 3, H + 5, W))
-    with pytest.raises(ValueError, match=rf'crop_size={crop + 2}: .* multiples of {stride}'):
+    with pytest.raises(ValueError, match=rf'crop_size={crop + 2}: \S+ cannot run {crop + 2}x{crop + 2} inputs'):
         build(family, crop_size=crop + 2)
 
 

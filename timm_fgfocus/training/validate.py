@@ -27,7 +27,7 @@ import timm
 
 from .data import DATASET_NAMES, dataset_kind
 from ..errors import TrainError
-from .model_kwargs import check_model_kwargs
+from .model import check_model_kwargs
 from .transforms import auto_augment_problem, mixup_active
 
 __all__ = ['Rule', 'RULES', 'validate_args', 'at_least', 'greater_than', 'in_range', 'each', 'one_of']
