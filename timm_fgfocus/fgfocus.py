@@ -46,7 +46,7 @@ from .backbones import create_backbone, smoothing_cells
 from .integrity import verify_published_weights
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
 from .pretrained import (
-    PretrainedWeightsError, check_weights_fit, load_pretrained_weights, weight_tag_problem, weights_cfg,
+    PretrainedWeightsError, check_weights_fit, load_error, load_pretrained_weights, weight_tag_problem, weights_cfg,
 )
 
 __all__ = ['FgFocus', 'FgFocusCfg', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError', 'variant_cfg',
@@ -546,7 +546,12 @@ def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus
     tag = kwargs.get('pretrained_cfg')
     if isinstance(tag, str) and weight_tag_problem(variant, tag):
         raise ValueError(f'{variant}.{tag}: {weight_tag_problem(variant, tag)}')
-    model = build_model_with_cfg(FgFocus, variant, False, **dict(variant_args[variant], **kwargs))
+    try:
+        model = build_model_with_cfg(FgFocus, variant, False, **dict(variant_args[variant], **kwargs))
+    except (TypeError, ValueError) as e:  # the model_args of a Hub or local-dir config.json that FgFocus refuses
+        if 'pretrained_model_args' in kwargs:
+            raise load_error(variant, kwargs.get('pretrained_cfg') or {}, e) from e
+        raise
     model.pretrained_cfg = model.default_cfg = weights_cfg(model, variant, variant_args[variant]['backbone'],
                                                            kwargs, pretrained)
     if pretrained:
