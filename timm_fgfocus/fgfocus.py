@@ -544,8 +544,9 @@ def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus
     loader and must fill the model (:func:`_pretrained_filter_fn`).
     """
     tag = kwargs.get('pretrained_cfg')
-    if isinstance(tag, str) and weight_tag_problem(variant, tag):
-        raise ValueError(f'{variant}.{tag}: {weight_tag_problem(variant, tag)}')
+    problem = weight_tag_problem(variant, tag) if isinstance(tag, str) else None
+    if problem:
+        raise ValueError(f'{variant}.{tag}: {problem}')
     try:
         model = build_model_with_cfg(FgFocus, variant, False, **dict(variant_args[variant], **kwargs))
     except (TypeError, ValueError) as e:  # the model_args of a Hub or local-dir config.json that FgFocus refuses
@@ -626,6 +627,11 @@ def variant_cfg(variant: str) -> FgFocusCfg:
     return FgFocusCfg(**{k: v for k, v in args.items() if k in _CFG_FIELDS})
 
 
+# kwargs timm's build_model_with_cfg takes besides the model's own
+_BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_strict', 'cache_dir', 'feature_cfg',
+                 'features_only', 'pretrained_model_args')
+
+
 def model_args_problem(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
     """What ``timm.create_model(variant, **kwargs)`` would refuse in ``kwargs``, found without building.
 
@@ -648,11 +654,6 @@ def model_args_problem(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
     except ValueError as e:
         return str(e)
     return None
-
-
-# kwargs timm's build_model_with_cfg takes besides the model's own
-_BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_strict', 'cache_dir', 'feature_cfg',
-                 'features_only', 'pretrained_model_args')
 
 
 @register_model

@@ -100,9 +100,10 @@ def check_weights_fit(state_dict: Dict[str, Tensor], model: nn.Module) -> None:
         PretrainedWeightsError: naming the repo, folder or file and the first tensors that do not fit.
     """
     cfg = model.pretrained_cfg
-    heads = _names(cfg.get('classifier'))
-    exempt = {f'{h}.{p}' for h in heads for p in ('weight', 'bias')} if model.num_classes != cfg.get('num_classes') else ()
-    mismatch = weights_mismatch(model.state_dict(), state_dict, exempt, {f'{c}.weight' for c in _names(cfg.get('first_conv'))})
+    new_heads = model.num_classes != cfg.get('num_classes')
+    exempt = [f'{h}.{p}' for h in _names(cfg.get('classifier')) for p in ('weight', 'bias')] if new_heads else []
+    adapted = [f'{c}.weight' for c in _names(cfg.get('first_conv'))]
+    mismatch = weights_mismatch(model.state_dict(), state_dict, exempt, adapted)
     if mismatch:
         args = getattr(model, 'pretrained_model_args', None) or {}
         raise PretrainedWeightsError(
@@ -183,7 +184,8 @@ def backbone_weights_cfg(model: nn.Module, variant: str, overlay: Optional[Dict[
 # --- loading --------------------------------------------------------------------------------------
 
 # the safetensors file timm's Hub loader asks for before a .bin file
-_SAFE_ALTERNATIVES = {'pytorch_model.bin': 'model.safetensors', 'open_clip_pytorch_model.bin': 'open_clip_model.safetensors'}
+_SAFE_ALTERNATIVES = {
+    'pytorch_model.bin': 'model.safetensors', 'open_clip_pytorch_model.bin': 'open_clip_model.safetensors'}
 
 
 def hub_unreachable(cfg: Dict[str, Any], cache_dir: Optional[str] = None) -> Optional[str]:
