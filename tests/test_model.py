@@ -305,7 +305,8 @@ def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
 def test_boundary_values_are_taken(kwargs):
     """The edges of every range are inside it: the cfg, the model and --model-kwargs take them."""
     cfg = FgFocusCfg(**kwargs)
-    assert {k: getattr(cfg, k) for k in kwargs} == {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    expected = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    assert {k: getattr(cfg, k) for k in kwargs} == expected
     assert timm.create_model('fgfocus_test', num_classes=3, device='meta', **kwargs).cfg == cfg.replace(crop_size=64)
     assert check_model_kwargs('fgfocus_test', kwargs) is None
 

@@ -28,7 +28,8 @@ def test_weights_mismatch_names_the_first_missing_unexpected_and_reshaped_tensor
         '3 tensors missing (c, ...); 1 tensors unexpected (x); 3 tensors with other shapes '
         '(file vs model: b [3, 2] vs [2, 3], ...)')
     # a re-initialised head may differ or be absent, an adapted input conv may have another shape
-    assert weights_mismatch(own, theirs, exempt=['c', 'd', 'e', 'x', 'head.weight'], any_shape=['b', 'stem.weight']) == ''
+    exempt, any_shape = ['c', 'd', 'e', 'x', 'head.weight'], ['b', 'stem.weight']
+    assert weights_mismatch(own, theirs, exempt=exempt, any_shape=any_shape) == ''
     assert weights_mismatch(own, dict(own)) == ''
 
 
@@ -55,7 +56,8 @@ def test_initial_weights_that_do_not_fit_are_one_line_and_load_nothing(tmp_path)
 def test_initial_weights_of_another_class_count_keep_fresh_heads(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3)
-    fresh_heads = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(('fc.', 'region_fc.', 'hybrid_fc.'))}
+    heads = ('fc.', 'region_fc.', 'hybrid_fc.')
+    fresh_heads = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(heads)}
     other = timm.create_model('fgfocus_test', num_classes=5)
     state = {k: v + 1 for k, v in other.state_dict().items()}
     torch.save(state, tmp_path / 'five.pth')
@@ -77,7 +79,7 @@ def test_unknown_weight_tag_of_a_variant_or_backbone_lists_the_tags():
         with pytest.raises(ValueError) as e:
             timm.create_model(name, **kwargs)
         msg = str(e.value)
-        prefix = 'fgfocus_resnet18.nonexistent_tag: ' if arch == 'fgfocus_resnet18' else f"backbone='{arch}.nonexistent_tag': "
+        prefix = f'{name}: ' if not kwargs else f"backbone='{arch}.nonexistent_tag': "
         assert msg.startswith(f"{prefix}{arch} has no weight tag 'nonexistent_tag'; its tags: ")
         tags = msg.split('its tags: ')[1].split(', ')
         assert sorted(tags) == _tags(arch) and tags[0] == timm.get_pretrained_cfg(arch).tag
@@ -93,7 +95,8 @@ def test_unknown_weight_tag_on_the_command_line_is_one_line(data, tmp_path, caps
                          "'nonexistent_tag'; its tags: a1_in1k")
     line = run_error(TINY + ['--data-dir', str(data), '--output', str(out), pretrained, '--model', 'fgfocus_resnet18',
                              '--model-kwargs', 'backbone=resnet18.nonexistent_tag'], capsys)
-    assert "backbone='resnet18.nonexistent_tag': resnet18 has no weight tag 'nonexistent_tag'; its tags: a1_in1k" in line
+    assert "backbone='resnet18.nonexistent_tag': resnet18 has no weight tag 'nonexistent_tag'; its tags: " \
+           "a1_in1k" in line
     assert '--no-pretrained' not in line and 'pretrained weights' not in line
     assert not out.exists()
 

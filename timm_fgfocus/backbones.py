@@ -23,11 +23,11 @@ normalised map. timm has no API for "the map before the pooled norm", so that on
 Input sizes. The whole image and the zoomed crops go through the same backbone, so it has to take
 two sizes. Transformers get timm's ``dynamic_img_size=True`` (position embeddings resampled, Swin
 windows padded and attention masks built, for each input size). Which sizes a backbone takes is
-not guessed from its patch grid: the backbone is run at that size on the meta device (no memory, no
-arithmetic; a real forward of two blank images only when the meta run fails), once per size and
-architecture (:meth:`BackboneAdapter.run_size`). A backbone without a dynamic-size mechanism in timm
-whose config says ``fixed_input_size`` (BEiT's relative position bias, MaxViT's partitions) takes
-only its one size.
+not guessed from its patch grid: a copy of the backbone on the meta device (shapes only: no memory,
+no arithmetic) is run at that size, once per size and architecture (:meth:`BackboneAdapter.run_size`);
+the size is refused only when that run fails, with timm's reason and the nearest sides that run. A
+backbone without a dynamic-size mechanism in timm whose config says ``fixed_input_size`` (BEiT's
+relative position bias, MaxViT's partitions) takes only its one size.
 """
 import copy
 import difflib

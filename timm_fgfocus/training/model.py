@@ -228,8 +228,8 @@ def create_fg_model(args, num_classes: int):
         model = timm.create_model(args.model, pretrained=pretrained, **build_args)
     except PretrainedWeightsError as e:  # raised only while loading: the model itself was built
         raise TrainError(
-            f'{e}. Offline? Put the weights in the Hugging Face cache (then HF_HUB_OFFLINE=1), or pass '
-            f'--pretrained-path FILE (a timm checkpoint of the backbone, .pth or .safetensors), or train from '
+            f'{str(e).rstrip(".")}. Offline? Put the weights in the Hugging Face cache (then HF_HUB_OFFLINE=1), '
+            f'or pass --pretrained-path FILE (a timm checkpoint of the backbone, .pth or .safetensors), or train from '
             f'scratch with --no-pretrained') from None
     except Exception as e:  # timm's and the model's own errors while building, as one line
         raise TrainError(_build_error(args.model, build_args, e)) from None
