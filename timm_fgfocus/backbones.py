@@ -162,7 +162,8 @@ class BackboneAdapter:
 
 def _capturing() -> bool:
     """Whether a graph is being captured (dynamo, torch.export, jit tracing): no side runs then."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)  # torch 2.3+
+    return bool(is_compiling and is_compiling()) or torch.jit.is_tracing()
 
 
 def _meta_copy(backbone: nn.Module) -> nn.Module:
