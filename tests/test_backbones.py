@@ -205,12 +205,59 @@ def test_non_square_inputs_and_sizes_a_backbone_cannot_take(family):
         with torch.no_grad():  # CNNs take any side
             assert m(torch.randn(1, 3, H + 5, W - 3)).shape == (1, NUM_CLASSES)
         return
-    with pytest.raises(ValueError, match=rf'input {H + 5}x{W}: .* multiples of {stride} .*'
-                                         rf'nearest: height {H} or {H + stride}, width {W}$'):
+    # a side the patch embedding cannot split: timm's reason, and the nearest sides that run
+    patch = m.backbone.patch_embed.patch_size[0]
+    lower = (H + 5) // patch * patch
+    with pytest.raises(ValueError, match=rf'input {H + 5}x{W}: \S+ cannot run {H + 5}x{W} inputs \(Input height '
+                                         rf'\({H + 5}\) should be divisible by patch size \({patch}\)\.\); '
+                                         rf'nearest sides it runs: height {lower} or {lower + patch}, width {W}$'):
         m(torch.randn(1, 3, H + 5, W))
-    with pytest.raises(ValueError, match=rf'crop_size={crop + 2}: .* multiples of {stride}'):
+    with pytest.raises(ValueError, match=rf'crop_size={crop + 2}: \S+ cannot run {crop + 2}x{crop + 2} inputs'):
         build(family, crop_size=crop + 2)
 
+
+
+@pytest.mark.parametrize('backbone, args, crop, sides', [
+    ('pvt_v2_b0', {}, 112, (100, 112)),  # overlapping patch embeddings: any side
+    ('swin_tiny_patch4_window7_224', FAMILIES['swin'][1], 112, (112, 100)),  # windows padded, odd grids merged
+])
+def test_sizes_the_backbone_runs_are_taken(backbone, args, crop, sides):
+    """The size rule is what the backbone runs, not a multiple of its stride: timm runs these at these sides."""
+    m = timm.create_model('fgfocus_test', backbone=backbone, backbone_args=args, crop_size=crop, num_classes=3,
+                          num_regions=2, num_hybrid_regions=1).eval()
+    for side in sides:
+        x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+        with torch.no_grad():
+            out = m.forward_structured(x)
+            z = m.adapter.feature_map(m.backbone, x)  # the backbone itself at this size
+        assert out.attention.shape[-2:] == z.shape[-2:] == m.adapter.feat_size(side, side)
+        assert out.logits.shape == (1, 3) and torch.isfinite(out.logits).all()
+
+
+def test_a_size_the_backbone_cannot_run_names_the_nearest_that_it_can():
+    with pytest.raises(ValueError) as e:
+        timm.create_model('fgfocus_test', backbone='test_vit', crop_size=100)
+    assert str(e.value) == ('crop_size=100: test_vit cannot run 100x100 inputs (Input height (100) should be divisible '
+                            'by patch size (16).); nearest sides it runs: height 96 or 112, width 96 or 112')
+
+
+def test_trying_a_size_is_invisible_to_hooks_and_flop_counters(monkeypatch):
+    """A size is tried on a meta-device copy, set apart from the caller's dispatch modes and hooks."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from timm_fgfocus import backbones
+    monkeypatch.setattr(backbones, '_RUN_SIZES', {})  # every size is new to this test
+    m = build('resnet').eval()
+    calls = []
+    m.backbone.conv1.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[-1]))
+    x = torch.randn(1, 3, 136, 136)
+    flops = []
+    for _ in range(2):  # the first call tries 136 px on the meta copy, the second finds it known
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            m(x)
+        flops.append(counter.get_total_flops())
+    # at build the crop size and the pretrained cfg's input size (its pool_size), then 136, once
+    assert sorted(k[1:] for k in backbones._RUN_SIZES) == [(64, 64), (128, 128), (136, 136)]
+    assert flops[0] == flops[1] > 0 and calls == [136, 64] * 2  # image and crops, twice
 
 def test_grad_checkpointing_gives_the_same_outputs_and_gradients(family):
     torch.manual_seed(2)

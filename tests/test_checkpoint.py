@@ -3,6 +3,7 @@ byte-exact), integrity digests verified on load, finite weights, one-line errors
 import copy
 import functools
 import hashlib
+import json
 import re
 import zipfile
 
@@ -212,3 +213,55 @@ def test_initial_checkpoint_is_verified(tmp_path):
     model = timm.create_model('fgfocus_test', num_classes=3)
     with pytest.raises(TrainError, match=re.escape(f'checkpoint {path} is corrupt')):
         load_initial_weights(model, str(path))
+
+
+# --- format version and what the loaded model describes ----------------------------------------------
+
+@pytest.mark.parametrize('version, problem', [
+    (99, 'has format version 99, newer than version 1 that this timm_fgfocus reads: upgrade timm_fgfocus'),
+    (2, 'has format version 2, newer than version 1'),
+    ('1', "has no valid format version ('1';"),
+    (0, 'has no valid format version (0;'),
+])
+def test_checkpoint_of_an_unknown_format_version_is_refused(tmp_path, version, problem):
+    """A newer format may mean other things by the same keys: refused, naming the file and both versions."""
+    from timm_fgfocus.training import TrainError
+    from timm_fgfocus.training.model import load_initial_weights
+    ckpt = _training_checkpoint()
+    ckpt['version'] = version
+    path = tmp_path / 'future.pth'
+    atomic_save(ckpt, path)  # sealed with the new version: only the version is wrong
+    expected = re.escape(f'checkpoint {path} {problem}')
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=expected):
+        model_from_checkpoint(path)
+    with pytest.raises(TrainError, match=expected):  # --initial-checkpoint / --pretrained-path
+        load_initial_weights(timm.create_model('fgfocus_test', num_classes=3), str(path))
+
+
+@pytest.mark.parametrize('version', [1, None])
+def test_checkpoint_of_version_1_or_without_one_loads(tmp_path, version):
+    ckpt = _training_checkpoint()
+    if version is None:
+        del ckpt['version']
+    atomic_save(ckpt, tmp_path / 'ok.pth')
+    model, loaded = model_from_checkpoint(tmp_path / 'ok.pth')
+    assert loaded.get('version') == version
+    assert all(torch.equal(v, ckpt['state_dict'][k]) for k, v in model.state_dict().items())
+
+
+def test_loaded_pool_size_is_the_feature_map_at_the_input_size_trained_with(tmp_path):
+    """config.json and timm's data tools read pool_size: it must describe the run's input, not the variant's."""
+    from timm_fgfocus.hub import save_for_hub
+    ckpt = _training_checkpoint()
+    ckpt['pretrained_cfg'] = dict(ckpt['pretrained_cfg'], input_size=[3, 224, 224])  # fgfocus_test's cfg: 128
+    atomic_save(ckpt, tmp_path / 'best.pth')
+    model, _ = model_from_checkpoint(tmp_path / 'best.pth')
+    with torch.no_grad():  # the backbone's own feature map at 224 (stride 32)
+        z = model.adapter.feature_map(model.backbone, torch.zeros(1, 3, 224, 224))
+    assert tuple(z.shape[-2:]) == (7, 7)
+    assert tuple(model.pretrained_cfg['pool_size']) == (7, 7) and model.default_cfg is model.pretrained_cfg
+    folder = save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/fgfocus_test.x', class_names=['a', 'b', 'c'])
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['pretrained_cfg']['input_size'] == [3, 224, 224] and config['pretrained_cfg']['pool_size'] == [7, 7]

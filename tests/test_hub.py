@@ -427,6 +427,21 @@ def test_in_memory_model_args_differing_from_defaults_are_recorded(hub_env, tmp_
         save_for_hub(model, tmp_path / 'bad', 'timm-fgfocus/x', class_names=list('abc'))
 
 
+
+def test_non_default_in_chans_and_pooling_reach_config_json(tmp_path):
+    """A 1-channel, max-pooled model must not publish as the variant's 3-channel, average-pooled one."""
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=2, in_chans=1, global_pool='max').eval()
+    args = export_model_args(model, 'fgfocus_test', recorded={})
+    assert args == dict(in_chans=1, global_pool='max', num_classes=2)  # all that differs from fgfocus_test
+    folder = save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/fgfocus_test.gray', class_names=['a', 'b'])
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_args'] == dict(in_chans=1, global_pool='max')  # num_classes sits at the top level
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    assert loaded.cfg == model.cfg and loaded.backbone.conv1[0].in_channels == 1
+    with torch.no_grad():
+        assert torch.equal(loaded(_inputs(4, chans=1)), model(_inputs(4, chans=1)))
+
 # --- the dry-run folder: never overwrite or delete a user's files -----------------------------------
 
 def _cli(argv, capsys):

@@ -1,11 +1,16 @@
 """The FgFocus model: timm integration, the forward contract, gradients, errors."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import timm
 import timm_fgfocus  # noqa: F401  registers the models
-from timm_fgfocus import FgFocusLoss, FgFocusOutput, fgfocus_loss_terms
+from timm_fgfocus import FgFocusLoss, FgFocusOutput, fgfocus, fgfocus_loss_terms
+from timm_fgfocus.fgfocus import FgFocusCfg
+from timm_fgfocus.training.model import check_model_kwargs
+from train_utils import TINY, run_error
 from timm_fgfocus.ops import class_activation_maps, crop_and_zoom, smooth_attention
 
 VARIANTS = ['fgfocus_resnet50', 'fgfocus_resnet101', 'fgfocus_resnet18', 'fgfocus_efficientnet_b0', 'fgfocus_test']
@@ -266,16 +271,119 @@ def test_bad_input_raises_value_error_naming_it(tiny, x, match):
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(num_regions=3, num_hybrid_regions=4), r'num_hybrid_regions \(l=4\) must not exceed num_regions \(m=3\)'),
+    (dict(num_hybrid_regions=7), r'num_hybrid_regions \(l=7\) must not exceed num_regions \(m=6\)'),
     (dict(nms_iou=0.0), r'nms_iou must be in \(0, 1\], got 0.0'),
     (dict(nms_iou=1.5), r'nms_iou must be in \(0, 1\], got 1.5'),
     (dict(num_classes=-1), 'num_classes must be an integer >= 0, got -1'),
+    (dict(in_chans=0), 'in_chans must be an integer >= 1, got 0'),
+    (dict(crop_sampling_ratio=0), 'crop_sampling_ratio must be an integer >= 1, got 0'),
     (dict(attention_mode='avg'), "attention_mode must be one of .* got 'avg'"),
+    (dict(region_score='max'), "region_score must be 'center' or 'mean', got 'max'"),
+    (dict(global_pool='token'), "global_pool must be 'avg', 'max' or 'avgmax' .* got 'token'"),
     (dict(region_scales=(0.0,)), 'region_scales must be non-empty, each in'),
+    (dict(region_scales=()), 'region_scales must be non-empty, each in'),
+    (dict(region_ratios=(0.0,)), 'region_ratios must be non-empty and positive'),
     (dict(smooth_sigma=-1.0), 'smooth_sigma must be >= 0'),
+    (dict(pre_nms_top_n=5), r'pre_nms_top_n \(5\) must be >= num_regions \(6\)'),
+    (dict(region_scales=0.25), r'region_scales=0.25 does not fit FgFocus\(region_scales: Sequence\[float\]\)'),
+    (dict(num_regions=2.5), r'num_regions=2.5 does not fit FgFocus\(num_regions: int\)'),
+    (dict(num_regions=True), r'num_regions=True does not fit FgFocus\(num_regions: int\)'),
+    (dict(nms_iou='0.5'), r"nms_iou='0.5' does not fit FgFocus\(nms_iou: float\)"),
 ])
 def test_bad_hyperparameters_raise_value_error_naming_them(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('fgfocus_test', **kwargs)
+
+
+# --- the hyper-parameters: one frozen FgFocusCfg ------------------------------------------------------
+
+@pytest.mark.parametrize('kwargs', [
+    dict(nms_iou=1.0), dict(nms_iou=1e-6), dict(num_hybrid_regions=6), dict(num_hybrid_regions=0),
+    dict(pre_nms_top_n=6), dict(smooth_sigma=0.0), dict(region_scales=[1.0]), dict(num_regions=1, num_hybrid_regions=1),
+    dict(crop_sampling_ratio=1), dict(in_chans=1), dict(global_pool='avgmax'), dict(region_score='mean'),
+])
+def test_boundary_values_are_taken(kwargs):
+    """The edges of every range are inside it: the cfg, the model and --model-kwargs take them."""
+    cfg = FgFocusCfg(**kwargs)
+    expected = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    assert {k: getattr(cfg, k) for k in kwargs} == expected
+    assert timm.create_model('fgfocus_test', num_classes=3, device='meta', **kwargs).cfg == cfg.replace(crop_size=64)
+    assert check_model_kwargs('fgfocus_test', kwargs) is None
+
+
+def test_the_model_is_built_from_its_cfg_and_reads_it_back():
+    kwargs = dict(in_chans=1, global_pool='max', num_regions=5, num_hybrid_regions=2, region_scales=[0.3, 0.5],
+                  region_ratios=(1.0, 2), crop_size=32, nms_iou=0.5, smooth_sigma=0.5, attention_mode='predicted',
+                  region_score='mean', pre_nms_top_n=40, crop_sampling_ratio=2)
+    assert set(kwargs) == {f.name for f in dataclasses.fields(FgFocusCfg)}
+    m = timm.create_model('fgfocus_test', num_classes=3, **kwargs)
+    assert m.cfg == FgFocusCfg(**kwargs) and m.cfg.region_scales == (0.3, 0.5) and m.cfg.region_ratios == (1.0, 2.0)
+    for name, value in kwargs.items():
+        if name != 'global_pool':  # model.global_pool is the pooling module, as in timm's CNNs
+            assert getattr(m, name) == getattr(m.cfg, name), name
+    assert m.global_pool.pool_type == 'max' and m.backbone.conv1[0].in_channels == 1
+    assert FgFocusCfg() == timm.create_model('fgfocus_resnet50', device='meta').cfg  # the paper's values
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.cfg.nms_iou = 0.3
+    with pytest.raises(TypeError, match=r'nms_iu is not an argument of FgFocus; its hyper-parameters are .*nms_iou'):
+        timm.create_model('fgfocus_test', nms_iu=0.3)
+
+
+def test_assigning_a_hyperparameter_checks_it_and_the_forward_uses_it():
+    torch.manual_seed(0)
+    m = timm.create_model('fgfocus_test', num_classes=3).eval()
+    x = x128(1, seed=3)
+    m.nms_iou = 1.0  # no suppression: the 6 boxes are the 6 best-scored candidates
+    assert m.cfg.nms_iou == 1.0
+    with torch.no_grad():
+        out = m.forward_structured(x)
+        best = out.attention.flatten(1).topk(6).values
+    torch.testing.assert_close(out.scores, best)
+    with pytest.raises(ValueError, match=r'nms_iou must be in \(0, 1\], got 0'):
+        m.nms_iou = 0
+    assert m.nms_iou == 1.0
+    for name, value in (('num_hybrid_regions', 2), ('in_chans', 1)):
+        with pytest.raises(ValueError, match=f'{name} is fixed when the model is built'):
+            setattr(m, name, value)
+
+
+# --- --model-kwargs: checked against the same cfg, before anything is built -----------------------------
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    def create_backbone(*a, **kw):
+        raise AssertionError('a backbone was built')
+    monkeypatch.setattr(fgfocus, 'create_backbone', create_backbone)
+
+
+@pytest.mark.parametrize('kwargs, expected', [
+    (dict(nms_iu=0.3), 'nms_iu is not an argument of FgFocus; it takes backbone, backbone_args, num_classes, '
+                       'drop_rate, in_chans, global_pool, num_regions, num_hybrid_regions, region_scales, '
+                       'region_ratios, crop_size, nms_iou, smooth_sigma, attention_mode, region_score, '
+                       'pre_nms_top_n, crop_sampling_ratio'),
+    (dict(region_scales=0.25), 'region_scales=0.25 does not fit FgFocus(region_scales: Sequence[float])'),
+    (dict(num_regions=2.5), 'num_regions=2.5 does not fit FgFocus(num_regions: int)'),
+    (dict(backbone_args=[1]), 'backbone_args=[1] does not fit FgFocus(backbone_args: Optional[Dict[str, Any]])'),
+    (dict(drop_rate='x'), "drop_rate='x' does not fit FgFocus(drop_rate: float)"),
+    (dict(num_regions=3), 'num_hybrid_regions (l=4) must not exceed num_regions (m=3)'),  # with the variant's l
+    (dict(nms_iou=0), 'nms_iou must be in (0, 1], got 0'),
+    (dict(pre_nms_top_n=5), 'pre_nms_top_n (5) must be >= num_regions (6)'),
+    (dict(crop_size=0), 'crop_size must be an integer >= 1, got 0'),
+    (dict(in_chans=0), 'in_chans must be an integer >= 1, got 0'),
+    (dict(num_classes=3), 'num_classes is set from the class folders (or --num-classes), not in --model-kwargs'),
+    (dict(backbone='qqq_nope'), "backbone='qqq_nope' is not a timm model"),
+])
+def test_model_kwargs_are_checked_against_the_cfg_without_building(kwargs, expected, nothing_built):
+    assert check_model_kwargs('fgfocus_test', kwargs) == expected
+
+
+def test_model_kwargs_out_of_range_stop_the_run_at_the_argument_checks(data, tmp_path, capsys, nothing_built):
+    out = tmp_path / 'o'
+    line = run_error(TINY + ['--data-dir', str(data), '--output', str(out), '--model-kwargs', 'num_hybrid_regions=3'],
+                     capsys)
+    assert line.startswith('train_fg: error: --model-kwargs') and line.endswith(
+        'num_hybrid_regions (l=3) must not exceed num_regions (m=2)')
+    assert not out.exists()
 
 
 # --- compile / devices ------------------------------------------------------------------------

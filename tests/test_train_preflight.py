@@ -39,8 +39,8 @@ def break_images(folder: Path, keep: int = 0) -> int:
     (['--input-size', '3', '16', '16'], ['16x16', 'too small', 'at least 32x32']),
     (['--input-size', '1', '64', '64', '--mean', '0.5', '--std', '0.5', '--model-kwargs', 'in_chans=1'],
      ['3 channels', 'in_chans=1']),
-    (['--model-kwargs', 'crop_size=0'], ['cannot build fgfocus_test', 'crop_size must be an integer >= 1']),
-    (['--model-kwargs', 'nms_iou=0'], ['cannot build fgfocus_test', 'nms_iou must be in (0, 1]']),
+    (['--model-kwargs', 'crop_size=0'], ['--model-kwargs', 'crop_size must be an integer >= 1, got 0']),
+    (['--model-kwargs', 'nms_iou=0'], ['--model-kwargs', 'nms_iou must be in (0, 1], got 0']),
 ])
 def test_model_problem_is_one_line_before_training(extra, expected, data, tmp_path, capsys, no_epochs):
     out = tmp_path / 'o'

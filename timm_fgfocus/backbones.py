@@ -22,26 +22,41 @@ normalised map. timm has no API for "the map before the pooled norm", so that on
 
 Input sizes. The whole image and the zoomed crops go through the same backbone, so it has to take
 two sizes. Transformers get timm's ``dynamic_img_size=True`` (position embeddings resampled, Swin
-attention masks built, for each input size); their input sides must then be multiples of the patch
-grid's stride. A backbone without a dynamic-size mechanism in timm whose config says
-``fixed_input_size`` (BEiT's relative position bias, MaxViT's partitions) takes only its one size.
+windows padded and attention masks built, for each input size). Which sizes a backbone takes is
+not guessed from its patch grid: a copy of the backbone on the meta device (shapes only: no memory,
+no arithmetic) is run at that size, once per size and architecture (:meth:`BackboneAdapter.run_size`);
+the size is refused only when that run fails, with timm's reason and the nearest sides that run. A
+backbone without a dynamic-size mechanism in timm whose config says ``fixed_input_size`` (BEiT's
+relative position bias, MaxViT's partitions) takes only its one size.
 """
+import copy
+import difflib
+import itertools
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
 import timm
 from timm.layers import ClNormMlpClassifierHead, NormMlpClassifierHead
 
-__all__ = ['BackboneAdapter', 'create_backbone']
+from .errors import first_line
+from .pretrained import weight_tag_problem
+
+__all__ = ['BackboneAdapter', 'create_backbone', 'backbone_name_problem']
 
 FAMILIES = ('nchw', 'nhwc', 'tokens')
 
 # classifier heads that pool first and normalise the pooled feature: their norm goes onto Z
 _POOL_NORM_HEADS = (NormMlpClassifierHead, ClNormMlpClassifierHead)
+
+# (architecture, height, width) -> (h, w) of Z at that input size, or why the backbone cannot run it.
+# Process-wide: every model built with the same backbone name, kwargs and in_chans has the same
+# architecture, so a size is run once per process (tests and runs build the same backbone many times).
+_RUN_SIZES: Dict[Tuple[Any, int, int], Union[Tuple[int, int], str]] = {}
 
 
 @dataclass(frozen=True)
@@ -53,21 +68,26 @@ class BackboneAdapter:
         family: ``'nchw'``, ``'nhwc'`` or ``'tokens'`` (see module doc).
         num_features: n, channels of ``Z``.
         stride: input pixels per cell of ``Z`` (``feature_info[-1]['reduction']``).
-        size_multiple: input sides must be multiples of this (1: any side).
         fixed_size: the only ``(H, W)`` the backbone takes, or None when it takes many.
         pool_norm: the backbone's post-pooling norm applied per position of ``Z``
             (``'head.norm'``, ``'fc_norm'``), or None.
         filter_fn: the ``checkpoint_filter_fn`` timm's own loader applies to this backbone's
             weights (position-embedding resampling, original-checkpoint key remaps), or None.
+        in_chans: input channels.
+        meta_backbone: a copy of the backbone on the meta device, run to learn which input sizes it
+            takes (:meth:`run_size`).
+        arch_key: what identifies the architecture (name, kwargs, in_chans) for the size cache.
     """
     name: str
     family: str
     num_features: int
     stride: int
-    size_multiple: int = 1
     fixed_size: Optional[Tuple[int, int]] = None
     pool_norm: Optional[str] = None
     filter_fn: Optional[Callable[..., Dict[str, Tensor]]] = None
+    in_chans: int = 3
+    meta_backbone: Optional[nn.Module] = field(default=None, compare=False, repr=False)
+    arch_key: str = field(default='', compare=False, repr=False)
 
     def feature_map(self, backbone: nn.Module, x: Tensor) -> Tensor:
         """``Z`` for a batch of images.
@@ -90,29 +110,96 @@ class BackboneAdapter:
             z = backbone.get_submodule(self.pool_norm)(z)
         return z.permute(0, 3, 1, 2) if self.family == 'nhwc' else z
 
+    def run_size(self, height: int, width: int) -> Union[Tuple[int, int], str]:
+        """(h, w) of ``Z`` for ``height x width`` inputs, or the first line of the error the backbone raises.
+
+        The backbone runs two blank images of that size on the meta device (shapes only: no memory,
+        no arithmetic, no effect on the backbone, its hooks or its statistics); the answer is kept
+        for the process. While a graph is being captured (``torch.compile``, ``torch.export``, jit
+        tracing) nothing runs: a size not run before is answered as taken, and the trace itself
+        fails on a size the backbone cannot take.
+        """
+        if self.meta_backbone is None or _capturing():
+            return -(-height // self.stride), -(-width // self.stride)
+        key = (self.arch_key, int(height), int(width))
+        if key not in _RUN_SIZES:
+            _RUN_SIZES[key] = _run_on_meta(self, height, width)
+        return _RUN_SIZES[key]
+
     def feat_size(self, height: int, width: int) -> Tuple[int, int]:
-        """(h, w) of ``Z`` for an input of ``height x width`` (a size :meth:`check_size` accepts)."""
-        if self.size_multiple > 1:
-            return height // self.stride, width // self.stride
-        # 'same'-padded strided convs round up (ResNet: 100 px -> 4 cells at stride 32)
-        return -(-height // self.stride), -(-width // self.stride)
+        """(h, w) of ``Z`` for an input of ``height x width``, as the backbone computes it (for a size
+        it cannot run, the input divided by the stride, rounded up)."""
+        size = self.run_size(height, width)
+        return size if isinstance(size, tuple) else (-(-height // self.stride), -(-width // self.stride))
 
     def size_error(self, height: int, width: int) -> Optional[str]:
-        """Why the backbone cannot take ``height x width`` inputs (with sizes that work), or None."""
+        """Why the backbone cannot take ``height x width`` inputs, with the nearest sides it takes, or None."""
         if self.fixed_size is not None:
             if (height, width) != tuple(self.fixed_size):
                 fh, fw = self.fixed_size
                 return (f'{self.name} takes only {fh}x{fw} inputs (timm builds it for one input size and has '
                         f'no dynamic_img_size for it)')
             return None
-        m = self.size_multiple
-        if m > 1 and (height % m or width % m):
-            def near(side):
-                lo, hi = side // m * m, -(-side // m) * m
-                return f'{lo} or {hi}' if lo and lo != hi else str(hi)
-            return (f'{self.name} needs sides that are multiples of {m} (its patch grid); '
-                    f'nearest: height {near(height)}, width {near(width)}')
-        return None
+        size = self.run_size(height, width)
+        if isinstance(size, tuple):
+            return None
+        return (f'{self.name} cannot run {height}x{width} inputs ({size}); nearest sides it runs: '
+                f'height {self._nearest_sides(height)}, width {self._nearest_sides(width)}')
+
+    def _nearest_sides(self, side: int) -> str:
+        """``side`` if square inputs of that side run, else the nearest smaller and larger sides that do
+        (searched up to one stride away)."""
+        def runs(s: int) -> bool:
+            return isinstance(self.run_size(s, s), tuple)
+
+        if runs(side):
+            return str(side)
+        lower = next((s for s in range(side - 1, max(side - self.stride, 0), -1) if runs(s)), None)
+        upper = next((s for s in range(side + 1, side + self.stride + 1) if runs(s)), None)
+        found = [str(s) for s in (lower, upper) if s is not None]
+        return ' or '.join(found) if found else f'none within {self.stride} px of {side}'
+
+
+def _capturing() -> bool:
+    """Whether a graph is being captured (dynamo, torch.export, jit tracing): no side runs then."""
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)  # torch 2.3+
+    return bool(is_compiling and is_compiling()) or torch.jit.is_tracing()
+
+
+def _meta_copy(backbone: nn.Module) -> nn.Module:
+    """A copy of ``backbone`` with every parameter and buffer on the meta device, in eval mode.
+
+    Made when the backbone is built, before anyone registers hooks on it. (Runs on the meta device
+    of 80 timm architectures, CNNs, ViTs, Swin, PVT, MaxViT, EfficientFormer, ... at their own input
+    sizes all succeed, so a size the meta copy cannot run is one the backbone cannot run.)
+    """
+    memo = {}
+    for t in itertools.chain(backbone.parameters(), backbone.buffers()):
+        meta = torch.empty_like(t, device='meta')
+        memo[id(t)] = nn.Parameter(meta, requires_grad=False) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(backbone, memo).eval()
+
+
+def _run_on_meta(adapter: BackboneAdapter, height: int, width: int) -> Union[Tuple[int, int], str]:
+    """(h, w) of ``Z`` from a meta-device run at ``height x width``, or the first line of its error.
+
+    Dispatch modes active around the caller (a FLOP counter, a fake-tensor mode) are set aside
+    for the run, so it counts for nothing in what they measure.
+    """
+    x = torch.empty(2, adapter.in_chans, height, width, device='meta')
+    try:
+        with _no_dispatch_modes(), torch.no_grad():
+            z = adapter.feature_map(adapter.meta_backbone, x)
+    except Exception as e:  # whatever the backbone raises at this size: timm asserts, shape errors
+        return first_line(e)
+    return int(z.shape[-2]), int(z.shape[-1])
+
+
+def _no_dispatch_modes():
+    # torch has no public way to step out of the active TorchDispatchModes; this is the one
+    # torch's own compiler uses (available since torch 2.0)
+    from torch.utils._python_dispatch import _disable_current_modes
+    return _disable_current_modes()
 
 
 def _timm_filter_fn(backbone: nn.Module) -> Optional[Callable[..., Dict[str, Tensor]]]:
@@ -163,6 +250,24 @@ def _fixed_size(backbone: nn.Module) -> Optional[Tuple[int, int]]:
     return tuple(int(s) for s in img_size)
 
 
+def backbone_name_problem(name: str) -> Optional[str]:
+    """Why ``backbone=name`` names no timm model, or a weight tag its model does not have, or None.
+
+    Names that timm resolves elsewhere (``hf-hub:``, ``local-dir:``) are left to timm.
+
+    Returns:
+        A phrase starting with ``backbone='name'``: close model names, or the model's weight tags.
+    """
+    if timm.models.parse_model_name(name)[0] is not None:
+        return None
+    arch, tag = timm.models.split_model_name_tag(name)
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
+        return f'backbone={name!r} is not a timm model' + (f' (did you mean {", ".join(close)}?)' if close else '')
+    problem = weight_tag_problem(arch, tag) if tag else None
+    return f'backbone={name!r}: {problem}' if problem else None
+
+
 def create_backbone(
         name: str,
         in_chans: int = 3,
@@ -186,8 +291,12 @@ def create_backbone(
         (backbone, adapter).
 
     Raises:
-        ValueError: the model cannot give a spatial feature map.
+        ValueError: a weight tag the model does not have (listing its tags), or the model cannot
+            give a spatial feature map.
     """
+    arch, tag = timm.models.split_model_name_tag(name)
+    if tag and timm.is_model(arch) and weight_tag_problem(arch, tag):
+        raise ValueError(f'backbone={name!r}: {weight_tag_problem(arch, tag)}')
     args = dict(pretrained=False, num_classes=0, in_chans=in_chans, **factory_kwargs, **(backbone_args or {}))
     if 'dynamic_img_size' in args:
         backbone = timm.create_model(name, **args)
@@ -205,16 +314,17 @@ def create_backbone(
         stride = backbone.patch_embed.patch_size[0]
     if not stride:
         raise ValueError(f'backbone {name!r} ({type(backbone).__name__}): cannot tell the stride of its feature map')
-    patch_model = hasattr(backbone, 'patch_embed') and not getattr(backbone.patch_embed, 'dynamic_img_pad', False)
     adapter = BackboneAdapter(
         name=name,
         family=family,
         num_features=int(backbone.num_features),
         stride=int(stride),
-        size_multiple=int(stride) if patch_model else 1,
         fixed_size=_fixed_size(backbone),
         pool_norm=_pool_norm(backbone, family),
         filter_fn=_timm_filter_fn(backbone),
+        in_chans=in_chans,
+        meta_backbone=_meta_copy(backbone),
+        arch_key=repr((type(backbone).__qualname__, name, in_chans, sorted((backbone_args or {}).items()))),
     )
     return backbone, adapter
 

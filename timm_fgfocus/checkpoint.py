@@ -46,6 +46,7 @@ import timm
 from .errors import first_line
 from .files import PathLike, atomic_copy, atomic_write
 from .integrity import describe_nonfinite, digest, nonfinite_tensors
+from .pretrained import weights_mismatch
 
 __all__ = [
     'CheckpointError', 'atomic_write', 'atomic_save', 'atomic_copy', 'checkpoint_dict', 'seal_checkpoint',
@@ -56,6 +57,7 @@ CHECKPOINT_FORMAT = 'timm_fgfocus.checkpoint'
 CHECKPOINT_VERSION = 1
 DIGESTS_KEY = 'digests'
 WEIGHT_KEYS = ('state_dict', 'state_dict_ema')  # must be finite
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model asked for."""
@@ -81,13 +83,22 @@ def seal_checkpoint(ckpt: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def verify_checkpoint(ckpt: Dict[str, Any], path: PathLike) -> None:
-    """Check a loaded checkpoint against its digests and its weights for NaN / inf.
+    """Check a loaded checkpoint's format version, its digests, and its weights for NaN / inf.
 
-    A checkpoint without digests (written before they existed) is only checked for finite weights.
+    A checkpoint without ``version`` is version 1; one without digests (written before they
+    existed) is only checked for finite weights.
 
     Raises:
-        CheckpointError: naming ``path`` and the entries that changed, or the first non-finite tensor.
+        CheckpointError: naming ``path``: a format version newer than this code reads, the entries
+            that changed, or the first non-finite tensor.
     """
+    version = ckpt.get('version', 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f'checkpoint {path} has no valid format version ({version!r}; timm_fgfocus '
+                              f'writes whole numbers from 1)')
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(f'checkpoint {path} has format version {version}, newer than version '
+                              f'{CHECKPOINT_VERSION} that this timm_fgfocus reads: upgrade timm_fgfocus to load it')
     expected = ckpt.get(DIGESTS_KEY)
     if expected is not None:
         if not isinstance(expected, dict):
@@ -162,7 +173,7 @@ def model_from_checkpoint(
         model = timm.create_model(ckpt['arch'], pretrained=False, **args)
     except (RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f'checkpoint {path}: cannot build {ckpt["arch"]} with {args}: {e}') from None
-    mismatch = _mismatch(model.state_dict(), ckpt[key])
+    mismatch = weights_mismatch(model.state_dict(), ckpt[key])
     if mismatch:
         raise CheckpointError(
             f'checkpoint {path}: its {key} does not fit {ckpt["arch"]} built with {args}: {mismatch}; '
@@ -172,25 +183,10 @@ def model_from_checkpoint(
     except RuntimeError as e:  # dtypes torch cannot copy; the names and shapes were checked above
         raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]}: {first_line(e)}') from None
     if ckpt.get('pretrained_cfg'):
-        model.pretrained_cfg = dict(model.pretrained_cfg, **ckpt['pretrained_cfg'])
+        cfg = dict(model.pretrained_cfg, **ckpt['pretrained_cfg'])
+        cfg['pool_size'] = model.adapter.feat_size(*cfg['input_size'][-2:])  # at the input size trained with
+        model.pretrained_cfg = model.default_cfg = cfg
     return model.eval(), ckpt
-
-
-def _mismatch(own: Dict[str, Any], theirs: Dict[str, Any], show: int = 3) -> str:
-    """One line: the tensors missing from / unexpected in ``theirs`` and those with other shapes; '' if it fits.
-
-    (``load_state_dict``'s own message lists every key on its own line: 50 lines for a ResNet.)
-    """
-    def some(keys):
-        return ', '.join(keys[:show]) + (', ...' if len(keys) > show else '')
-
-    missing = [k for k in own if k not in theirs]
-    unexpected = [k for k in theirs if k not in own]
-    shapes = [f'{k} {list(getattr(theirs[k], "shape", []))} vs {list(own[k].shape)}'
-              for k in own if k in theirs and tuple(getattr(theirs[k], 'shape', ())) != tuple(own[k].shape)]
-    return '; '.join(f'{len(keys)} tensors {what} ({note}{some(keys)})' for keys, what, note in (
-        (missing, 'missing', ''), (unexpected, 'unexpected', ''),
-        (shapes, 'with other shapes', 'file vs model: ')) if keys)
 
 
 def checkpoint_dict(

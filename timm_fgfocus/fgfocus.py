@@ -30,6 +30,11 @@ Departures from timm's usual model shape, chosen so timm's tools keep working:
   backbone pass and the image-level logits ``[B, C]`` (``[B, n]`` with ``num_classes=0``), the
   model to deploy once the image head has learnt from the hybrid head (``FgFocusLoss(distill_weight=...)``).
 """
+import collections.abc
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -38,18 +43,161 @@ from torch import Tensor
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import SelectAdaptivePool2d
-from timm.models import (
-    build_model_with_cfg, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg,
-)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .backbones import create_backbone, smoothing_cells
 from .integrity import verify_published_weights
 from .ops import ATTENTION_MODES, attention_map, crop_and_zoom, propose_regions
-from .pretrained import PretrainedWeightsError, backbone_weights_cfg, check_weights_fit, load_error
+from .pretrained import (
+    PretrainedWeightsError, check_weights_fit, load_error, load_pretrained_weights, weight_tag_problem, weights_cfg,
+)
 
-__all__ = ['FgFocus', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError']
+__all__ = ['FgFocus', 'FgFocusCfg', 'FgFocusFeatures', 'FgFocusOutput', 'PretrainedWeightsError', 'variant_cfg',
+           'model_args_problem']
 
 HF_ORG = 'timm-fgfocus'
+
+
+@dataclass(frozen=True)
+class FgFocusCfg:
+    """fgfocus's hyper-parameters, with the paper's values as defaults; checked when made.
+
+    Every field is a ``timm.create_model`` kwarg of the fgfocus models and an attribute of the
+    model (``model.num_regions`` reads ``model.cfg.num_regions``). A wrong type or a value out of
+    range is a ``ValueError`` naming the field and the value.
+
+    Attributes:
+        in_chans: input channels.
+        global_pool: pooling of image and region feature maps (``'avg'`` as in the paper, ``'max'``,
+            ``'avgmax'``).
+        num_regions: m, regions proposed, cropped and classified per image in training.
+        num_hybrid_regions: l, regions whose features join the hybrid feature (``l <= m``).
+        region_scales: region sides relative to the input side, each in (0, 1] (paper: 160 / 448).
+        region_ratios: region aspect ratios (width / height), positive.
+        crop_size: side in pixels of the zoomed crops (paper: 224), fixed for any input size.
+        nms_iou: NMS IoU threshold, in (0, 1].
+        smooth_sigma: Gaussian smoothing of the attention map, in units of 32 input pixels: one
+            cell of a stride-32 backbone (the paper's ResNet-50, unchanged), two cells of a
+            stride-16 ViT, so the smoothing covers the same part of the image on any backbone.
+        attention_mode: ``'max'`` (paper), ``'predicted'`` (Table 2's single-CAM ablation) or
+            ``'mean'`` (class agnostic). With ``num_classes=0`` there are no class weights and
+            ``'mean'`` is used whatever is set here.
+        region_score: ``'center'`` (paper) or ``'mean'``, see :func:`~timm_fgfocus.ops.region_scores`.
+        pre_nms_top_n: candidates kept before NMS (``None``: all; NMS costs ``O(m N)`` for N
+            candidates, so fine maps need no bound, see :func:`~timm_fgfocus.ops.topk_nms`);
+            at least m.
+        crop_sampling_ratio: bilinear sampling points per output pixel and axis.
+    """
+    in_chans: int = 3
+    global_pool: str = 'avg'
+    num_regions: int = 6
+    num_hybrid_regions: int = 4
+    region_scales: Sequence[float] = (160 / 448,)
+    region_ratios: Sequence[float] = (1.0,)
+    crop_size: int = 224
+    nms_iou: float = 0.25
+    smooth_sigma: float = 1.0
+    attention_mode: str = 'max'
+    region_score: str = 'center'
+    pre_nms_top_n: Optional[int] = None
+    crop_sampling_ratio: int = 1
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(FgFocusCfg)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _fits(value, hints[f.name]):
+                raise ValueError(f'{f.name}={value!r} does not fit FgFocus({f.name}: {_hint_name(hints[f.name])})')
+        object.__setattr__(self, 'region_scales', tuple(float(s) for s in self.region_scales))
+        object.__setattr__(self, 'region_ratios', tuple(float(r) for r in self.region_ratios))
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        for name, minimum in (('in_chans', 1), ('num_regions', 1), ('num_hybrid_regions', 0), ('crop_size', 1),
+                              ('crop_sampling_ratio', 1)):
+            _check_int(name, getattr(self, name), minimum)
+        m, l = self.num_regions, self.num_hybrid_regions
+        if l > m:
+            raise ValueError(f'num_hybrid_regions (l={l}) must not exceed num_regions (m={m})')
+        if self.global_pool not in ('avg', 'max', 'avgmax'):
+            raise ValueError(
+                f"global_pool must be 'avg', 'max' or 'avgmax' (fgfocus needs pooled image and region "
+                f"features), got {self.global_pool!r}")
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f'nms_iou must be in (0, 1], got {self.nms_iou}')
+        if self.smooth_sigma < 0:
+            raise ValueError(f'smooth_sigma must be >= 0, got {self.smooth_sigma}')
+        if self.attention_mode not in ATTENTION_MODES:
+            raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got {self.attention_mode!r}')
+        if self.region_score not in ('center', 'mean'):
+            raise ValueError(f"region_score must be 'center' or 'mean', got {self.region_score!r}")
+        if not self.region_scales or any(not 0 < s <= 1 for s in self.region_scales):
+            raise ValueError(f'region_scales must be non-empty, each in (0, 1], got {self.region_scales}')
+        if not self.region_ratios or any(r <= 0 for r in self.region_ratios):
+            raise ValueError(f'region_ratios must be non-empty and positive, got {self.region_ratios}')
+        if self.pre_nms_top_n is not None and self.pre_nms_top_n < m:
+            raise ValueError(f'pre_nms_top_n ({self.pre_nms_top_n}) must be >= num_regions ({m})')
+
+    def replace(self, **changes: Any) -> 'FgFocusCfg':
+        """A copy with ``changes``, checked; a name that is no field is a ``TypeError`` listing the fields."""
+        unknown = [k for k in changes if k not in _CFG_FIELDS]
+        if unknown:
+            raise TypeError(f'{unknown[0]} is not an argument of FgFocus; its hyper-parameters are '
+                            f'{", ".join(_CFG_FIELDS)}')
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as plain values (lists for the sequences), as ``config.json`` holds them."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+_CFG_FIELDS = tuple(f.name for f in dataclasses.fields(FgFocusCfg))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the type hint, in the shapes a YAML file or ``ast.literal_eval`` gives
+    (a list for a sequence, an int for a float; a bool is no number)."""
+    origin, hint_args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if origin is typing.Union:
+        return any(_fits(value, h) for h in hint_args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        inner = [h for h in hint_args if h is not Ellipsis]
+        return isinstance(value, (list, tuple)) and (not inner or all(_fits(x, inner[0]) for x in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # torch.device, dtype, classes: left to the model
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace('typing.', '').replace("<class '", '').replace("'>", '')
+
+
+def _cfg_property(name: str) -> property:
+    """``model.<name>``: reads ``model.cfg``; an assignment replaces ``model.cfg`` with a checked copy."""
+    def get(self) -> Any:
+        return getattr(self.cfg, name)
+
+    def set(self, value: Any) -> None:
+        self._set_cfg(self.cfg.replace(**{name: value}))
+    return property(get, set, doc=f'``cfg.{name}``, see :class:`FgFocusCfg`.')
+
 
 
 class FgFocusFeatures(NamedTuple):
@@ -111,105 +259,55 @@ class FgFocus(nn.Module):
             :mod:`timm_fgfocus.backbones` for how each family gives the feature map Z.
         backbone_args: extra kwargs for the backbone's ``timm.create_model``.
         num_classes: number of classes C; 0 gives a feature extractor.
-        in_chans: input channels.
-        global_pool: pooling of image and region feature maps (``'avg'`` as in the paper,
-            ``'max'``, ``'avgmax'``).
-        num_regions: m, regions proposed, cropped and classified per image in training.
-        num_hybrid_regions: l, regions whose features join the hybrid feature (``l <= m``).
-        region_scales: region sides relative to the input side (paper: 160 / 448).
-        region_ratios: region aspect ratios (width / height).
-        crop_size: side in pixels of the zoomed crops (paper: 224), fixed for any input size.
-        nms_iou: NMS IoU threshold, in (0, 1].
-        smooth_sigma: Gaussian smoothing of the attention map, in units of 32 input pixels: one
-            cell of a stride-32 backbone (the paper's ResNet-50, unchanged), two cells of a
-            stride-16 ViT, so the smoothing covers the same part of the image on any backbone.
-        attention_mode: ``'max'`` (paper), ``'predicted'`` (Table 2's single-CAM ablation) or
-            ``'mean'`` (class agnostic). With ``num_classes=0`` there are no class weights and
-            ``'mean'`` is used whatever is set here.
-        region_score: ``'center'`` (paper) or ``'mean'``, see :func:`~timm_fgfocus.ops.region_scores`.
-        pre_nms_top_n: candidates kept before NMS (``None``: all; NMS costs ``O(m N)`` for N
-            candidates, so fine maps need no bound, see :func:`~timm_fgfocus.ops.topk_nms`).
-        crop_sampling_ratio: bilinear sampling points per output pixel and axis.
         drop_rate: dropout before the classifiers.
         single_pass: ``forward`` runs the image path only (see :meth:`FgFocus.set_single_pass`).
+        cfg: the hyper-parameters (default: the paper's, :class:`FgFocusCfg`).
         device, dtype: where and in which dtype parameters are created (timm factory kwargs).
+        **kwargs: any field of :class:`FgFocusCfg` (``in_chans``, ``global_pool``, ``num_regions``,
+            ``crop_size``, ...), over ``cfg``.
     """
+    # the hyper-parameters as attributes, read from (and assigned through) ``self.cfg``
+    in_chans = _cfg_property('in_chans')
+    num_regions = _cfg_property('num_regions')
+    num_hybrid_regions = _cfg_property('num_hybrid_regions')
+    region_scales = _cfg_property('region_scales')
+    region_ratios = _cfg_property('region_ratios')
+    crop_size = _cfg_property('crop_size')
+    nms_iou = _cfg_property('nms_iou')
+    smooth_sigma = _cfg_property('smooth_sigma')
+    attention_mode = _cfg_property('attention_mode')
+    region_score = _cfg_property('region_score')
+    pre_nms_top_n = _cfg_property('pre_nms_top_n')
+    crop_sampling_ratio = _cfg_property('crop_sampling_ratio')
 
     def __init__(
             self,
             backbone: str = 'resnet50',
             backbone_args: Optional[Dict[str, Any]] = None,
             num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: str = 'avg',
-            num_regions: int = 6,
-            num_hybrid_regions: int = 4,
-            region_scales: Sequence[float] = (160 / 448,),
-            region_ratios: Sequence[float] = (1.0,),
-            crop_size: int = 224,
-            nms_iou: float = 0.25,
-            smooth_sigma: float = 1.0,
-            attention_mode: str = 'max',
-            region_score: str = 'center',
-            pre_nms_top_n: Optional[int] = None,
-            crop_sampling_ratio: int = 1,
             drop_rate: float = 0.,
             single_pass: bool = False,
+            cfg: Optional[FgFocusCfg] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
+            **kwargs: Any,
     ):
         super().__init__()
         _check_int('num_classes', num_classes, 0)
-        _check_int('in_chans', in_chans, 1)
-        _check_int('num_regions', num_regions, 1)
-        _check_int('num_hybrid_regions', num_hybrid_regions, 0)
-        _check_int('crop_size', crop_size, 1)
-        _check_int('crop_sampling_ratio', crop_sampling_ratio, 1)
-        if num_hybrid_regions > num_regions:
-            raise ValueError(
-                f'num_hybrid_regions (l={num_hybrid_regions}) must not exceed num_regions (m={num_regions})')
-        if not 0 < nms_iou <= 1:
-            raise ValueError(f'nms_iou must be in (0, 1], got {nms_iou}')
-        if smooth_sigma < 0:
-            raise ValueError(f'smooth_sigma must be >= 0, got {smooth_sigma}')
-        if attention_mode not in ATTENTION_MODES:
-            raise ValueError(f'attention_mode must be one of {ATTENTION_MODES}, got {attention_mode!r}')
-        if region_score not in ('center', 'mean'):
-            raise ValueError(f"region_score must be 'center' or 'mean', got {region_score!r}")
-        if not region_scales or any(not 0 < s <= 1 for s in region_scales):
-            raise ValueError(f'region_scales must be non-empty, each in (0, 1], got {region_scales}')
-        if not region_ratios or any(r <= 0 for r in region_ratios):
-            raise ValueError(f'region_ratios must be non-empty and positive, got {region_ratios}')
-        if pre_nms_top_n is not None and pre_nms_top_n < num_regions:
-            raise ValueError(f'pre_nms_top_n ({pre_nms_top_n}) must be >= num_regions ({num_regions})')
-
+        self.cfg = (cfg or FgFocusCfg()).replace(**kwargs)
         self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.num_regions = num_regions
-        self.num_hybrid_regions = num_hybrid_regions
-        self.region_scales = tuple(float(s) for s in region_scales)
-        self.region_ratios = tuple(float(r) for r in region_ratios)
-        self.crop_size = crop_size
-        self.nms_iou = nms_iou
-        self.smooth_sigma = smooth_sigma
-        self.attention_mode = attention_mode
-        self.region_score = region_score
-        self.pre_nms_top_n = pre_nms_top_n
-        self.crop_sampling_ratio = crop_sampling_ratio
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.single_pass = single_pass
 
         # device/dtype only when asked for: timm releases before the factory kwargs do not take them
         dd = {k: v for k, v in (('device', device), ('dtype', dtype)) if v is not None}
-        self.backbone, self.adapter = create_backbone(backbone, in_chans, backbone_args, **dd)
+        self.backbone, self.adapter = create_backbone(backbone, self.in_chans, backbone_args, **dd)
         self.backbone_name = backbone
         self.backbone_args = dict(backbone_args or {})
         self.backbone_num_features = self.adapter.num_features
         self.feature_stride = self.adapter.stride
-        crop_error = self.adapter.size_error(crop_size, crop_size)
-        if crop_error:
-            raise ValueError(f'crop_size={crop_size}: {crop_error}')
+        self._set_cfg(self.cfg)
         # timm's model traits, declared by the model as timm's NaFlexViT does: the input stem is the
         # backbone's (timm adapts it for another in_chans when loading weights)
         first_conv = self.backbone.pretrained_cfg.get('first_conv')
@@ -217,19 +315,21 @@ class FgFocus(nn.Module):
             first_conv = (f'backbone.{first_conv}' if isinstance(first_conv, str)
                           else tuple(f'backbone.{c}' for c in first_conv))
         self._traits = dict(fixed_input_size=self.adapter.fixed_size is not None, first_conv=first_conv)
-        self.num_features = self.head_hidden_size = (num_hybrid_regions + 1) * self.backbone_num_features
-        self.global_pool = self._make_pool(global_pool)
+        self.num_features = self.head_hidden_size = (self.num_hybrid_regions + 1) * self.backbone_num_features
+        self.global_pool = SelectAdaptivePool2d(pool_type=self.cfg.global_pool, flatten=True)
         self.head_drop = nn.Dropout(drop_rate)
         self._make_heads(num_classes, device=device, dtype=dtype)
 
-    @staticmethod
-    def _make_pool(global_pool: Optional[str]) -> SelectAdaptivePool2d:
-        global_pool = 'avg' if global_pool is None else global_pool
-        if global_pool not in ('avg', 'max', 'avgmax'):
-            raise ValueError(
-                f"global_pool must be 'avg', 'max' or 'avgmax' (fgfocus needs pooled image and region "
-                f"features), got {global_pool!r}")
-        return SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+    def _set_cfg(self, cfg: FgFocusCfg) -> None:
+        """Make ``cfg`` the model's, if the backbone runs its crops and the weights' shapes stay."""
+        crop_error = self.adapter.size_error(cfg.crop_size, cfg.crop_size)
+        if crop_error:
+            raise ValueError(f'crop_size={cfg.crop_size}: {crop_error}')
+        for name in ('in_chans', 'num_hybrid_regions', 'global_pool'):  # the backbone and heads are built for them
+            if getattr(cfg, name) != getattr(self.cfg, name):
+                raise ValueError(f'{name} is fixed when the model is built ({name}={getattr(self.cfg, name)!r}); '
+                                 f'build a new model with {name}={getattr(cfg, name)!r}')
+        self.cfg = cfg
 
     def _make_heads(self, num_classes: int, device=None, dtype=None) -> None:
         n = self.backbone_num_features
@@ -283,7 +383,8 @@ class FgFocus(nn.Module):
         _check_int('num_classes', num_classes, 0)
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = self._make_pool(global_pool)
+            self.cfg = self.cfg.replace(global_pool=global_pool)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         ref = next(self.backbone.parameters())
         self._make_heads(num_classes, device=ref.device, dtype=ref.dtype)
         for head in (self.fc, self.region_fc, self.hybrid_fc):
@@ -436,11 +537,6 @@ class FgFocus(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict[str, Tensor]:
     """Map weights onto an FgFocus model.
 
@@ -481,7 +577,7 @@ def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict
         PretrainedWeightsError: naming the repo or folder and file, when a tensor the model needs
             is missing, an extra one is present or a shape differs (never a silent partial load).
         WeightsIntegrityError: the tensors differ from the ``weights_digest`` of the config.json
-            they came with, or hold NaN / inf (``_create_fgfocus`` names the repo or folder and file).
+            they came with, or hold NaN / inf (``load_pretrained_weights`` names the repo or folder and file).
     """
     verify_published_weights(state_dict, model.pretrained_cfg)  # config.json's weights_digest; finite
     state_dict = checkpoint_filter_fn(state_dict, model)
@@ -489,59 +585,29 @@ def _pretrained_filter_fn(state_dict: Dict[str, Tensor], model: FgFocus) -> Dict
     return state_dict
 
 
-def _create_fgfocus(
-        variant: str,
-        pretrained: bool = False,
-        model_args: Optional[Dict[str, Any]] = None,
-        **kwargs,
-) -> FgFocus:
-    """Build a registered variant: its ``model_args`` merged with the caller's kwargs.
+def _create_fgfocus(variant: str, pretrained: bool = False, **kwargs) -> FgFocus:
+    """Build a registered variant: its model args (:data:`variant_args`) merged with the caller's kwargs.
 
-    With ``backbone=`` naming another backbone than the variant's (and no weight tag or
-    explicit ``pretrained_cfg``), the model's pretrained cfg is retargeted at that backbone
-    (:func:`backbone_weights_cfg`), so ``pretrained=True`` brings that backbone's own weights
-    through timm's loader, and the data config (mean, std, ...) is the backbone's.
+    The pretrained cfg is the variant's, or, with ``backbone=`` naming another backbone, that
+    backbone's (:func:`~timm_fgfocus.pretrained.weights_cfg`); the weights load through timm's
+    loader and must fill the model (:func:`_pretrained_filter_fn`).
     """
-    model_args = dict(model_args or {})
-    default_backbone = model_args.get('backbone')
-    args = dict(model_args, **kwargs)
-    other_backbone = args.get('backbone', default_backbone) != default_backbone
-    explicit_cfg = kwargs.get('pretrained_cfg')
-    if other_backbone and pretrained and isinstance(explicit_cfg, str):
-        raise ValueError(
-            f'{variant}.{explicit_cfg}: these weights are for the backbone {default_backbone!r}, not '
-            f'backbone={args["backbone"]!r}; leave the tag out to load the weights of {args["backbone"]!r}')
-    if other_backbone and explicit_cfg is None:
-        overlay = args.pop('pretrained_cfg_overlay', None)
-        model = build_model_with_cfg(FgFocus, variant, False, **args)
-        cfg = backbone_weights_cfg(model, variant, overlay)
-        model.pretrained_cfg = model.default_cfg = cfg
-        if pretrained:
-            try:
-                load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                                filter_fn=_pretrained_filter_fn, cache_dir=args.get('cache_dir'))
-            except PretrainedWeightsError:
-                raise
-            except Exception as e:
-                raise load_error(variant, cfg, e) from e
-        return model
+    tag = kwargs.get('pretrained_cfg')
+    problem = weight_tag_problem(variant, tag) if isinstance(tag, str) else None
+    if problem:
+        raise ValueError(f'{variant}.{tag}: {problem}')
     try:
-        return build_model_with_cfg(
-            FgFocus, variant, pretrained,
-            pretrained_filter_fn=_pretrained_filter_fn,
-            **args,
-        )
-    except PretrainedWeightsError:
+        model = build_model_with_cfg(FgFocus, variant, False, **dict(variant_args[variant], **kwargs))
+    except (TypeError, ValueError) as e:  # the model_args of a Hub or local-dir config.json that FgFocus refuses
+        if 'pretrained_model_args' in kwargs:
+            raise load_error(variant, kwargs.get('pretrained_cfg') or {}, e) from e
         raise
-    except Exception as e:
-        if not pretrained:
-            raise
-        try:
-            cfg = resolve_pretrained_cfg(
-                variant, args.get('pretrained_cfg'), args.get('pretrained_cfg_overlay')).to_dict()
-        except Exception:
-            cfg = {}
-        raise load_error(variant, cfg, e) from e
+    model.pretrained_cfg = model.default_cfg = weights_cfg(model, variant, variant_args[variant]['backbone'],
+                                                           kwargs, pretrained)
+    if pretrained:
+        load_pretrained_weights(model, variant, _pretrained_filter_fn, kwargs.get('pretrained_strict', True),
+                                kwargs.get('cache_dir'))
+    return model
 
 
 def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs) -> Dict[str, Any]:
@@ -590,65 +656,104 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-# Variants are data: backbone and hyperparameters, merged with the caller's kwargs.
+# Variants are data: backbone and hyper-parameters, merged with the caller's kwargs.
+variant_args: Dict[str, Dict[str, Any]] = {
+    'fgfocus_resnet50': dict(backbone='resnet50'),
+    'fgfocus_resnet101': dict(backbone='resnet101'),
+    'fgfocus_resnet18': dict(backbone='resnet18'),
+    'fgfocus_efficientnet_b0': dict(backbone='efficientnet_b0'),
+    'fgfocus_convnext_tiny': dict(backbone='convnext_tiny'),
+    'fgfocus_swin_tiny_patch4_window7': dict(backbone='swin_tiny_patch4_window7_224'),
+    'fgfocus_vit_small_patch14_dinov2': dict(backbone='vit_small_patch14_dinov2'),
+    'fgfocus_eva02_small_patch14': dict(backbone='eva02_small_patch14_224'),
+    'fgfocus_test': dict(backbone='test_resnet', crop_size=64),
+}
+
+
+def variant_cfg(variant: str) -> FgFocusCfg:
+    """The hyper-parameters a registered variant (``fgfocus_resnet50``, a weight tag allowed) is built with."""
+    args = variant_args.get(variant.split('.')[0], {})
+    return FgFocusCfg(**{k: v for k, v in args.items() if k in _CFG_FIELDS})
+
+
+# kwargs timm's build_model_with_cfg takes besides the model's own
+_BUILD_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'pretrained_strict', 'cache_dir', 'feature_cfg',
+                 'features_only', 'pretrained_model_args')
+
+
+def model_args_problem(variant: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """What ``timm.create_model(variant, **kwargs)`` would refuse in ``kwargs``, found without building.
+
+    Returns:
+        One line naming the kwarg: a kwarg FgFocus does not take (with the ones it takes), a value
+        of the wrong type, a hyper-parameter out of range with the variant's other values; or None.
+    """
+    hints = typing.get_type_hints(FgFocus.__init__)
+    params = [k for k in inspect.signature(FgFocus).parameters if k not in ('cfg', 'kwargs', 'device', 'dtype')]
+    known = params + [k for k in _CFG_FIELDS if k not in params]
+    for key, value in kwargs.items():
+        if key in _BUILD_KWARGS:
+            continue
+        if key not in known:
+            return f'{key} is not an argument of FgFocus; it takes {", ".join(known)}'
+        if key in hints and not _fits(value, hints[key]):
+            return f'{key}={value!r} does not fit FgFocus({key}: {_hint_name(hints[key])})'
+    try:
+        variant_cfg(variant).replace(**{k: v for k, v in kwargs.items() if k in _CFG_FIELDS})
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @register_model
 def fgfocus_resnet50(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-50 backbone: the paper's model (448 input, m=6, l=4)."""
-    model_args = dict(backbone='resnet50')
-    return _create_fgfocus('fgfocus_resnet50', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_resnet50', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_resnet101(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-101 backbone."""
-    model_args = dict(backbone='resnet101')
-    return _create_fgfocus('fgfocus_resnet101', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_resnet101', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_resnet18(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ResNet-18 backbone."""
-    model_args = dict(backbone='resnet18')
-    return _create_fgfocus('fgfocus_resnet18', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_resnet18', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_efficientnet_b0(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with an EfficientNet-B0 backbone (non-ResNet example)."""
-    model_args = dict(backbone='efficientnet_b0')
-    return _create_fgfocus('fgfocus_efficientnet_b0', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_efficientnet_b0', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_convnext_tiny(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a ConvNeXt-T backbone (ImageNet-22k weights by default); its head norm on Z."""
-    model_args = dict(backbone='convnext_tiny')
-    return _create_fgfocus('fgfocus_convnext_tiny', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_convnext_tiny', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_swin_tiny_patch4_window7(pretrained: bool = False, **kwargs) -> FgFocus:
-    """FgFocus with a Swin-T backbone (window 7, any multiple of 32 px; ImageNet-22k weights by default)."""
-    model_args = dict(backbone='swin_tiny_patch4_window7_224')
-    return _create_fgfocus('fgfocus_swin_tiny_patch4_window7', pretrained, model_args, **kwargs)
+    """FgFocus with a Swin-T backbone (window 7, padded for other sizes; ImageNet-22k weights by default)."""
+    return _create_fgfocus('fgfocus_swin_tiny_patch4_window7', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_vit_small_patch14_dinov2(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with a DINOv2 ViT-S/14 backbone: a 32x32 attention map at 448 px."""
-    model_args = dict(backbone='vit_small_patch14_dinov2')
-    return _create_fgfocus('fgfocus_vit_small_patch14_dinov2', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_vit_small_patch14_dinov2', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_eva02_small_patch14(pretrained: bool = False, **kwargs) -> FgFocus:
     """FgFocus with an EVA-02-S/14 backbone (MIM ImageNet-22k weights): a 32x32 attention map at 448 px."""
-    model_args = dict(backbone='eva02_small_patch14_224')
-    return _create_fgfocus('fgfocus_eva02_small_patch14', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_eva02_small_patch14', pretrained, **kwargs)
 
 
 @register_model
 def fgfocus_test(pretrained: bool = False, **kwargs) -> FgFocus:
     """Tiny FgFocus for tests and the CPU demo: timm's ``test_resnet`` backbone, 64px crops."""
-    model_args = dict(backbone='test_resnet', crop_size=64)
-    return _create_fgfocus('fgfocus_test', pretrained, model_args, **kwargs)
+    return _create_fgfocus('fgfocus_test', pretrained, **kwargs)

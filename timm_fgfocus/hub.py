@@ -45,7 +45,7 @@ from .checkpoint import CheckpointError, model_from_checkpoint
 from .errors import first_line
 from . import metric_table
 from .files import plain, write_text
-from .fgfocus import HF_ORG
+from .fgfocus import HF_ORG, variant_args, variant_cfg
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
 from .model_card import _epoch, model_card, read_evaluation
 
@@ -56,11 +56,6 @@ __all__ = [
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
-# FgFocus hyperparameters compared with the variant's defaults by :func:`export_model_args`
-_HPARAMS = (
-    'num_regions', 'num_hybrid_regions', 'region_scales', 'region_ratios', 'crop_size', 'nms_iou',
-    'smooth_sigma', 'attention_mode', 'region_score', 'pre_nms_top_n', 'crop_sampling_ratio',
-)
 
 
 class HubUploadError(RuntimeError):
@@ -78,10 +73,11 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
     """Constructor kwargs that rebuild ``model`` from its registered ``arch``.
 
     Starts from the kwargs the model was created with (``recorded``, else what
-    ``timm.create_model`` recorded on it) and adds every hyperparameter of the model whose value
-    differs from the variant's default (built on the meta device, no memory, no weights), so a
-    kwarg the training run forgot to record still reaches ``config.json``. The model's actual
-    value wins over a recorded one.
+    ``timm.create_model`` recorded on it) and adds every field of the model's ``cfg``
+    (:class:`~timm_fgfocus.fgfocus.FgFocusCfg`: ``in_chans``, ``global_pool`` and the
+    hyper-parameters) whose value differs from the variant's, and the backbone when it is not the
+    variant's, so a kwarg the training run forgot to record still reaches ``config.json``. The
+    model's actual value wins over a recorded one.
     """
     args = dict(recorded if recorded is not None else getattr(model, '_model_args', {}))
     for k in list(args):  # loading options and training-only rates (timm's exports drop those too)
@@ -89,22 +85,16 @@ def export_model_args(model: torch.nn.Module, arch: str, recorded: Optional[Dict
                  'device', 'dtype', 'pretrained_model_args', 'drop_rate', 'drop_path_rate', 'drop_block_rate') \
                 or k.endswith('_drop_rate'):
             del args[k]
-    with torch.device('meta'):
-        reference = timm.create_model(arch, pretrained=False)
-    for name in _HPARAMS:
-        value = getattr(model, name)
-        if plain(value) != plain(getattr(reference, name)) or name in args:
+    default = variant_cfg(arch).to_dict()
+    for name, value in model.cfg.to_dict().items():
+        if value != default[name] or name in args:
             args[name] = value
     # the backbone as it was named (weight tag or hf-hub: id included), when not the variant's own
-    backbone = getattr(model, 'backbone_name', None) or model.backbone.pretrained_cfg.get('architecture')
-    if backbone and backbone != getattr(reference, 'backbone_name', None):
-        args['backbone'] = backbone
-    backbone_args = getattr(model, 'backbone_args', None)
-    if backbone_args and plain(backbone_args) != plain(getattr(reference, 'backbone_args', None) or {}):
-        args['backbone_args'] = backbone_args
+    if model.backbone_name != variant_args.get(arch, {}).get('backbone'):
+        args['backbone'] = model.backbone_name
+    if model.backbone_args:
+        args['backbone_args'] = model.backbone_args
     args['num_classes'] = model.num_classes
-    if model.in_chans != reference.in_chans:
-        args['in_chans'] = model.in_chans
     return plain(args)
 
 
@@ -375,11 +365,12 @@ def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
     theirs, ours = loaded.state_dict(), model.state_dict()
     if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
         raise HubUploadError(f'the written folder {folder} loads other weights than the model (model_args?)')
-    for name in _HPARAMS + ('num_classes', 'in_chans'):
-        if plain(getattr(loaded, name)) != plain(getattr(model, name)):
+    theirs = dict(loaded.cfg.to_dict(), num_classes=loaded.num_classes)
+    for name, value in dict(model.cfg.to_dict(), num_classes=model.num_classes).items():
+        if theirs[name] != value:
             raise HubUploadError(
-                f'the written folder {folder} rebuilds {name}={getattr(loaded, name)!r}, the model has '
-                f'{getattr(model, name)!r}: config.json model_args are incomplete')
+                f'the written folder {folder} rebuilds {name}={theirs[name]!r}, the model has {value!r}: '
+                f'config.json model_args are incomplete')
 
 
 def check_checkpoint_file(checkpoint: Union[str, Path]) -> None:

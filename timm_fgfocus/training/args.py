@@ -34,7 +34,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import TrainError, first_line
 from ..recipes import RecipeError, load_recipe
 from .data import DATASET_NAMES, FG_DATASETS, dataset_kind
-from .model_kwargs import check_model_kwargs
+from .model import check_model_kwargs
 from .transforms import TRAIN_INTERPOLATIONS, auto_augment_problem, mixup_active
 
 __all__ = ['build_parser', 'parse_args', 'check_args', 'Odd', 'INVOCATION_ARGS']

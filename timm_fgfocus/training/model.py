@@ -14,12 +14,15 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
+from ..backbones import backbone_name_problem
 from ..checkpoint import CheckpointError, verify_checkpoint
-from ..fgfocus import checkpoint_filter_fn
 from ..errors import TrainError, first_line
+from ..fgfocus import checkpoint_filter_fn, model_args_problem, variant_args
+from ..pretrained import PretrainedWeightsError, weight_tag_problem, weights_mismatch
 
 __all__ = ['HEADS', 'param_groups', 'group_lrs', 'create_optimizer_and_scheduler', 'create_model_ema',
-           'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'arch_name', 'check_checkpoint_fits']
+           'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'arch_name', 'check_checkpoint_fits',
+           'check_model_kwargs']
 
 HEADS = ('fc', 'region_fc', 'hybrid_fc')
 
@@ -157,7 +160,9 @@ def convert_sync_bn(model: nn.Module, args, device: torch.device) -> nn.Module:
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """Weights to start from: an fgfocus checkpoint or a plain timm backbone state dict.
 
-    Heads whose shapes do not fit (another class count) keep their fresh initialisation.
+    Heads whose shapes do not fit (another class count) keep their fresh initialisation; every
+    other tensor of the model must be in the file with its shape (:func:`weights_mismatch`), or
+    nothing is loaded.
 
     Not timm's ``pretrained_cfg_overlay=dict(file=...)`` path: its ``load_state_dict`` takes
     ``state_dict_ema`` over ``state_dict`` when a checkpoint has both, so the EMA weights of a
@@ -177,7 +182,7 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         raise TrainError(f'cannot read weights {p}: {e}') from None
     if isinstance(state, dict) and state.get('format') == 'timm_fgfocus.checkpoint':
         try:
-            verify_checkpoint(state, p)  # its digests and finite weights, as load_checkpoint does
+            verify_checkpoint(state, p)  # its version, digests and finite weights, as load_checkpoint does
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         state = state['state_dict']
@@ -185,16 +190,14 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         raise TrainError(f'weights {p} are not a state dict')
     state = checkpoint_filter_fn(state, model)
     own = model.state_dict()
-    for k in list(state):
-        if k.startswith(tuple(h + '.' for h in HEADS)) and k in own and state[k].shape != own[k].shape:
-            state[k] = own[k]  # another class count: fresh head
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(tuple(h + '.' for h in HEADS))]
-    if missing or unexpected:
-        backbone = type(getattr(model, 'backbone', model)).__name__
-        raise TrainError(f'weights {p} do not fit {type(model).__name__} (backbone {backbone}): '
-                         f'{len(missing)} missing (e.g. {missing[:2]}), '
-                         f'{len(unexpected)} unexpected (e.g. {unexpected[:2]})')
+    heads = [k for k in own if k.startswith(tuple(h + '.' for h in HEADS))]
+    state = {k: v for k, v in state.items() if k not in heads or tuple(v.shape) == tuple(own[k].shape)}
+    mismatch = weights_mismatch(own, state, exempt=heads)
+    if mismatch:
+        backbone = getattr(model, 'backbone_name', type(model).__name__)
+        raise TrainError(f'weights {p} do not fit {type(model).__name__} (backbone {backbone}): {mismatch}; '
+                         f'nothing was loaded')
+    model.load_state_dict(state, strict=False)
 
 
 def create_fg_model(args, num_classes: int):
@@ -209,8 +212,11 @@ def create_fg_model(args, num_classes: int):
     if getattr(args, 'drop_path', None) is not None:
         backbone_args = dict(model_args.get('backbone_args') or {}, drop_path_rate=args.drop_path)
         build_args = dict(model_args, backbone_args=backbone_args)
-    if not timm.is_model(arch_name(args.model)):
+    arch, tag = timm.models.split_model_name_tag(args.model)
+    if not timm.is_model(arch):
         raise TrainError(f'unknown model {args.model!r}: fgfocus models are {timm.list_models("fgfocus_*")}')
+    if tag and weight_tag_problem(arch, tag):
+        raise TrainError(f'--model {args.model}: {weight_tag_problem(arch, tag)}')
     # a weights file given on the command line replaces timm's pretrained download
     pretrained = bool(args.pretrained) and not args.initial_checkpoint
     if pretrained:
@@ -220,24 +226,13 @@ def create_fg_model(args, num_classes: int):
                              f'or start from a file with --pretrained-path FILE')
     try:
         model = timm.create_model(args.model, pretrained=pretrained, **build_args)
-    except (TypeError, ValueError) as e:
-        raise TrainError(_build_error(args.model, build_args, e)) from None
-    except Exception as e:  # network / hub errors from timm's pretrained loading
-        if pretrained:
-            # timm builds the model before it loads weights, and a failure to build surfaces as a
-            # weights failure too (an unknown backbone read as a download error): tell them apart
-            try:
-                timm.create_model(args.model, pretrained=False, **build_args)
-            except Exception as build_error:
-                raise TrainError(_build_error(args.model, build_args, build_error)) from None
-        cfg = timm.models.get_pretrained_cfg(args.model)
-        src = getattr(cfg, 'hf_hub_id', None) or getattr(cfg, 'url', None) or args.model
+    except PretrainedWeightsError as e:  # raised only while loading: the model itself was built
         raise TrainError(
-            f'cannot get the pretrained weights of {args.model} ({src}): '
-            f'{type(e).__name__}: {first_line(e, 200)}. '
-            f'Offline? Put them in the Hugging Face cache (then HF_HUB_OFFLINE=1), or pass --pretrained-path FILE '
-            f'(a timm checkpoint of the backbone, .pth or .safetensors), '
-            f'or train from scratch with --no-pretrained') from None
+            f'{str(e).rstrip(".")}. Offline? Put the weights in the Hugging Face cache (then HF_HUB_OFFLINE=1), '
+            f'or pass --pretrained-path FILE (a timm checkpoint of the backbone, .pth or .safetensors), or train from '
+            f'scratch with --no-pretrained') from None
+    except Exception as e:  # timm's and the model's own errors while building, as one line
+        raise TrainError(_build_error(args.model, build_args, e)) from None
     if args.initial_checkpoint:
         load_initial_weights(model, args.initial_checkpoint)
     if getattr(args, 'grad_checkpointing', False):
@@ -248,6 +243,23 @@ def create_fg_model(args, num_classes: int):
 def _build_error(model: str, model_args: Dict[str, Any], e: BaseException) -> str:
     msg = first_line(e)
     return f'cannot build {model} with --model-kwargs {model_args}: {type(e).__name__}: {msg}'
+
+
+def check_model_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with ``--model-kwargs`` for ``model_name`` (a phrase naming the kwarg), or None.
+
+    ``num_classes`` comes from the data (or ``--num-classes``); a ``backbone`` must be a timm model
+    and a weight tag one it has; for the models of this package every key must be a kwarg of
+    FgFocus and every value must fit its type and, for the hyper-parameters of
+    :class:`~timm_fgfocus.fgfocus.FgFocusCfg`, its range, all before anything is built.
+    """
+    if 'num_classes' in kwargs:
+        return 'num_classes is set from the class folders (or --num-classes), not in --model-kwargs'
+    backbone = kwargs.get('backbone')
+    if isinstance(backbone, str) and backbone_name_problem(backbone):
+        return backbone_name_problem(backbone)
+    arch = arch_name(model_name)
+    return model_args_problem(arch, kwargs) if arch in variant_args else None
 
 
 def arch_name(model_name: str) -> str:

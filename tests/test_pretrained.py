@@ -1,0 +1,169 @@
+"""Pretrained weights (timm_fgfocus/pretrained.py): the one weights-fit check, weight tags, the pretrained
+cfg a model describes its data by, and failing fast without network."""
+import logging
+import socket
+import time
+
+import pytest
+import torch
+
+import timm
+import timm_fgfocus  # noqa: F401  registers the models
+from timm_fgfocus.pretrained import PretrainedWeightsError, weights_mismatch
+from timm_fgfocus.training import TrainError
+from timm_fgfocus.training.model import check_model_kwargs, load_initial_weights
+from train_utils import TINY, run_error
+
+
+# --- the one weights-fit check ------------------------------------------------------------------------
+
+def test_weights_mismatch_names_the_first_missing_unexpected_and_reshaped_tensors():
+    own = {k: torch.zeros(2, 3) for k in ('a', 'b', 'c', 'd', 'e', 'head.weight', 'stem.weight')}
+    theirs = {'a': torch.zeros(2, 3), 'x': torch.zeros(1), 'b': torch.zeros(3, 2), 'head.weight': torch.zeros(5, 3),
+              'stem.weight': torch.zeros(2, 1)}
+    assert weights_mismatch(own, theirs) == (
+        '3 tensors missing (c, d, e); 1 tensors unexpected (x); 3 tensors with other shapes '
+        '(file vs model: b [3, 2] vs [2, 3], head.weight [5, 3] vs [2, 3], stem.weight [2, 1] vs [2, 3])')
+    assert weights_mismatch(own, theirs, show=1) == (
+        '3 tensors missing (c, ...); 1 tensors unexpected (x); 3 tensors with other shapes '
+        '(file vs model: b [3, 2] vs [2, 3], ...)')
+    # a re-initialised head may differ or be absent, an adapted input conv may have another shape
+    exempt, any_shape = ['c', 'd', 'e', 'x', 'head.weight'], ['b', 'stem.weight']
+    assert weights_mismatch(own, theirs, exempt=exempt, any_shape=any_shape) == ''
+    assert weights_mismatch(own, dict(own)) == ''
+
+
+def test_initial_weights_that_do_not_fit_are_one_line_and_load_nothing(tmp_path):
+    """--initial-checkpoint / --pretrained-path: missing and mis-shaped backbone tensors, named in one line."""
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
+    del state['backbone.layer1.0.conv1.weight']
+    state['backbone.conv1.0.weight'] = torch.ones(24, 1, 3, 3)  # a 1-channel stem
+    path = tmp_path / 'other.pth'
+    torch.save(state, path)
+    with pytest.raises(TrainError) as e:
+        load_initial_weights(model, str(path))
+    stem = list(model.state_dict()['backbone.conv1.0.weight'].shape)
+    assert str(e.value) == (
+        f'weights {path} do not fit FgFocus (backbone test_resnet): 1 tensors missing '
+        f'(backbone.layer1.0.conv1.weight); 1 tensors with other shapes (file vs model: backbone.conv1.0.weight '
+        f'[24, 1, 3, 3] vs {stem}); nothing was loaded')
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_initial_weights_of_another_class_count_keep_fresh_heads(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    heads = ('fc.', 'region_fc.', 'hybrid_fc.')
+    fresh_heads = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(heads)}
+    other = timm.create_model('fgfocus_test', num_classes=5)
+    state = {k: v + 1 for k, v in other.state_dict().items()}
+    torch.save(state, tmp_path / 'five.pth')
+    load_initial_weights(model, str(tmp_path / 'five.pth'))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh_heads[k] if k in fresh_heads else state[k]), k
+
+
+# --- weight tags ----------------------------------------------------------------------------------------
+
+def _tags(arch):
+    return [name.split('.', 1)[1] for name in timm.list_pretrained(f'{arch}.*')]
+
+
+def test_unknown_weight_tag_of_a_variant_or_backbone_lists_the_tags():
+    """One line naming the tag and listing the model's tags, its default first."""
+    for kwargs, name, arch in ((dict(), 'fgfocus_resnet18.nonexistent_tag', 'fgfocus_resnet18'),
+                               (dict(backbone='resnet18.nonexistent_tag'), 'fgfocus_test', 'resnet18')):
+        with pytest.raises(ValueError) as e:
+            timm.create_model(name, **kwargs)
+        msg = str(e.value)
+        prefix = f'{name}: ' if not kwargs else f"backbone='{arch}.nonexistent_tag': "
+        assert msg.startswith(f"{prefix}{arch} has no weight tag 'nonexistent_tag'; its tags: ")
+        tags = msg.split('its tags: ')[1].split(', ')
+        assert sorted(tags) == _tags(arch) and tags[0] == timm.get_pretrained_cfg(arch).tag
+    assert 'tv_in1k' in _tags('resnet18')
+
+
+@pytest.mark.parametrize('pretrained', ['--pretrained', '--no-pretrained'])
+def test_unknown_weight_tag_on_the_command_line_is_one_line(data, tmp_path, capsys, pretrained):
+    out = tmp_path / 'o'
+    line = run_error(TINY + ['--data-dir', str(data), '--output', str(out), pretrained,
+                             '--model', 'fgfocus_resnet18.nonexistent_tag'], capsys)
+    assert line.endswith("--model fgfocus_resnet18.nonexistent_tag: fgfocus_resnet18 has no weight tag "
+                         "'nonexistent_tag'; its tags: a1_in1k")
+    line = run_error(TINY + ['--data-dir', str(data), '--output', str(out), pretrained, '--model', 'fgfocus_resnet18',
+                             '--model-kwargs', 'backbone=resnet18.nonexistent_tag'], capsys)
+    assert "backbone='resnet18.nonexistent_tag': resnet18 has no weight tag 'nonexistent_tag'; its tags: " \
+           "a1_in1k" in line
+    assert '--no-pretrained' not in line and 'pretrained weights' not in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('backbone', ['resnet18', 'resnet18.tv_in1k', 'hf-hub:timm/resnet18.a1_in1k',
+                                      'local-dir:/somewhere'])
+def test_backbone_names_timm_resolves_pass_the_argument_checks(backbone):
+    assert check_model_kwargs('fgfocus_resnet18', dict(backbone=backbone)) is None
+
+
+# --- the pretrained cfg ----------------------------------------------------------------------------------
+
+def test_pool_size_is_the_backbones_feature_map_at_the_input_size():
+    """ConvNeXt's stride-4 stem and three stride-2 stages give 3x3 at 112 px, not 112 / 32 rounded up."""
+    model = timm.create_model('fgfocus_test', backbone='test_convnext', num_classes=3,
+                              pretrained_cfg_overlay=dict(input_size=(3, 112, 112)))
+    with torch.no_grad():
+        z = model.adapter.feature_map(model.backbone, torch.zeros(1, 3, 112, 112))
+    assert tuple(model.pretrained_cfg['pool_size']) == tuple(z.shape[-2:]) == (3, 3)
+    model = timm.create_model('fgfocus_test', pretrained_cfg_overlay=dict(input_size=(3, 224, 224)))
+    assert tuple(model.pretrained_cfg['pool_size']) == (7, 7)
+
+
+# --- no network: one attempt, then one line -----------------------------------------------------------------
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """huggingface_hub pointed at a closed port on 127.0.0.1, with an empty cache: what a machine without
+    network sees (connection refused at once)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        url = f'http://127.0.0.1:{s.getsockname()[1]}'
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    monkeypatch.setattr(constants, 'ENDPOINT', url)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    close_session()
+    yield url
+    close_session()
+
+
+def test_no_network_fails_fast_naming_the_weights(no_network, caplog):
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO), pytest.raises(PretrainedWeightsError) as e:
+        timm.create_model('fgfocus_test', backbone='resnet18', pretrained=True)
+    elapsed = time.monotonic() - start
+    assert str(e.value).startswith(
+        f'fgfocus_test: cannot fetch pretrained weights from hf-hub:timm/resnet18.a1_in1k (file model.safetensors): '
+        f'the Hugging Face Hub ({no_network}) cannot be reached (')
+    assert str(e.value).endswith('; one attempt, no retries) and the weights are not in the Hugging Face cache')
+    assert 'Retrying' not in caplog.text  # huggingface_hub waits 1+2+4+8+8 s between its retries of a file
+    assert elapsed < 15, elapsed
+
+
+def test_first_run_without_network_is_one_line_with_the_whole_hint(no_network, data, tmp_path, capsys, caplog):
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        line = run_error(TINY + ['--data-dir', str(data), '--model', 'fgfocus_resnet18', '--pretrained',
+                                 '--output', str(tmp_path / 'o')], capsys)
+    elapsed = time.monotonic() - start
+    assert f'hf-hub:timm/resnet18.a1_in1k (file model.safetensors): the Hugging Face Hub ({no_network}) cannot be ' \
+           f'reached' in line
+    assert line.endswith(
+        'Offline? Put the weights in the Hugging Face cache (then HF_HUB_OFFLINE=1), or pass --pretrained-path FILE '
+        '(a timm checkpoint of the backbone, .pth or .safetensors), or train from scratch with --no-pretrained')
+    assert 'Retrying' not in caplog.text and elapsed < 30, elapsed
+    assert not (tmp_path / 'o').exists()
