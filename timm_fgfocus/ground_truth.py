@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 from .errors import EvaluationError
+from .images import image_size
 
 __all__ = ['BOX_COLUMNS', 'BoxRow', 'GroundTruth', 'read_box_file', 'boxes_for_samples', 'sample_keys',
            'read_ground_truth', 'cub_ground_truth', 'load_ground_truth', 'write_box_file']
@@ -233,8 +233,7 @@ def _hfds_keys(reader) -> SampleKeys:
 
     def size(i: int) -> Tuple[int, int]:
         image = reader.dataset[i][reader.image_key]
-        with Image.open(io.BytesIO(image['bytes']) if image.get('bytes') else image['path']) as im:
-            return im.size
+        return image_size(io.BytesIO(image['bytes']) if image.get('bytes') else image['path'])
     return SampleKeys(keys, size, by_path=False)
 
 
@@ -247,11 +246,6 @@ def _paths_of(dataset) -> Optional[List[str]]:
             return [str(s[0]) for s in listed]
     files = getattr(dataset, '_image_files', None)  # torchvision's FGVCAircraft
     return [str(f) for f in files] if files is not None else None
-
-
-def _image_size(path: str) -> Tuple[int, int]:
-    with Image.open(path) as im:  # reads the header only
-        return im.size
 
 
 def sample_keys(dataset) -> SampleKeys:
@@ -273,7 +267,7 @@ def sample_keys(dataset) -> SampleKeys:
     keys: Dict[str, int] = {}
     for i, p in enumerate(paths):
         keys.setdefault(os.path.normpath(os.path.abspath(p)), i)
-    return SampleKeys(keys, lambda i: _image_size(paths[i]), by_path=True)
+    return SampleKeys(keys, lambda i: image_size(paths[i]), by_path=True)
 
 
 def read_ground_truth(boxes_file: os.PathLike, dataset, base: Optional[os.PathLike] = None,
@@ -358,7 +352,7 @@ def cub_ground_truth(cub) -> Optional[GroundTruth]:
     rows = [BoxRow(boxes_file, lineno, str(int(image_id)), (x, y, x + w, y + h))
             for lineno, (image_id, x, y, w, h) in _numeric_lines(boxes_file, ('image id', 'x', 'y', 'width', 'height'))]
     keys = {str(image_id): i for image_id, i in index_of.items()}
-    truth = boxes_for_samples(rows, keys, len(cub), lambda i: _image_size(cub.samples[i][0]),
+    truth = boxes_for_samples(rows, keys, len(cub), lambda i: image_size(cub.samples[i][0]),
                               elsewhere=lambda key: True, source=boxes_file)
     if not os.path.isfile(parts_file):
         return truth

@@ -36,12 +36,12 @@ Pillow's errors (``UnidentifiedImageError``, ``OSError`` for truncated files,
 ``DecompressionBombError``, ...) are raised unchanged for the caller to report with the file name.
 """
 import os
-from typing import BinaryIO, Union
+from typing import BinaryIO, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-__all__ = ['open_image', 'to_rgb']
+__all__ = ['open_image', 'image_size', 'to_rgb']
 
 _INT16_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 _ALPHA_MODES = ('RGBA', 'LA', 'PA', 'RGBa', 'La')
@@ -56,6 +56,12 @@ def open_image(source: Union[str, os.PathLike, BinaryIO]) -> Image.Image:
     with Image.open(source) as img:
         img.load()
         return to_rgb(img)
+
+
+def image_size(source: Union[str, os.PathLike, BinaryIO]) -> Tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header (the pixels are not decoded)."""
+    with Image.open(source) as img:
+        return img.size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
