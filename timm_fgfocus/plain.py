@@ -178,8 +178,8 @@ def _example_input(model: nn.Module) -> Tensor:
         H, W = model.adapter.fixed_size
     else:
         H, W = model.pretrained_cfg.get('input_size', (3, 224, 224))[-2:]
-        m = model.adapter.size_multiple
-        H, W = -(-H // m) * m, -(-W // m) * m
+        if model.adapter.size_error(H, W):  # the crop size is a size the backbone runs (checked when built)
+            H = W = model.crop_size
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, model.in_chans, H, W, generator=g).to(ref.device, ref.dtype)
 
