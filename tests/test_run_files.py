@@ -37,7 +37,7 @@ def _worse(run, epoch):
 WORSE_EVERY_EPOCH = RunHooks(evaluate=_worse)
 
 
-# --- item 2: best.pth after a kill, stale temp files -------------------------------------------------
+# --- best.pth after a kill, stale temp files -------------------------------------------------
 
 def test_resume_restores_best_pth_that_a_kill_left_uncopied(run, data, monkeypatch, capsys):
     """The state a kill during the copy leaves: last.pth records epoch 1 as best, best.pth is missing,
@@ -158,7 +158,7 @@ def test_sigkill_during_best_copy_then_resume(data, tmp_path, monkeypatch, capsy
     assert last['epoch'] == 1 and load_checkpoint(out / 'best.pth')['epoch'] == last['best_epoch'] == 0
 
 
-# --- item 3: --resume A/last.pth --output B --------------------------------------------------------
+# --- --resume A/last.pth --output B --------------------------------------------------------
 
 def test_resume_into_another_runs_folder_is_refused(run, tmp_path, capsys):
     other = tmp_path / 'other'
@@ -189,7 +189,7 @@ def test_resume_with_output_naming_its_own_folder(run, capsys):
     assert [int(r['epoch']) for r in read_csv(run / 'summary.csv')] == [0, 1]
 
 
-# --- item 12: unwritable output, full disk ------------------------------------------------------------
+# --- unwritable output, full disk ------------------------------------------------------------
 
 def test_output_naming_a_file(data, tmp_path, capsys):
     f = tmp_path / 'results.txt'
@@ -259,7 +259,7 @@ def test_disk_full_mid_run_is_one_line_and_keeps_the_checkpoint(run, monkeypatch
     assert not [p for p in run.iterdir() if p.name.endswith('.tmp')]
 
 
-# --- item 13: nothing to do ---------------------------------------------------------------------------
+# --- nothing to do ---------------------------------------------------------------------------
 
 def test_resume_of_a_finished_run_says_so(run, capsys):
     before = snapshot(run)
@@ -279,7 +279,7 @@ def test_resume_with_fewer_epochs_than_done_says_so(run, capsys):
     assert snapshot(run) == before
 
 
-# --- item 17: Ctrl-C ------------------------------------------------------------------------------------
+# --- Ctrl-C ------------------------------------------------------------------------------------
 
 def _interrupt(*a):
     raise KeyboardInterrupt
@@ -310,7 +310,7 @@ def test_ctrl_c_of_a_resumed_run_before_its_first_epoch(run, capsys):
     assert f'{run / "last.pth"} holds epoch 1' in line
 
 
-# --- item 19: the demo checks --output first ----------------------------------------------------------------
+# --- the demo checks --output first ----------------------------------------------------------------
 
 def test_demo_refuses_a_non_empty_output_before_generating_data(tmp_path, capsys):
     out = tmp_path / 'out'

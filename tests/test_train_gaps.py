@@ -1,4 +1,4 @@
-"""Gaps that let real bugs through (issue 14): label smoothing in every loss term, EMA weights kept apart
+"""Behaviours that need a test of their own: label smoothing in every loss term, EMA weights kept apart
 in checkpoints, evaluation cropping only the l regions the hybrid head needs, and an off-by-one resume
 caught by the fast suite."""
 

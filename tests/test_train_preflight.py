@@ -32,7 +32,7 @@ def break_images(folder: Path, keep: int = 0) -> int:
     return len(files) - keep
 
 
-# --- item 11: model-side problems as one line, before the first epoch -----------------------------------
+# --- model-side problems as one line, before the first epoch -----------------------------------
 
 @pytest.mark.parametrize('extra,expected', [
     (['--model-kwargs', 'num_regions=100'], ['num_regions=100', 'too small', '(2, 3, 64, 64)']),
@@ -70,7 +70,7 @@ def test_dummy_forward_runs_train_mode_and_puts_batchnorm_back(data):
     assert not model.training  # the mode it came in with
 
 
-# --- item 18: unreadable splits found before training, with the right count ---------------------------------
+# --- unreadable splits found before training, with the right count ---------------------------------
 
 @pytest.mark.parametrize('split', ['val', 'train'])
 def test_split_of_unreadable_images_found_before_training(split, data, tmp_path, capsys, no_epochs):
