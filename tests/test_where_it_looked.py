@@ -31,7 +31,10 @@ from evalkit import FAST, make_checkpoint
 from train_utils import TINY, run_error, snapshot
 
 NAMES = sorted(CLASSES[:3])
-SCALE, SHIFT = 1.25, 8.0  # --crop-pct 0.8 on 64 px images: resize to 80, center crop 64: input = 1.25 x - 8
+# --input-size 3 64 80 --crop-pct 0.8 on 64 x 64 images: timm resizes keeping the ratio until the image covers
+# 100 x 80 (the input over 0.8): 100 x 100; then a center crop of 80 x 64 at (10, 18): input = 100 / 64 x - (10, 18)
+SCALE, SHIFT = 100 / 64, np.array([10.0, 18.0] * 2)
+INPUT = (80, 64)  # W, H
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -60,7 +63,7 @@ def write_boxes(path: Path, rows) -> Path:
 
 
 def expected_input_boxes(rows):
-    """By hand: clip each row's box to the 64 px image, move it (x 1.25 - 8), clip to the 64 px input,
+    """By hand: clip each row's box to the 64 px image, move it into the 80 x 64 input, clip to the input,
     drop what is empty: {file: float[K, 4]}."""
     out = {}
     for path, box in rows:
@@ -69,7 +72,7 @@ def expected_input_boxes(rows):
         b = np.clip(np.array(box, float), 0, 64)
         if b[2] <= b[0] or b[3] <= b[1]:
             continue
-        b = np.clip(b * SCALE - SHIFT, 0, 64)
+        b = np.clip(b * SCALE - SHIFT, 0, np.array(INPUT * 2))
         if b[2] > b[0] and b[3] > b[1]:
             out.setdefault(path, []).append(b)
     return {k: np.array(v) for k, v in out.items()}
@@ -90,7 +93,8 @@ def checkpoint(tmp_path_factory):
 
 def eval_only(checkpoint, data, out, boxes, *extra):
     return train_mod.main(['--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(data), '--boxes',
-                           str(boxes), '--crop-pct', '0.8', '--output', str(out)] + FAST + list(extra))
+                           str(boxes), '--input-size', '3', '64', '80', '--crop-pct', '0.8', '--output', str(out)]
+                          + FAST + list(extra))
 
 
 @pytest.fixture(scope='module')
@@ -145,6 +149,7 @@ def test_localize_scores_in_a_224_frame_and_without_regions():
     rng = np.random.default_rng(0)
     n = 5
     attention = rng.random((n, 14, 14)).astype(np.float16)
+    attention[2] = 0.5  # a constant map: no box at any threshold, counted
     gt = tuple([np.array([[40.0, 60.0, 300.0, 420.0]], np.float32)] * 4 + [np.zeros((0, 4), np.float32)])
     parts = tuple(np.array([[100.0, 100.0, 1.0], [400.0, 400.0, 1.0]], np.float32) for _ in range(n))
     truth = FrameTruth(np.arange(n), gt, parts, (448, 448), 'hand', {'outside_view': 0})
@@ -159,7 +164,7 @@ def test_localize_scores_in_a_224_frame_and_without_regions():
     assert [loc['map']['max_box_acc'][k] for k in ('30', '50', '70')] == pytest.approx(direct.accuracy.tolist(), abs=1e-4)
     assert loc['map']['gt_known_loc'] == pytest.approx(gt_known_loc(attention.astype(np.float32), half,
                                                                     (224, 224)).accuracy, abs=1e-4)
-    assert (loc['scored'], loc['without_boxes']) == (4, 1)
+    assert (loc['scored'], loc['without_boxes'], loc['map']['blank_maps']) == (4, 1, 1)
     # with regions: hit@1 / hit@l and the part share, in the input frame
     boxes = np.array([[[0, 0, 200, 300], [350, 350, 448, 448]]] * n, np.float32)
     boxes[1, 0] = [300, 0, 448, 100]  # rank 1 misses the box centre (170, 240), holds no part
@@ -182,7 +187,7 @@ def test_eval_only_saves_the_ground_truth_in_the_input_frame(evaluated, eval_dat
     assert preds.attention is not None and preds.attention.shape[0] == 12  # every image's map is kept
     loc = json.loads((out / 'eval' / 'metrics.json').read_text())['localization']
     assert (loc['images'], loc['scored'], loc['without_boxes'], loc['boxes_outside_view']) == (12, 9, 3, 1)
-    assert loc['source'] == str(eval_data / 'test_boxes.csv') and loc['frame'] == [64, 64]
+    assert loc['source'] == str(eval_data / 'test_boxes.csv') and loc['frame'] == loc['input_size'] == [80, 64]
     # the reader's counted skips, one warning line each, naming an example
     for text in ("1 row(s) name images that are not in the split (e.g. line 15: 'val/nobody/0000.png')",
                  '1 empty box(es)', '1 box(es) entirely outside their image', '1 box(es) partly outside their image'):
@@ -200,11 +205,11 @@ def test_figures_in_metrics_json_equal_direct_calls_on_the_saved_arrays(evaluate
     preds, gt = saved_truth(out)
     loc = json.loads((out / 'eval' / 'metrics.json').read_text())['localization']
     maps = preds.attention.astype(np.float32)
-    acc = max_box_acc(maps, gt, (64, 64))
+    acc = max_box_acc(maps, gt, INPUT)
     assert loc['map']['max_box_acc_v2'] == pytest.approx(acc.v2, abs=1e-4)
     assert list(loc['map']['max_box_acc'].values()) == pytest.approx(acc.accuracy.tolist(), abs=1e-4)
     assert list(loc['map']['best_threshold'].values()) == pytest.approx(acc.best_threshold.tolist(), abs=1e-4)
-    assert loc['map']['gt_known_loc'] == pytest.approx(gt_known_loc(maps, gt, (64, 64)).accuracy, abs=1e-4)
+    assert loc['map']['gt_known_loc'] == pytest.approx(gt_known_loc(maps, gt, INPUT).accuracy, abs=1e-4)
     assert 0 < acc.accuracy[0] <= 100 and acc.num_images == 9  # half-image boxes: not a trivial 0
     # hit@1 / hit@l by a direct loop over predictions.npz's boxes (the l = 2 hybrid regions)
     rank1 = anyl = 0
@@ -232,7 +237,7 @@ def test_report_section_and_its_picture(evaluated):
         assert f'<td>{label}</td><td class="num">{value:.2f}</td>' in section
     assert 'docs/localization.md' in section and 'eval/where.png' in section
     # the picture: the chosen images spread over the scored ones, each ground-truth box outlined in black
-    # on both panels (panels of 224 px: 3.5 x the 64 px input)
+    # on both panels (panels of 224 x 179 px: 2.8 x the 80 x 64 input)
     preds, gt = saved_truth(out)
     where = meta['examples']['where']
     scored = [int(i) for i, b in zip(preds.index, gt) if len(b)]
@@ -244,7 +249,7 @@ def test_report_section_and_its_picture(evaluated):
         row, col = divmod(n, 3)
         ox, oy = SHEET_PAD + col * (cell_w + SHEET_PAD), SHEET_PAD + row * (cell_h + SHEET_PAD)
         for box in gt[list(preds.index).index(i)]:
-            c0, r0, c1, r1 = box_pixels(box * 3.5, (224, 224))
+            c0, r0, c1, r1 = box_pixels(box * 2.8, (224, 179))
             mid = (r0 + r1) // 2
             for dx in (0, 224 + PANEL_GAP):
                 assert sheet.getpixel((ox + dx + c0, oy + mid)) == GT_COLOR, (n, i, box)
