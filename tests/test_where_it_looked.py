@@ -5,8 +5,11 @@ the rebuild from eval/ alone; bad input."""
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from evalkit import FAST, make_checkpoint
 from train_utils import TINY, run_error, snapshot
 
 NAMES = sorted(CLASSES[:3])
+REPO = Path(__file__).resolve().parents[1]
 # --input-size 3 64 80 --crop-pct 0.8 on 64 x 64 images: timm resizes keeping the ratio until the image covers
 # 100 x 80 (the input over 0.8): 100 x 100; then a center crop of 80 x 64 at (10, 18): input = 100 / 64 x - (10, 18)
 SCALE, SHIFT = 100 / 64, np.array([10.0, 18.0] * 2)
@@ -161,7 +165,8 @@ def test_localize_scores_in_a_224_frame_and_without_regions():
     direct = max_box_acc(attention.astype(np.float32), half, (224, 224))
     assert loc['frame'] == [224, 224] and loc['input_size'] == [448, 448] and 'regions' not in loc
     assert loc['map']['max_box_acc_v2'] == pytest.approx(direct.v2, abs=1e-4)
-    assert [loc['map']['max_box_acc'][k] for k in ('30', '50', '70')] == pytest.approx(direct.accuracy.tolist(), abs=1e-4)
+    assert [loc['map']['max_box_acc'][k] for k in ('30', '50', '70')] == pytest.approx(direct.accuracy.tolist(),
+                                                                                      abs=1e-4)
     assert loc['map']['gt_known_loc'] == pytest.approx(gt_known_loc(attention.astype(np.float32), half,
                                                                     (224, 224)).accuracy, abs=1e-4)
     assert (loc['scored'], loc['without_boxes'], loc['map']['blank_maps']) == (4, 1, 1)
@@ -286,6 +291,12 @@ def test_damaged_ground_truth_file_is_one_line_naming_it(evaluated, tmp_path):
     np.savez(path, **dict(arrays, box_count=arrays['box_count'] + 1))
     with pytest.raises(EvaluationError, match=r'ground_truth\.npz: boxes .* do not agree: the file is damaged'):
         build_report(run)
+    np.savez(path, **arrays)
+    meta = json.loads((run / 'eval' / 'eval.json').read_text())
+    meta['examples']['where'] = ['first']
+    (run / 'eval' / 'eval.json').write_text(json.dumps(meta))
+    with pytest.raises(EvaluationError, match=r'eval\.json: "examples" is .*"where": \[sample index, \.\.\.\]'):
+        build_report(run)
 
 
 def test_model_card_shows_the_localization_of_the_same_checkpoint(eval_data, tmp_path):
@@ -361,6 +372,28 @@ def test_box_file_matching_no_val_image_warns_and_scores_nothing(eval_data, chec
     assert not (out / 'eval' / 'ground_truth.npz').exists()
     assert 'Where it looked' not in (out / 'report.html').read_text()
     assert Predictions.load(out / 'eval' / 'predictions.npz').attention is None  # no maps kept for nothing
+
+
+@pytest.mark.slow
+def test_two_ranks_score_the_same_as_one(eval_data, checkpoint, evaluated, tmp_path):
+    """Under DDP every rank keeps its images' maps, rank 0 gathers them, saves the ground truth once and
+    says the reader's warnings once."""
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           str(REPO / 'train_fg.py'), '--eval-only', '--checkpoint', str(checkpoint), '--data-dir', str(eval_data),
+           '--boxes', str(eval_data / 'test_boxes.csv'), '--input-size', '3', '64', '80', '--crop-pct', '0.8',
+           '--output', str(out)] + FAST[:-2] + ['-b', '5']
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('where it looked:') == 1 and proc.stderr.count('1 empty box(es)') == 1
+    single = json.loads((evaluated[0] / 'eval' / 'metrics.json').read_text())['localization']
+    ddp = json.loads((out / 'eval' / 'metrics.json').read_text())['localization']
+    assert ddp == single
+    with np.load(out / 'eval' / 'ground_truth.npz') as a, np.load(evaluated[0] / 'eval' / 'ground_truth.npz') as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    np.testing.assert_allclose(Predictions.load(out / 'eval' / 'predictions.npz').attention,
+                               Predictions.load(evaluated[0] / 'eval' / 'predictions.npz').attention, atol=2e-3)
 
 
 # --- the demo -------------------------------------------------------------------------------------

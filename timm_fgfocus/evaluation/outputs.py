@@ -116,8 +116,8 @@ def _check_examples(path: Path, examples: Any, num_classes: int) -> None:
     expected = ('an object {"mistakes": [sample index, ...], "pairs": [[true class, predicted class, images, '
                 'sample index, sample index or null], ...], "where": [sample index, ...]}')
     index, cls = _whole(), (lambda v: _whole()(v) and v < num_classes)
-    ok = isinstance(examples, dict) and all(
-        isinstance(examples.get(k, []), list) and all(index(i) for i in examples.get(k, [])) for k in ('mistakes', 'where')) \
+    listed = (lambda k: isinstance(examples.get(k, []), list) and all(index(i) for i in examples.get(k, [])))
+    ok = isinstance(examples, dict) and listed('mistakes') and listed('where') \
         and isinstance(examples.get('pairs', []), list)
     ok = ok and all(isinstance(p, list) and len(p) == 5 and cls(p[0]) and cls(p[1]) and _whole(1)(p[2])
                     and index(p[3]) and (p[4] is None or index(p[4])) for p in examples.get('pairs', []))

@@ -134,7 +134,8 @@ def _where_rows(loc: dict) -> List[List[Any]]:
                  '0.5 with a ground-truth box'])
     if reg:
         l = reg['l']
-        rows += [['hit@1', percent(reg['hit1']), 'images whose rank-1 region contains the centre of a ground-truth box'],
+        rows += [['hit@1', percent(reg['hit1']),
+                  'images whose rank-1 region contains the centre of a ground-truth box'],
                  [f'hit@{l}', percent(reg['hitl']), f'images where any of the {l} regions of the prediction does']]
         if 'part_share' in reg:
             rows.append(['part share', percent(reg['part_share']),
@@ -173,7 +174,8 @@ def _where(r: 'Report', eval_dir: str) -> List[str]:
         out += [f'<p>{len(r.pictures.where)} images spread evenly over the scored set (neither the best nor the worst '
                 f'picked), as the model saw them. Left: the image{regions}; right: the attention map (red high, blue '
                 'low); on both, the ground-truth boxes in black with a white inner line.</p>',
-                _img(eval_dir, r.pictures.files['where'], 'ground-truth boxes beside the regions and the attention map')]
+                _img(eval_dir, r.pictures.files['where'],
+                     'ground-truth boxes beside the regions and the attention map')]
     return out
 
 
