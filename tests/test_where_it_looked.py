@@ -318,6 +318,29 @@ def test_model_card_shows_the_localization_of_the_same_checkpoint(eval_data, tmp
     assert 'Where it looked' not in (tmp_path / 'hub2' / 'README.md').read_text()
 
 
+def test_cub_boxes_and_parts_are_read_without_a_flag(tmp_path):
+    """--dataset cub200: bounding_boxes.txt and parts/part_locs.txt of the test split, the part share
+    against a direct call on the saved arrays."""
+    from test_ground_truth import cub_with_boxes
+    base = cub_with_boxes(tmp_path / 'cub')
+    classes = ['Black footed Albatross', 'Laysan Albatross', 'Sooty Albatross']
+    ckpt = make_checkpoint(tmp_path / 'ckpt' / 'best.pth', classes, dataset='cub200')
+    out = tmp_path / 'out'
+    train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', base, '--dataset', 'cub200',
+                    '--output', str(out)] + FAST)
+    loc = json.loads((out / 'eval' / 'metrics.json').read_text())['localization']
+    assert loc['source'].endswith('bounding_boxes.txt, ' + str(Path(base) / 'parts' / 'part_locs.txt'))
+    assert (loc['images'], loc['scored']) == (3, 3)
+    preds = Predictions.load(out / 'eval' / 'predictions.npz')
+    with np.load(out / 'eval' / 'ground_truth.npz') as z:
+        parts = np.split(z['parts'], np.cumsum(z['part_count'])[:-1])
+    assert [p.shape for p in parts] == [(3, 3)] * 3
+    share = part_share(preds.boxes[:, :2], preds.valid[:, :2], parts)
+    assert loc['regions']['part_share'] == pytest.approx(share.share, abs=1e-4)
+    assert loc['regions']['part_regions'] == share.num_regions
+    assert 'part share' in (out / 'report.html').read_text()
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('lines,match', [
