@@ -2,7 +2,9 @@
 
 Generates the "finches" data set (:mod:`timm_fgfocus.demo_data`), pretrains the tiny backbone on
 wing close-ups (the demo's stand-in for ImageNet weights), trains ``fgfocus_test`` with the ``demo``
-recipe through :func:`timm_fgfocus.training.train`, and draws the regions the model picked.
+recipe through :func:`timm_fgfocus.training.train`, and draws the regions the model picked. The data
+set's ``boxes.csv`` (the wing of every image) is the run's ``--boxes``, so its report scores where
+the model looked.
 """
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ import torch
 from timm.data import create_transform
 
 from .checkpoint import model_from_checkpoint
-from .demo_data import ensure_demo_data, pretrain_backbone
+from .demo_data import BOX_FILE, ensure_demo_data, pretrain_backbone
 from .images import open_image
 from .metric_table import read_summary
 from .training import RunHooks, TrainError, train
@@ -37,6 +39,8 @@ def run_demo(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
     except ValueError as e:
         raise TrainError(str(e)) from None
     args.data_dir = str(root)
+    if not args.boxes:  # the box of each image's wing: the report scores where the model looked
+        args.boxes = str(root / BOX_FILE)
     if not args.initial_checkpoint:
         weights = root / 'closeup_test_resnet.pth'
         if not weights.is_file():

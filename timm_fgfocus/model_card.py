@@ -10,7 +10,9 @@ evaluation results. Two sources, never anything that was not measured:
   ``train_fg --eval-only`` or at the end of training; matched by the file's SHA-256 and the EMA
   choice, see :func:`read_evaluation`): every head's top-1 (hybrid, image level, each region rank,
   the region mean), top-5 of the prediction, test-time augmentation beside the single view with its
-  cost, and the calibration error. When it exists, ``model-index`` takes its figures.
+  cost, the calibration error, and where the model looked (MaxBoxAccV2, GT-known localization,
+  hit@1/hit@l) when the evaluation had ground-truth boxes. When it exists, ``model-index`` takes its
+  classification figures.
 
 The body: what the model is (method, paper), the training recipe, the results, usage snippets for
 timm and for ``transformers`` (``pipeline('image-classification')``), the citation.
@@ -408,7 +410,27 @@ def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[st
         out += [f'Expected calibration error of the prediction: {percent(ece["hybrid"])} %'
                 + (f' ({percent(ece["hybrid_tta"])} % with TTA)' if _num(ece.get('hybrid_tta')) is not None else '')
                 + ' (15 equal-width confidence bins).', '']
-    return out
+    return out + _localization(ev.get('localization'))
+
+
+def _localization(loc: Any) -> List[str]:
+    """"Where it looked": the localization figures of the same evaluation, when it had ground-truth boxes."""
+    if not isinstance(loc, dict) or not isinstance(loc.get('map'), dict) or not _num(loc.get('scored')):
+        return []
+    m, reg = loc['map'], loc.get('regions') if isinstance(loc.get('regions'), dict) else {}
+    files = ', '.join(f'`{Path(p.strip()).name}`' for p in str(loc.get('source') or '').split(',') if p.strip())
+    each = ' / '.join(percent(v) for v in (m.get('max_box_acc') or {}).values())
+    rows = [(f'MaxBoxAccV2 of the attention map (MaxBoxAcc at IoU 0.3 / 0.5 / 0.7: {each})', m.get('max_box_acc_v2')),
+            ('GT-known localization of the attention map (IoU 0.5)', m.get('gt_known_loc'))]
+    if reg:
+        rows += [('hit@1: the rank-1 region contains the centre of a ground-truth box', reg.get('hit1')),
+                 (f'hit@{reg.get("l")}: any of the {reg.get("l")} regions of the prediction does', reg.get('hitl')),
+                 ('part share: regions holding at least one visible part keypoint', reg.get('part_share'))]
+    return (['#### Where it looked', '',
+             f'Scored against the ground-truth boxes of the same evaluation ({files or "a box file"}): '
+             f'{int(loc["scored"])} images with a box, {int(_num(loc.get("without_boxes")) or 0)} without (left out). '
+             'Definitions: `docs/localization.md` of timm-fgfocus.', '', '| figure | % |', '|---|---|']
+            + [f'| {label} | {percent(v)} |' for label, v in rows if percent(v)] + [''])
 
 
 def _training_log(summary, num_classes) -> List[str]:

@@ -10,6 +10,8 @@ One module per concern:
   reliability bins, the run's flat figures (pure functions on arrays);
 * :mod:`.pictures`: the confusion picture, the reliability diagram, wrong predictions drawn with
   :mod:`timm_fgfocus.visualize`;
+* :mod:`.localization`, :mod:`.where`: where the model looked, scored against ground-truth boxes
+  (MaxBoxAcc, GT-known localization, hit@1/hit@l), and their place in the evaluation;
 * :mod:`.outputs`: the ``eval/`` folder an evaluation saves, and everything derived from it (no
   model needed): figures, CSVs, pictures; :mod:`.page` formats ``report.html``;
 * :mod:`.run`: evaluating a model in a ``train_fg`` run (every epoch, ``--eval-only``, the end of training).

@@ -9,15 +9,18 @@ run folder::
                             hybrid loss, boxes (:class:`~.collect.Predictions`)
     eval/examples.npz       the attention maps of the few images shown
     eval/inputs/<i>.jpg     those images as the model saw them (resized, cropped)
+    eval/ground_truth.npz   with ground-truth boxes only: each image's boxes (and part keypoints) in
+                            model-input pixels (:mod:`.where`); predictions.npz then holds every
+                            image's attention map
 
 :func:`build_report` reads only these, checks them (:func:`read_saved`), computes the figures
 (:func:`compute_report`), and writes, recomputed every time::
 
-    eval/metrics.json       top-1/top-5 of every head, ECE (read by the model card)
+    eval/metrics.json       top-1/top-5 of every head, ECE, localization (read by the model card)
     eval/per_class.csv      per-class accuracy, worst first
     eval/confused_pairs.csv the most confused (true, predicted) pairs with counts
     eval/predictions.csv    one row per image: file, true, predicted, confidence
-    eval/*.png              confusion, reliability diagram, wrong predictions, confused pairs
+    eval/*.png              confusion, reliability diagram, wrong predictions, confused pairs, where it looked
     report.html             the page (:mod:`.page`): relative links only, no script, nothing fetched
 
 ``python -m timm_fgfocus.report RUN_DIR [--output DIR]`` runs :func:`build_report`.
@@ -38,6 +41,7 @@ from ..files import atomic_copy, atomic_write, write_text
 from ..images import open_image
 from .collect import Predictions
 from .page import render_html
+from .where import GROUND_TRUTH_FILE, FrameTruth, Localization, localize, read_truth
 from .metrics import (
     ConfusedPair, ReliabilityBins, confusion_matrix, expected_calibration_error, head_accuracies, most_confused,
     reliability_bins, worst_classes,
@@ -53,11 +57,12 @@ EVAL_DIR = 'eval'
 REPORT_NAME = 'report.html'
 EVAL_FORMAT = 'timm_fgfocus.eval'
 METRICS_FORMAT = 'timm_fgfocus.eval_metrics'
-SAVED = ('eval.json', 'predictions.npz', 'examples.npz')  # with inputs/: what an evaluation saved
+SAVED = ('eval.json', 'predictions.npz', 'examples.npz', GROUND_TRUTH_FILE)  # with inputs/: what an evaluation saved
 ECE_BINS = 15
 PAIRS_LISTED = 50        # confused pairs in confused_pairs.csv
 CONFUSION_CLASSES = 20   # above this many classes the confusion picture shows the worst rows only
 MISTAKE_COLUMNS = 3      # figures per row of the wrong-predictions sheet (each 2 x 224 px wide)
+WHERE_COLUMNS = 3        # figures per row of the where-it-looked sheet
 
 
 # --- reading and checking the saved outputs -------------------------------------------------------
@@ -106,12 +111,14 @@ def _entry_error(path: Path, key: str, value: Any, expected: str) -> EvaluationE
 
 
 def _check_examples(path: Path, examples: Any, num_classes: int) -> None:
-    """``examples``: ``{"mistakes": [index, ...], "pairs": [[true, predicted, images, index, index or null]]}``."""
+    """``examples``: ``{"mistakes": [index, ...], "pairs": [[true, predicted, images, index, index or null]],
+    "where": [index, ...]}``."""
     expected = ('an object {"mistakes": [sample index, ...], "pairs": [[true class, predicted class, images, '
-                'sample index, sample index or null], ...]}')
+                'sample index, sample index or null], ...], "where": [sample index, ...]}')
     index, cls = _whole(), (lambda v: _whole()(v) and v < num_classes)
-    ok = isinstance(examples, dict) and isinstance(examples.get('mistakes', []), list) \
-        and isinstance(examples.get('pairs', []), list) and all(index(i) for i in examples.get('mistakes', []))
+    listed = (lambda k: isinstance(examples.get(k, []), list) and all(index(i) for i in examples.get(k, [])))
+    ok = isinstance(examples, dict) and listed('mistakes') and listed('where') \
+        and isinstance(examples.get('pairs', []), list)
     ok = ok and all(isinstance(p, list) and len(p) == 5 and cls(p[0]) and cls(p[1]) and _whole(1)(p[2])
                     and index(p[3]) and (p[4] is None or index(p[4])) for p in examples.get('pairs', []))
     if not ok:
@@ -221,14 +228,16 @@ class ReportPictures:
     """The pictures :func:`draw_pictures` wrote into ``eval/``.
 
     Attributes:
-        files: ``{'confusion' | 'hybrid' | 'hybrid_tta' | 'mistakes': file name}``.
+        files: ``{'confusion' | 'hybrid' | 'hybrid_tta' | 'mistakes' | 'where': file name}``.
         pairs: ``[(file name, true class, predicted class, images)]``, one per confused pair drawn.
         mistakes: sample indices of the wrong predictions in ``mistakes.png``, in order.
+        where: sample indices of the images in ``where.png``, in order.
         confusion_classes: the confusion picture shows every class up to this many, else the worst.
     """
     files: Dict[str, str] = field(default_factory=dict)
     pairs: List[Tuple[str, int, int, int]] = field(default_factory=list)
     mistakes: List[int] = field(default_factory=list)
+    where: List[int] = field(default_factory=list)
     confusion_classes: int = CONFUSION_CLASSES
 
 
@@ -246,6 +255,8 @@ class Report:
             percentage of its true class's images.
         calibration: ``{head: (reliability bins, ECE in [0, 1])}`` for ``hybrid`` (and ``hybrid_tta``).
         pictures: what :func:`draw_pictures` drew (empty until then).
+        truth: ``ground_truth.npz`` (None: the evaluation had no ground-truth boxes).
+        localization: where the model looked, scored against ``truth`` (:func:`~.where.localize`).
     """
     meta: Dict[str, Any]
     names: List[str]
@@ -258,6 +269,8 @@ class Report:
     pair_share: List[float]
     calibration: Dict[str, Tuple[ReliabilityBins, float]]
     pictures: ReportPictures = field(default_factory=ReportPictures)
+    truth: Optional[FrameTruth] = None
+    localization: Optional[Localization] = None
 
     @property
     def num_hybrid_regions(self) -> int:
@@ -289,8 +302,9 @@ def _class_rows(cm: np.ndarray, names: Sequence[str]) -> List[List[Any]]:
     return rows
 
 
-def compute_report(meta: Dict[str, Any], preds: Predictions) -> Report:
-    """Accuracy of every head, per-class results, confusions and calibration of the saved predictions."""
+def compute_report(meta: Dict[str, Any], preds: Predictions, truth: Optional[FrameTruth] = None) -> Report:
+    """Accuracy of every head, per-class results, confusions and calibration of the saved predictions, and
+    with ground truth (``truth``) where the model looked (``metrics['localization']``)."""
     names = list(meta['class_names'])
     heads = head_accuracies(preds.topk, preds.target)
     cm = confusion_matrix(preds.pred('hybrid'), preds.target, len(names))
@@ -309,9 +323,13 @@ def compute_report(meta: Dict[str, Any], preds: Predictions) -> Report:
     seconds = meta.get('seconds') or {}
     if meta.get('tta') and seconds.get('single'):
         metrics['tta_cost'] = round((seconds['single'] + seconds.get('tta', 0.0)) / seconds['single'], 3)
+    localization = localize(preds, truth, int(meta.get('num_hybrid_regions') or 0)) if truth is not None else None
+    if localization is not None:
+        metrics['localization'] = localization.metrics
     return Report(meta=meta, names=names, preds=preds, heads=heads, metrics=metrics, confusion=cm,
                   class_rows=_class_rows(cm, names), pairs=pairs,
-                  pair_share=[100 * p.count / count[p.true] for p in pairs], calibration=calibration)
+                  pair_share=[100 * p.count / count[p.true] for p in pairs], calibration=calibration, truth=truth,
+                  localization=localization)
 
 
 # --- the files ------------------------------------------------------------------------------------
@@ -393,6 +411,30 @@ def _draw_examples(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir
         pictures.pairs.append((f'pair_{n}.png', true, predicted, times))
 
 
+def _draw_where(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir: Path,
+                pictures: ReportPictures) -> None:
+    """``where.png``: the images eval.json chose for "Where it looked", ground truth over regions and map."""
+    from .pictures import mistakes_grid, short_name
+    from .where import where_figure
+
+    loc, truth, preds, pos = report.localization, report.truth, report.preds, report.position
+    if loc is None:
+        return
+    l = (loc.metrics.get('regions') or {}).get('l', 0)
+    pictures.where = [i for i in (report.meta.get('examples') or {}).get('where', []) if i in examples and i in pos]
+    figures = []
+    for i in pictures.where:
+        p, ex = pos[i], examples[i]
+        title = (f'hit@1 {"yes" if loc.rank1[p] else "no"}, hit@{l} {"yes" if loc.any_region[p] else "no"}'
+                 if l else f'true: {short_name(report.names[preds.target[p]], 34)}')
+        subtitle = f'map: best IoU {loc.best_iou[p]:.2f}, GT-known {"yes" if loc.gt_known[p] else "no"}'
+        figures.append(where_figure(ex['image'], truth.boxes[p], preds.boxes[p], preds.valid[p], ex['attention'],
+                                    num_regions=l, title=title, subtitle=subtitle))
+    if figures:
+        _save_png(eval_dir / 'where.png', mistakes_grid(figures, ncols=WHERE_COLUMNS))
+        pictures.files['where'] = 'where.png'
+
+
 def draw_pictures(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir: Path) -> ReportPictures:
     """The confusion picture, the reliability diagrams and the chosen examples, as PNGs in ``eval_dir``."""
     from .pictures import confusion_figure, confusion_view, reliability_figure
@@ -409,6 +451,7 @@ def draw_pictures(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir:
                                                       else 'prediction (hybrid head)'))
         pictures.files[h] = name
     _draw_examples(report, examples, eval_dir, pictures)
+    _draw_where(report, examples, eval_dir, pictures)
     return pictures
 
 
@@ -461,7 +504,8 @@ def build_report(run_dir: Union[str, Path], output: Optional[Union[str, Path]] =
     run_dir = Path(run_dir)
     source = run_dir / EVAL_DIR
     out_dir = run_dir if output is None else Path(output)
-    report = compute_report(*read_saved(source))
+    meta, preds = read_saved(source)
+    report = compute_report(meta, preds, read_truth(source, preds))
     examples = read_examples(source)
     copy = out_dir.resolve() != run_dir.resolve()
     if copy:

@@ -119,6 +119,66 @@ def _tta(r: 'Report') -> List[str]:
             f'{_e(r.meta.get("device", ""))}, forward passes only).</p>']
 
 
+def _where_rows(loc: dict) -> List[List[Any]]:
+    """The figure rows of "Where it looked": name, %, what it measures."""
+    m, reg = loc['map'], loc.get('regions')
+    rows = [['MaxBoxAccV2, attention map', percent(m['max_box_acc_v2']), 'the mean of the three MaxBoxAcc rows below']]
+    for delta, acc in m['max_box_acc'].items():
+        t = m['best_threshold'].get(delta)
+        rows.append([f'MaxBoxAcc, IoU {int(delta) / 100:.1f}', percent(acc),
+                     'images where the box of a connected part of the map above '
+                     + ('?' if t is None else f'{t:.2f}') + f' of its range (the threshold best for the set) reaches '
+                     f'IoU {int(delta) / 100:.1f} with a ground-truth box'])
+    rows.append(['GT-known loc, IoU 0.5', percent(m['gt_known_loc']),
+                 'images where the box of the largest connected part of the map above 20 % of its range reaches IoU '
+                 '0.5 with a ground-truth box'])
+    if reg:
+        l = reg['l']
+        rows += [['hit@1', percent(reg['hit1']),
+                  'images whose rank-1 region contains the centre of a ground-truth box'],
+                 [f'hit@{l}', percent(reg['hitl']), f'images where any of the {l} regions of the prediction does']]
+        if 'part_share' in reg:
+            rows.append(['part share', percent(reg['part_share']),
+                         f'of the {reg["part_regions"]} regions, those holding at least one visible part keypoint'])
+    return rows
+
+
+def _where(r: 'Report', eval_dir: str) -> List[str]:
+    """Where it looked, scored against the ground-truth boxes, and the picture of a few images."""
+    loc = r.metrics.get('localization')
+    if not loc:
+        return []
+    (W, H), (fw, fh) = loc['input_size'], loc['frame']
+    outside = loc.get('boxes_outside_view', 0)
+    out = ['<h2>Where it looked</h2>',
+           f'<p>Scored against the ground-truth boxes of <code>{_e(loc.get("source") or "?")}</code>: '
+           f'<b>{loc["scored"]}</b> images with a box, {loc["without_boxes"]} without (left out)'
+           + (f'; {outside} box(es) lay entirely outside the eval crop' if outside else '')
+           + f'. Boxes are compared in the model input ({W}x{H} pixels)'
+           + (f', the attention map in a {fw}x{fh} frame (the input shrunk, as wsolevaluation scores at 224 px)'
+              if (fw, fh) != (W, H) else '')
+           + '. Definitions, references and costs: <code>docs/localization.md</code> of timm-fgfocus.</p>']
+    if not loc['scored']:
+        return out + ['<p>No image has a ground-truth box inside the model\'s view: nothing was scored.</p>']
+    out.append(_table(['figure', '%', 'what it counts'], _where_rows(loc), num_cols=(1,)))
+    notes = []
+    if loc['map'].get('blank_maps'):
+        notes.append(f'{loc["map"]["blank_maps"]} map(s) were constant (or not finite): they have no box and miss.')
+    if not loc.get('regions'):
+        notes.append('No region figures: this model looks at the whole image only.')
+    if notes:
+        out.append(f'<p class="note">{_e(" ".join(notes))}</p>')
+    if 'where' in r.pictures.files:
+        l = (loc.get('regions') or {}).get('l', 0)
+        regions = f' with the {l} region(s) of the prediction ({", ".join(_COLOURS[:l])}: rank 1 first)' if l else ''
+        out += [f'<p>{len(r.pictures.where)} images spread evenly over the scored set (neither the best nor the worst '
+                f'picked), as the model saw them. Left: the image{regions}; right: the attention map (red high, blue '
+                'low); on both, the ground-truth boxes in black with a white inner line.</p>',
+                _img(eval_dir, r.pictures.files['where'],
+                     'ground-truth boxes beside the regions and the attention map')]
+    return out
+
+
 def _calibration(r: 'Report', eval_dir: str) -> List[str]:
     ece, files = r.metrics['ece'], r.pictures.files
     bins = len(r.calibration['hybrid'][0].count)
@@ -184,10 +244,12 @@ def _mistakes(r: 'Report', eval_dir: str) -> List[str]:
                      f'{100 * preds.confidence["hybrid"][pos[i]]:.1f}'] for i in mistakes], num_cols=(0, 4))]
 
 
-def _files(eval_dir: str) -> List[str]:
+def _files(r: 'Report', eval_dir: str) -> List[str]:
     files = [('eval.json', 'what was evaluated'), ('metrics.json', 'the figures above'),
              ('predictions.csv', 'one row per image'), ('per_class.csv', 'per-class accuracy'),
              ('confused_pairs.csv', 'confused pairs'), ('predictions.npz', 'saved outputs (numpy)')]
+    if r.truth is not None:
+        files.append(('ground_truth.npz', 'the ground-truth boxes in model-input pixels (numpy)'))
     return ['<h2>Files</h2>',
             '<ul>' + ''.join(f'<li><a href="{eval_dir}/{f}">{f}</a>: {_e(d)}</li>' for f, d in files) + '</ul>',
             '<p class="note">Regenerate this page from the saved outputs, without the model: '
@@ -201,9 +263,9 @@ def render_html(report: 'Report', *, eval_dir: str) -> str:
         report: what :func:`~.outputs.build_report` computed and drew.
         eval_dir: the folder of the pictures and files, relative to the page.
     """
-    body = (_header(report) + _heads(report) + _tta(report) + _calibration(report, eval_dir)
-            + _per_class(report, eval_dir) + _confusions(report, eval_dir) + _mistakes(report, eval_dir)
-            + _files(eval_dir))
+    body = (_header(report) + _heads(report) + _tta(report) + _where(report, eval_dir)
+            + _calibration(report, eval_dir) + _per_class(report, eval_dir) + _confusions(report, eval_dir)
+            + _mistakes(report, eval_dir) + _files(report, eval_dir))
     title = f'Evaluation of {report.meta.get("arch", "?")}: {Path(report.meta.get("checkpoint") or "").name}'
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n'

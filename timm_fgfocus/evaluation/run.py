@@ -9,6 +9,11 @@ Output folder: ``--eval-only`` writes into ``--output DIR``, by default the chec
 the end of training into the run's folder. ``report.html`` and ``eval/`` there are replaced when an
 earlier evaluation wrote them, never when they are someone else's files. The new ``eval/`` is written
 beside the old one and swapped in when complete.
+
+With ground-truth boxes (``ground_truth``, read by the caller from ``--boxes``, CUB-200-2011's files
+or the demo's ``boxes.csv``) every image's attention map is kept and the boxes are saved in the
+model-input frame (``eval/ground_truth.npz``, :mod:`.where`), so the report scores where the model
+looked from ``eval/`` alone.
 """
 import json
 import shutil
@@ -24,6 +29,7 @@ from torch.utils.data import IterableDataset
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import EvaluationError
 from ..files import file_sha256, writable_problem
+from ..ground_truth import GroundTruth, sample_keys
 from ..visualize import denormalize
 from .collect import (
     EvalContext, Predictions, collect_predictions, gather_predictions, merge_predictions, model_outputs,
@@ -33,6 +39,7 @@ from .metrics import confusion_matrix, flat_metrics, most_confused
 from .pictures import select_mistakes, select_pair_examples
 from .outputs import EVAL_DIR, EVAL_FORMAT, build_report, check_report_folder
 from .tta import tta_views
+from .where import GROUND_TRUTH_FILE, FrameTruth, choose_where_examples, flat_localization, truth_in_input
 
 __all__ = ['eval_context', 'evaluate_model', 'check_output', 'evaluate_run', 'report_best_checkpoint',
            'NUM_MISTAKES', 'NUM_PAIRS']
@@ -192,11 +199,13 @@ def _write_eval_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
 
 
 def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], model, dataset, ctx: EvalContext,
-                     batch_size: int) -> Path:
-    """Write ``eval/`` (swapped in complete) and build ``report.html``."""
+                     batch_size: int, truth: Optional[FrameTruth] = None) -> Path:
+    """Write ``eval/`` (swapped in complete, with ``ground_truth.npz`` when ``truth`` is given) and build
+    ``report.html``."""
     mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
-    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs}
-    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None})
+    where = choose_where_examples(truth) if truth is not None else []
+    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs, 'where': where}
+    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None} | set(where))
     seen = _attention_of(model, dataset, shown, ctx, batch_size)
     mean, std = ctx.normalize
 
@@ -209,6 +218,8 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
         with open(folder / 'examples.npz', 'wb') as f:
             np.savez_compressed(f, index=np.asarray(shown, dtype=np.int64), attention=attention)
         preds.save(folder / 'predictions.npz')
+        if truth is not None:
+            truth.save(folder / GROUND_TRUTH_FILE)
         (folder / 'eval.json').write_text(json.dumps(meta, indent=2) + '\n', encoding='utf-8')
     _write_eval_dir(out_dir, write)
     return build_report(out_dir)
@@ -247,6 +258,7 @@ def evaluate_run(
         ema: bool = False,
         epoch: Optional[int] = None,
         data_config: Optional[Dict[str, Any]] = None,
+        ground_truth: Optional[GroundTruth] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` on the val split and write the report; every rank calls it under DDP.
 
@@ -260,10 +272,14 @@ def evaluate_run(
         out_dir: where the report goes; None: metrics only, nothing written.
         checkpoint, ema, epoch: what is evaluated (for the report and the model card).
         data_config: the eval preprocessing (``mean``/``std`` to show the images, ``input_size``).
+        ground_truth: boxes (and part keypoints) of each sample of ``dataset`` in original pixels
+            (:func:`timm_fgfocus.training.data.val_ground_truth`); the report then scores where the
+            model looked. Every rank passes the same (each keeps its images' attention maps).
 
     Returns:
-        The metrics (:func:`~.metrics.flat_metrics`), and ``eval_report``: the page's path when one was
-        written.
+        The metrics (:func:`~.metrics.flat_metrics`), ``eval_report``: the page's path when one was
+        written, and the headline localization figures (``loc_*``, :func:`~.where.flat_localization`)
+        when there was ground truth.
 
     Raises:
         EvaluationError: one line, for an output folder in the way, bad TTA scales, or predictions
@@ -278,20 +294,35 @@ def evaluate_run(
     if out_dir is not None:
         check_output(out_dir)
     ctx = eval_context(args, device, data_config)
+    keep_attention = out_dir is not None and ground_truth is not None and ground_truth.num_with_boxes > 0
     preds, metrics = evaluate_model(model, loader, ctx, num_samples=len(dataset), tta_views=views,
-                                    desc='eval report' if out_dir else 'eval')
+                                    keep_attention=keep_attention, desc='eval report' if out_dir else 'eval')
     if out_dir is None:
         return metrics
 
-    def write() -> str:
+    def write() -> Dict[str, Any]:
         preds.files = sample_names(dataset, preds.index, root=getattr(args, 'data_dir', None))
         meta = _eval_meta(model, preds, class_names, args, ctx, views, checkpoint, ema, epoch, data_config)
-        return str(_save_evaluation(Path(out_dir), preds, meta, model, dataset, ctx, args.batch_size))
-    return dict(metrics, eval_report=_from_rank0(ctx, write))
+        truth = _input_truth(ground_truth, preds, dataset, data_config) if keep_attention else None
+        page = _save_evaluation(Path(out_dir), preds, meta, model, dataset, ctx, args.batch_size, truth)
+        written = json.loads((Path(out_dir) / EVAL_DIR / 'metrics.json').read_text(encoding='utf-8'))
+        return dict(flat_localization(written.get('localization')), eval_report=str(page))
+    return dict(metrics, **_from_rank0(ctx, write))
+
+
+def _input_truth(truth: GroundTruth, preds: Predictions, dataset, data_config) -> FrameTruth:
+    """The ground truth of the evaluated images in model-input pixels (through the data set's eval transform)."""
+    transform = getattr(dataset, 'transform', None)
+    if transform is None:
+        raise EvaluationError('the val data set has no eval transform to move the ground-truth boxes through')
+    size = (data_config or {}).get('input_size')
+    return truth_in_input(truth, preds.index, transform, sample_keys(dataset).image_size,
+                          (int(size[-1]), int(size[-2])) if size else None)
 
 
 def report_best_checkpoint(model, loader, dataset, class_names, args, device, out_dir: Union[str, Path],
-                           data_config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+                           data_config: Dict[str, Any],
+                           ground_truth: Optional[GroundTruth] = None) -> Optional[Dict[str, Any]]:
     """End of training: load ``out_dir/best.pth`` into ``model`` (rank 0 reads it, every rank gets
     its weights) and evaluate it with the report. Returns the metrics, or None without ``best.pth``.
 
@@ -315,4 +346,5 @@ def report_best_checkpoint(model, loader, dataset, class_names, args, device, ou
     if flag[0] is None:
         return None
     return evaluate_run(model, loader, dataset, class_names, args, device, out_dir=out_dir, checkpoint=best,
-                        ema=False, epoch=flag[0] if flag[0] >= 0 else None, data_config=data_config)
+                        ema=False, epoch=flag[0] if flag[0] >= 0 else None, data_config=data_config,
+                        ground_truth=ground_truth)

@@ -39,6 +39,8 @@ from .transforms import TRAIN_INTERPOLATIONS, auto_augment_problem, mixup_active
 
 __all__ = ['build_parser', 'parse_args', 'check_args', 'Odd', 'INVOCATION_ARGS']
 
+ITERABLE_PREFIXES = ('wds/', 'tfds/', 'hfids/')  # --dataset sources timm streams (no sample names)
+
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
                    'dist_backend', 'progress', 'config', 'threads')
@@ -166,6 +168,19 @@ def _per_channel(v: List[float], args) -> Optional[str]:
 
 def _dataset(v: str, args) -> Optional[str]:
     return None if dataset_kind(v) else f'not a known data set: use {DATASET_NAMES}'
+
+
+def _boxes(v: str, args) -> Optional[str]:
+    """A box file that exists, for a data set whose samples have names to match its rows against."""
+    if not v:
+        return None
+    if args.dataset.lower().startswith(ITERABLE_PREFIXES):
+        return (f'--dataset {args.dataset} is streamed (an iterable data set): its samples have no file names to '
+                f'match box rows against and no evaluation report; use image folders, csv, hfds/ or the benchmarks')
+    if not os.path.isfile(v):
+        return ('does not exist: pass a CSV path,x0,y0,x1,y1 (original pixels) naming the val images, '
+                "or --boxes '' to evaluate without boxes")
+    return None
 
 
 def _model_kwargs(v: Dict[str, Any], args) -> Optional[str]:
@@ -306,6 +321,10 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help='wds: train samples per epoch when the shards carry no _info.json')
     g.add_argument('--val-num-samples', type=int, default=None, metavar='N', check=at_least(1),
                    help='wds: val samples when the shards carry no _info.json')
+    g.add_argument('--boxes', default='', metavar='FILE', check=_boxes,
+                   help='ground-truth boxes of the val images, a CSV path,x0,y0,x1,y1 in original pixels (paths as '
+                        'the data set names them): the evaluation report scores where the model looked. '
+                        '--dataset cub200 reads its own boxes and parts, --demo its boxes.csv')
     g.add_argument('--no-prefetcher', action='store_true',
                    help="on CUDA, load float tensors in the workers instead of timm's prefetcher "
                         '(uint8 batches normalised on the device)')

@@ -29,7 +29,7 @@ from .model import arch_name, group_lrs
 from .preflight import first_readable
 from .run_files import RunProgress, args_dict, clean_stale_temps, same_path, writing
 from .run_plot import save_run_plot
-from .setup import TrainRun, prepare_run
+from .setup import TrainRun, prepare_run, read_val_ground_truth
 
 __all__ = ['RunHooks', 'train', 'save_epoch', 'run_eval_only']
 
@@ -162,7 +162,7 @@ def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
         return None
     try:
         report = report_best_checkpoint(run.model, run.val_loader, run.val_ds, run.classes, args, run.device, run.out,
-                                        run.data_config)
+                                        run.data_config, run.ground_truth)
     except EvaluationError as e:
         if args.rank == 0:
             print(f'warning: no evaluation report: {e}', file=sys.stderr, flush=True)
@@ -178,6 +178,13 @@ def _print_report(metrics: Dict[str, Any]) -> None:
     if 'eval_top1_tta' in metrics:
         print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image_tta"]:.2f} (image level)', flush=True)
+    if 'loc_images' in metrics:
+        figures = [(name, metrics.get(key)) for name, key in (
+            ('MaxBoxAccV2', 'loc_max_box_acc_v2'), ('GT-known loc', 'loc_gt_known'), ('hit@1', 'loc_hit1'),
+            (f'hit@{metrics.get("loc_l")}', 'loc_hitl'), ('part share', 'loc_part_share'))]
+        print('where it looked: ' + '  '.join(f'{name} {value:.2f}' for name, value in figures if value is not None)
+              + f'  ({metrics["loc_images"]} images with boxes, {metrics.get("loc_without_boxes", 0)} without)',
+              flush=True)
     if metrics.get('eval_report'):
         print(f'report: {metrics["eval_report"]}', flush=True)
 
@@ -200,6 +207,7 @@ def run_eval_only(args, device) -> Dict[str, Any]:
     eval_tf = create_transform(**data_config, is_training=False, use_prefetcher=prefetch)
     _, val, classes = create_datasets(args, None, eval_tf, need_train=False)
     first_readable(val, 'val', f'{args.data_dir} {args.val_split}')
+    ground_truth = None if isinstance(val, IterableDataset) else read_val_ground_truth(args, val)
     if model.num_classes != len(classes):
         raise TrainError(f'checkpoint {args.checkpoint} was trained for {model.num_classes} classes but '
                          f'{args.data_dir}/{args.val_split} has {len(classes)}: evaluate on the data it was trained on')
@@ -208,7 +216,7 @@ def run_eval_only(args, device) -> Dict[str, Any]:
               file=sys.stderr)
     loader = eval_loader(val, args, device, data_config, prefetch)
     metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
-                                   data_config, ckpt)
+                                   data_config, ckpt, ground_truth)
     if args.rank == 0:
         print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
               f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
@@ -216,7 +224,8 @@ def run_eval_only(args, device) -> Dict[str, Any]:
     return metrics
 
 
-def _evaluate_checkpoint(model, loader, val, class_names, args, device, data_config, ckpt) -> Dict[str, Any]:
+def _evaluate_checkpoint(model, loader, val, class_names, args, device, data_config, ckpt,
+                         ground_truth=None) -> Dict[str, Any]:
     """The evaluation of ``--eval-only`` and, with ``--eval-report``, the report in ``--output`` (default:
     the checkpoint's folder). An iterable data set (``wds/...``) gets its metrics only: it has no sample
     indices to gather and re-read."""
@@ -227,6 +236,7 @@ def _evaluate_checkpoint(model, loader, val, class_names, args, device, data_con
     out = (Path(args.output) if args.output else Path(args.checkpoint).parent) if args.eval_report else None
     try:
         return evaluate_run(model, loader, val, class_names, args, device, out_dir=out, checkpoint=args.checkpoint,
-                            ema=args.model_ema, epoch=ckpt.get('epoch'), data_config=data_config)
+                            ema=args.model_ema, epoch=ckpt.get('epoch'), data_config=data_config,
+                            ground_truth=ground_truth)
     except EvaluationError as e:
         raise TrainError(str(e)) from None

@@ -5,6 +5,8 @@ Every problem with the user's input surfaces here, as one line, before anything 
 output folder, the data, the model's kwargs (a dummy training forward on a real image), the free
 space for the checkpoints.
 """
+import contextlib
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +22,10 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import TrainError, first_line
 from ..evaluation import EvalContext, eval_context
 from ..files import atomic_copy
+from ..ground_truth import GroundTruth
 from ..loss import FgFocusLoss
 from ..metric_table import read_summary
-from .data import create_datasets, resolve_run_data_config
+from .data import create_datasets, resolve_run_data_config, val_ground_truth
 from .loaders import eval_loader, train_loader, use_prefetcher
 from .loggers import check_logger_packages
 from .model import (
@@ -34,7 +37,32 @@ from .run_files import (
 )
 from .transforms import build_transforms, create_mixup
 
-__all__ = ['TrainRun', 'prepare_run', 'model_title']
+__all__ = ['TrainRun', 'prepare_run', 'model_title', 'read_val_ground_truth']
+
+
+def read_val_ground_truth(args, val: Dataset) -> Optional[GroundTruth]:
+    """The ground-truth boxes of the val split for the evaluation report: ``--boxes``, CUB-200-2011's
+    own files with ``--dataset cub200``, else None; also None without ``--eval-report`` or without an
+    image with a box (a warning line: nothing is scored).
+
+    Every rank reads them (the same answer everywhere, so a bad file stops every rank); the reader's
+    warnings are printed by rank 0 only.
+
+    Raises:
+        TrainError: one line for a bad box file (naming it and the line) or a data set without sample names.
+    """
+    if not args.eval_report:
+        return None
+    quiet = contextlib.redirect_stderr(io.StringIO()) if args.rank != 0 else contextlib.nullcontext()
+    with quiet:
+        truth = val_ground_truth(args, val, args.boxes or None)
+    if truth is not None and not truth.num_with_boxes:
+        if args.rank == 0:
+            print(f'warning: boxes {truth.source}: no row names an image of the {args.val_split} split '
+                  f'({truth.counts.get("rows", 0)} row(s) read): nothing is scored; paths are relative to the data '
+                  f'folder, as the data set names its images', file=sys.stderr, flush=True)
+        return None
+    return truth
 
 
 def model_title(model: nn.Module, name: str) -> str:
@@ -53,7 +81,8 @@ class TrainRun:
 
     ``model`` is the bare model (evaluated, checkpointed); ``train_model`` the one trained (DDP and/or
     ``torch.compile`` around it). ``best_source``: the file holding the best epoch's weights of a run
-    continued in a new folder, until this run's ``best.pth`` holds them.
+    continued in a new folder, until this run's ``best.pth`` holds them. ``ground_truth``: the val
+    images' boxes for the report of ``best.pth`` (:func:`read_val_ground_truth`).
     """
     args: Any
     device: torch.device
@@ -82,6 +111,7 @@ class TrainRun:
     best_epoch: Optional[int] = None
     best_source: Optional[Path] = None
     summary_rows: List[Dict[str, Any]] = field(default_factory=list)
+    ground_truth: Optional[GroundTruth] = None
 
     @property
     def title(self) -> str:
@@ -110,6 +140,7 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
         check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
     train_index = first_readable(train_ds, 'train', f'{args.data_dir} {args.train_split}')
     first_readable(val_ds, 'val', f'{args.data_dir} {args.val_split}')
+    ground_truth = read_val_ground_truth(args, val_ds)  # a bad box file stops the run before it starts
 
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
     model, model_args = create_fg_model(args, num_classes)
@@ -130,7 +161,8 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
         args=args, device=device, ctx=eval_context(args, device, data_config), out=out, progress=progress,
         classes=classes, train_ds=train_ds, val_ds=val_ds, data_config=data_config, model=model,
         model_args=model_args, train_model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        num_epochs=num_epochs, scaler=NativeScaler(device=device.type) if use_scaler else None)
+        num_epochs=num_epochs, scaler=NativeScaler(device=device.type) if use_scaler else None,
+        ground_truth=ground_truth)
     if ckpt is not None:
         _restore(run, ckpt)
 
