@@ -16,6 +16,7 @@ from torch.utils.data import IterableDataset
 
 from timm.data import create_transform
 
+from ..baseline import BASELINE_KEY
 from ..checkpoint import CheckpointError, atomic_save, checkpoint_dict, model_from_checkpoint
 from ..errors import EvaluationError, TrainError, TrainInterrupted
 from ..evaluation import eval_context, evaluate_model, evaluate_run, report_best_checkpoint
@@ -43,8 +44,9 @@ def save_epoch(run: TrainRun, epoch: int, metrics: Dict[str, Any], is_best: bool
     weights of the run being continued in a new folder). A failed write is one line with its cause;
     files already there stay. Rank 0 only."""
     args, out, progress = run.args, run.out, run.progress
+    extra = {BASELINE_KEY: run.baseline} if run.baseline is not None else {}
     state = checkpoint_dict(
-        run.model, arch_name(args.model), run.model_args, run.classes,
+        run.model, run.arch or arch_name(args.model), run.model_args, run.classes, **extra,
         pretrained_cfg=checkpoint_data_cfg(run.data_config),
         state_dict_ema=run.ema.module.state_dict() if run.ema is not None else None,
         epoch=epoch, num_updates=run.num_updates, metrics=plain(metrics),
@@ -146,9 +148,10 @@ def _run_epochs(run: TrainRun, hooks: RunHooks) -> Dict[str, Any]:
 def _epoch_line(run: TrainRun, epoch: int, m: Dict[str, Any], is_best: bool) -> str:
     ema = f'  ema {m["eval_top1_ema"]:.1f}' if 'eval_top1_ema' in m else ''
     lr_backbone = f'{m["lr_backbone"]:.2e}' if m.get('lr_backbone') is not None else '-'
+    top1 = (f'top1 {m["eval_top1"]:5.1f} plain' if run.baseline is not None else
+            f'top1 {m["eval_top1"]:5.1f} hybrid  {m["eval_top1_image"]:5.1f} image')
     return (f'epoch {epoch + 1:3d}/{run.num_epochs}  loss {m["train_loss"]:.4f}  lr {m["lr"]:.2e}/{lr_backbone}  '
-            f'top1 {m["eval_top1"]:5.1f} hybrid  {m["eval_top1_image"]:5.1f} image  top5 {m["eval_top5"]:5.1f}'
-            f'{ema}  {m["epoch_time"]:.0f}s' + ('  *best' if is_best else ''))
+            f'{top1}  top5 {m["eval_top5"]:5.1f}{ema}  {m["epoch_time"]:.0f}s' + ('  *best' if is_best else ''))
 
 
 def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
