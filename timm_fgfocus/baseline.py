@@ -36,9 +36,9 @@ from .fgfocus import FgFocus, FgFocusCfg, variant_args
 from .ops import attention_map
 
 __all__ = [
-    'BASELINE_KEY', 'BaselineError', 'BaselineLoss', 'CamSource', 'baseline_backbone', 'create_baseline',
+    'BASELINE_KEY', 'MODEL_KINDS', 'BaselineError', 'BaselineLoss', 'CamSource', 'baseline_backbone', 'create_baseline',
     'classifier_name', 'plain_group_matcher', 'set_cam_source', 'cam_source', 'plain_forward', 'model_kind',
-    'single_head_forward',
+    'describe_model', 'single_head_forward',
 ]
 
 # what kind of model an evaluation ran (eval.json "model": {"kind": ...})
@@ -130,7 +130,8 @@ def create_baseline(fg: FgFocus) -> Tuple[nn.Module, str, Dict[str, Any]]:
     plain.pretrained_cfg = dict(plain.pretrained_cfg, **{
         k: v for k, v in fg.pretrained_cfg.items()
         if k in ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')})
-    set_cam_source(plain, fg.smooth_sigma, name, fg.backbone_args, fg.in_chans)
+    set_cam_source(plain, fg.smooth_sigma, name, fg.backbone_args, fg.in_chans,
+                   matched_to=(fg.pretrained_cfg or {}).get('architecture'))
     model_args = {k: v for k, v in build.items() if k != 'drop_path_rate'}
     return plain, arch, model_args
 
@@ -186,18 +187,20 @@ class CamSource:
     Attributes:
         adapter: gives ``Z`` of the model (:func:`timm_fgfocus.backbones.adapter_for`).
         smooth_sigma: fgfocus's ``smooth_sigma`` (units of 32 input pixels), from the fgfocus run.
+        matched_to: the fgfocus model a ``--baseline`` model is the plain fine-tune of, if known.
     """
     adapter: BackboneAdapter
     smooth_sigma: float
+    matched_to: Optional[str] = None
 
 
 _CAM_ATTR = 'fgfocus_cam_source'
 
 
-def set_cam_source(model: nn.Module, smooth_sigma: float, name: str,
-                   backbone_args: Optional[Dict[str, Any]] = None, in_chans: int = 3) -> CamSource:
+def set_cam_source(model: nn.Module, smooth_sigma: float, name: str, backbone_args: Optional[Dict[str, Any]] = None,
+                   in_chans: int = 3, matched_to: Optional[str] = None) -> CamSource:
     """Attach to a plain timm classifier how its attention map is made (kept on the module, not in its weights)."""
-    source = CamSource(adapter_for(model, name, in_chans, backbone_args), float(smooth_sigma))
+    source = CamSource(adapter_for(model, name, in_chans, backbone_args), float(smooth_sigma), matched_to)
     object.__setattr__(model, _CAM_ATTR, source)  # a plain attribute: not a submodule, not in the state dict
     return source
 
@@ -245,6 +248,20 @@ def model_kind(model: nn.Module) -> str:
     if isinstance(model, FgFocus):
         return 'fgfocus_single_pass' if model.single_pass else 'fgfocus'
     return 'plain'
+
+
+def describe_model(model: nn.Module) -> Dict[str, Any]:
+    """What kind of model this is, for ``eval.json``: ``kind`` (:func:`model_kind`), ``arch``, ``backbone``
+    (the backbone's name, weight tag included), ``params``, and for a baseline ``matched_to`` (its fgfocus model)."""
+    kind = model_kind(model)
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+    out = {'kind': kind, 'arch': arch, 'params': int(sum(p.numel() for p in model.parameters()))}
+    if kind == 'plain':
+        source = cam_source(model)
+        out.update(backbone=source.adapter.name, matched_to=source.matched_to)
+    else:
+        out['backbone'] = model.backbone_name
+    return out
 
 
 def single_head_forward(model: nn.Module, x: Tensor, attention: bool = False) -> Tuple[Tensor, Optional[Tensor]]:

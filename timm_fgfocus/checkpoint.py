@@ -209,7 +209,7 @@ def _set_baseline_cam(model: torch.nn.Module, ckpt: Dict[str, Any], path: PathLi
     backbone_args = {k: v for k, v in args.items() if k not in ('num_classes', 'in_chans')}
     try:
         return set_cam_source(model, float(info.get('smooth_sigma', 1.0)), str(info.get('backbone') or ckpt['arch']),
-                              backbone_args, int(args.get('in_chans', 3))).adapter
+                              backbone_args, int(args.get('in_chans', 3)), info.get('fgfocus_model')).adapter
     except (BaselineError, TypeError, ValueError) as e:
         raise CheckpointError(f'checkpoint {path}: its baseline entry {info!r} does not describe {ckpt["arch"]}: '
                               f'{first_line(e)}') from None
