@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset
 
 from timm.data import create_transform
 
-from ..baseline import BASELINE_KEY
+from ..baseline import BASELINE_KEY, model_kind
 from ..checkpoint import CheckpointError, atomic_save, checkpoint_dict, model_from_checkpoint
 from ..errors import EvaluationError, TrainError, TrainInterrupted
 from ..evaluation import eval_context, evaluate_model, evaluate_run, report_best_checkpoint
@@ -171,15 +171,22 @@ def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
             print(f'warning: no evaluation report: {e}', file=sys.stderr, flush=True)
         return None
     if report is not None and args.rank == 0:
-        print(f'best.pth: top1 {report["eval_top1"]:.2f} (hybrid)  {report["eval_top1_image"]:.2f} (image level)',
-              flush=True)
+        print(f'best.pth: {_top1_line(report, model_kind(run.model))}', flush=True)
         _print_report(report)
     return report
 
 
+def _top1_line(metrics: Dict[str, Any], kind: str) -> str:
+    """The evaluation's top-1 in words: both heads of a full fgfocus model, the one head of the others."""
+    if kind == 'fgfocus':
+        return f'top1 {metrics["eval_top1"]:.2f} (hybrid)  {metrics["eval_top1_image"]:.2f} (image level)'
+    what = 'single pass: image level' if kind == 'fgfocus_single_pass' else 'plain timm classifier'
+    return f'top1 {metrics["eval_top1"]:.2f} ({what})'
+
+
 def _print_report(metrics: Dict[str, Any]) -> None:
     if 'eval_top1_tta' in metrics:
-        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (hybrid)  '
+        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (prediction)  '
               f'top1 {metrics["eval_top1_image_tta"]:.2f} (image level)', flush=True)
     if metrics.get('eval_report'):
         print(f'report: {metrics["eval_report"]}', flush=True)
@@ -193,6 +200,11 @@ def run_eval_only(args, device) -> Dict[str, Any]:
         model, ckpt = model_from_checkpoint(args.checkpoint, use_ema=args.model_ema)
     except CheckpointError as e:
         raise TrainError(str(e)) from None
+    if args.single_pass:
+        if model_kind(model) != 'fgfocus':
+            raise TrainError(f'--single-pass: {args.checkpoint} holds a plain {ckpt["arch"]} classifier (a --baseline '
+                             f'run), which has one pass already: drop --single-pass')
+        model.set_single_pass(True)
     model.to(device)
     cfg = dict(ckpt.get('pretrained_cfg') or {})
     for k in DATA_CONFIG_KEYS:
@@ -213,8 +225,8 @@ def run_eval_only(args, device) -> Dict[str, Any]:
     metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
                                    data_config, ckpt)
     if args.rank == 0:
-        print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
-              f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
+        print(f'eval {args.checkpoint}: {_top1_line(metrics, model_kind(model))}  top5 {metrics["eval_top5"]:.2f} '
+              f'(prediction)  on {metrics["eval_samples"]} images', flush=True)
         _print_report(metrics)
     return metrics
 
