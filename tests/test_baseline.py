@@ -19,7 +19,9 @@ from timm.models import group_parameters
 from timm.utils import random_seed
 from timm_fgfocus import train as train_mod
 from timm_fgfocus import training
-from timm_fgfocus.baseline import BaselineLoss, classifier_name, create_baseline, plain_forward, set_cam_source
+from timm_fgfocus.baseline import (
+    BaselineLoss, cam_source, classifier_name, create_baseline, plain_forward, set_cam_source,
+)
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
 from timm_fgfocus.evaluation.collect import Predictions
 from timm_fgfocus.evaluation.cost import flops_per_image
@@ -179,6 +181,8 @@ def test_baseline_checkpoint(baseline_run):
     assert ckpt['baseline']['smooth_sigma'] == 0.5  # the demo recipe's
     model, _ = model_from_checkpoint(baseline_run / 'best.pth')
     assert type(model) is type(timm.create_model('test_resnet')) and model.num_classes == 3
+    source = cam_source(model)  # its attention map is drawn with the run's smoothing and backbone
+    assert (source.smooth_sigma, source.matched_to, source.adapter.stride) == (0.5, 'fgfocus_test', 16)
     assert model.pretrained_cfg['input_size'] == [3, 64, 64]
     assert {p.name for p in baseline_run.iterdir()} >= {'summary.csv', 'summary.png', 'last.pth', 'best.pth',
                                                        'report.html', 'eval'}
