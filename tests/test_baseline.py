@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import timm
-from timm.models import group_parameters
 from timm.utils import random_seed
 from timm_fgfocus import train as train_mod
 from timm_fgfocus import training

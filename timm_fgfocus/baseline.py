@@ -118,7 +118,7 @@ def create_baseline(fg: FgFocus) -> Tuple[nn.Module, str, Dict[str, Any]]:
     except Exception as e:  # timm's own errors while building, as one line
         raise BaselineError(f'cannot build the plain timm model {arch} with {build}: {type(e).__name__}: '
                             f'{str(e).splitlines()[0] if str(e) else ""}') from None
-    classifier = _linear_classifier(plain, fg.backbone_num_features, f'backbone {name!r}')
+    _linear_classifier(plain, fg.backbone_num_features, f'backbone {name!r}')
     head = classifier_name(plain)
     weights = dict(fg.backbone.state_dict())
     weights.update({f'{head}.{k}': v for k, v in fg.fc.state_dict().items()})

@@ -51,9 +51,9 @@ from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite
 from .model_card import _epoch, baseline_model_card, model_card, read_evaluation
 
 __all__ = [
-    'HubUploadError', 'HubConfigError', 'save_for_hub', 'save_baseline_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
+    'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
     'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
-    'check_checkpoint_file', 'check_local_dir', 'main',
+    'check_checkpoint_file', 'check_local_dir', 'main', 'save_baseline_for_hub',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -315,15 +315,7 @@ def save_baseline_for_hub(
 
 def _verify_plain_folder(folder: Path, model: torch.nn.Module) -> None:
     """Load ``folder`` with plain timm and require the same architecture, weights and data config."""
-    try:
-        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
-    except Exception as e:
-        raise HubUploadError(f'the written folder {folder} does not load back: {type(e).__name__}: {e}') from e
-    theirs, ours = loaded.state_dict(), model.state_dict()
-    if type(loaded) is not type(model) or theirs.keys() != ours.keys() or any(
-            not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
-        raise HubUploadError(f'the written folder {folder} loads another model than the checkpoint\'s '
-                             f'({type(loaded).__name__}; model_args?)')
+    loaded = _loaded_back(folder, model)
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
         if key in model.pretrained_cfg and list(np.atleast_1d(loaded.pretrained_cfg.get(key))) != list(
                 np.atleast_1d(model.pretrained_cfg[key])):
@@ -431,15 +423,22 @@ def check_local_dir(model_name: str) -> None:
             raise HubConfigError(f'{config_file}: "{key}" is a JSON {type(config[key]).__name__}, not an object')
 
 
-def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
-    """Load ``folder`` the way users will and require the same tensors and hyperparameters."""
+def _loaded_back(folder: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """``folder`` loaded the way users will, which must be a model of ``model``'s class with its tensors."""
     try:
         loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
     except Exception as e:
         raise HubUploadError(f'the written folder {folder} does not load back: {type(e).__name__}: {e}') from e
     theirs, ours = loaded.state_dict(), model.state_dict()
-    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+    if type(loaded) is not type(model) or theirs.keys() != ours.keys() or any(
+            not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
         raise HubUploadError(f'the written folder {folder} loads other weights than the model (model_args?)')
+    return loaded
+
+
+def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
+    """Load ``folder`` the way users will and require the same tensors and hyperparameters."""
+    loaded = _loaded_back(folder, model)
     theirs = dict(loaded.cfg.to_dict(), num_classes=loaded.num_classes)
     for name, value in dict(model.cfg.to_dict(), num_classes=model.num_classes).items():
         if theirs[name] != value:

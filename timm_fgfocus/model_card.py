@@ -524,7 +524,8 @@ def _training_log(summary, num_classes, prediction: str = 'hybrid') -> List[str]
 def usage_snippet(model_id: str, plugin: bool = True) -> str:
     """Python code that loads ``model_id`` with timm and classifies one image; it runs as written
     (``plugin=False``: a plain timm model, without ``import timm_fgfocus``)."""
-    imports = 'import timm\n' + ('import timm_fgfocus  # registers the fgfocus architectures with timm\n' if plugin else '')
+    plugin_line = 'import timm_fgfocus  # registers the fgfocus architectures with timm\n'
+    imports = 'import timm\n' + (plugin_line if plugin else '')
     return imports + f'''import torch
 from PIL import Image
 

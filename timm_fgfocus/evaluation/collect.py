@@ -401,13 +401,20 @@ def collect_predictions(
                 kept['attention'].append(out.attention.to(torch.float16))
     finally:
         model.train(was_training)
-    host = {key: torch.cat(chunks).cpu().numpy() for key, chunks in kept.items()}  # the one copy to the host
-    n = len(host['target']) if 'target' in host else 0
-    m = model.num_regions if model_kind(model) == 'fgfocus' else 0
-    index = (ctx.rank + ctx.world_size * np.arange(n)) if indexed else np.full(n, -1)
     seconds = {'single': timers.single.total(), 'tta': timers.tta.total()}
     if time_single_pass:
         seconds['single_pass'] = timers.single_pass.total()
+    m = model.num_regions if model_kind(model) == 'fgfocus' else 0
+    return _kept_predictions(kept, names, k, m, ctx, indexed, seconds)
+
+
+def _kept_predictions(kept: Dict[str, List[torch.Tensor]], names: Sequence[str], k: int, m: int, ctx: EvalContext,
+                      indexed: bool, seconds: Dict[str, float]) -> Predictions:
+    """:class:`Predictions` of what the loop kept on the device, copied to the host once (empty arrays of the
+    right shapes when the loader gave nothing)."""
+    host = {key: torch.cat(chunks).cpu().numpy() for key, chunks in kept.items()}
+    n = len(host['target']) if 'target' in host else 0
+    index = (ctx.rank + ctx.world_size * np.arange(n)) if indexed else np.full(n, -1)
     return Predictions(
         index=index.astype(np.int64),
         target=host.get('target', np.zeros(0, np.int64)),

@@ -27,7 +27,8 @@ from .data import create_datasets, resolve_run_data_config
 from .loaders import eval_loader, train_loader, use_prefetcher
 from .loggers import check_logger_packages
 from .model import (
-    check_checkpoint_fits, convert_sync_bn, create_model_ema, create_optimizer_and_scheduler, create_run_model, run_arch,
+    check_checkpoint_fits, convert_sync_bn, create_model_ema, create_optimizer_and_scheduler, create_run_model,
+    run_arch,
 )
 from .preflight import dummy_forward, first_readable
 from .run_files import (
@@ -134,11 +135,7 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler, num_epochs = create_optimizer_and_scheduler(model, args)
     use_scaler = args.amp and args.amp_dtype == 'float16' and device.type == 'cuda'  # bf16 needs none
-    if baseline is not None:
-        loss_fn = BaselineLoss(args.smoothing)
-    else:
-        loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight,
-                              args.region_loss_weight)
+    loss_fn = _loss_fn(args, baseline is not None)
     run = TrainRun(
         args=args, device=device, ctx=eval_context(args, device, data_config), out=out, progress=progress,
         classes=classes, train_ds=train_ds, val_ds=val_ds, data_config=data_config, model=model,
@@ -176,6 +173,13 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
             raise TrainError(f'--resume: {e}') from None
         run.summary_rows = [r for r in rows if int(r['epoch']) < run.start_epoch]
     return run
+
+
+def _loss_fn(args, baseline: bool) -> nn.Module:
+    """The run's loss: fgfocus's three heads, or a ``--baseline``'s cross-entropy (its ``image`` term)."""
+    if baseline:
+        return BaselineLoss(args.smoothing)
+    return FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
 
 
 def _read_resume(args, progress: RunProgress) -> Optional[Dict[str, Any]]:
