@@ -4,6 +4,7 @@ the report's numbers, --eval-only --single-pass, the eval.json model entry)."""
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,8 @@ from timm_fgfocus.baseline import (
     BaselineLoss, cam_source, classifier_name, create_baseline, plain_forward, set_cam_source,
 )
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
+from timm_fgfocus.errors import EvaluationError
+from timm_fgfocus.evaluation import build_report
 from timm_fgfocus.evaluation.collect import Predictions
 from timm_fgfocus.evaluation.cost import flops_per_image
 from timm_fgfocus.evaluation.tta import apply_view, tta_views
@@ -307,6 +310,9 @@ def test_single_head_report_numbers_against_a_direct_forward(baseline_run, data,
     page = (tmp_path / 'report.html').read_text()
     assert 'plain timm classifier' in page and 'matched to fgfocus_test' in page and 'class activation' in page
     assert 'Accuracy of every head' in page and 'Test-time augmentation' in page and 'mistakes.png' in page
+    # rebuilt from eval/ alone, without the model: the same figures
+    build_report(tmp_path, output=tmp_path / 'rebuilt')
+    assert json.loads((tmp_path / 'rebuilt' / 'eval' / 'metrics.json').read_text()) == saved
 
 
 def test_eval_only_single_pass_is_the_image_head_of_the_full_evaluation(data, tmp_path):
@@ -426,6 +432,14 @@ def test_bad_input_is_one_line(data, baseline_run, trained, tmp_path, capsys):
                              '--model-kwargs', 'backbone=mobilenetv3_small_050', 'backbone_args={}'], capsys)
     assert 'mobilenetv3_small_050' in line and 'class activation map' in line
     assert set(tmp_path.iterdir()) == before  # nothing written
+
+
+def test_eval_json_model_entry_is_checked(baseline_run, tmp_path):
+    shutil.copytree(baseline_run / 'eval', tmp_path / 'eval')
+    meta = json.loads((tmp_path / 'eval' / 'eval.json').read_text())
+    (tmp_path / 'eval' / 'eval.json').write_text(json.dumps(dict(meta, model=dict(meta['model'], kind='plainish'))))
+    with pytest.raises(EvaluationError, match=r'eval\.json: "model" is .*plainish.*expected an object with "kind"'):
+        build_report(tmp_path)
 
 
 def test_create_baseline_refuses_a_classifier_that_does_not_weigh_z():

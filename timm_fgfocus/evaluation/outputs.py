@@ -233,7 +233,8 @@ class ReportPictures:
     """The pictures :func:`draw_pictures` wrote into ``eval/``.
 
     Attributes:
-        files: ``{'confusion' | 'hybrid' | 'hybrid_tta' | 'mistakes': file name}``.
+        files: ``{'confusion' | HEAD | HEAD_tta | 'mistakes': file name}``, HEAD the prediction head (the
+            reliability diagrams).
         pairs: ``[(file name, true class, predicted class, images)]``, one per confused pair drawn.
         mistakes: sample indices of the wrong predictions in ``mistakes.png``, in order.
         confusion_classes: the confusion picture shows every class up to this many, else the worst.
