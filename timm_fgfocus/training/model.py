@@ -15,7 +15,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from ..backbones import backbone_name_problem
-from ..checkpoint import CheckpointError, verify_checkpoint
+from ..checkpoint import BASELINE_KEY, CheckpointError, verify_checkpoint
 from ..errors import TrainError, first_line
 from ..baseline import BaselineError, baseline_backbone, create_baseline, plain_group_matcher
 from ..fgfocus import FgFocus, checkpoint_filter_fn, model_args_problem, variant_args
@@ -321,10 +321,10 @@ def check_checkpoint_fits(ckpt: Dict[str, Any], path: str, model: str, num_class
                           baseline: bool = False) -> None:
     """Refuse a checkpoint of another architecture (or of the other kind: fgfocus vs ``--baseline``) or
     another class count than the run's ``model`` (with ``baseline``: the plain architecture)."""
-    if bool(ckpt.get('baseline')) != baseline:
-        held = f'the --baseline plain {ckpt["arch"]} model' if ckpt.get('baseline') else f'a {ckpt["arch"]} model'
+    if bool(ckpt.get(BASELINE_KEY)) != baseline:
+        held = f'the --baseline plain {ckpt["arch"]} model' if ckpt.get(BASELINE_KEY) else f'a {ckpt["arch"]} model'
         raise TrainError(f'{what} {path} holds {held}: ' + (
-            'pass --baseline to continue it' if ckpt.get('baseline') else 'drop --baseline to continue it'))
+            'pass --baseline to continue it' if ckpt.get(BASELINE_KEY) else 'drop --baseline to continue it'))
     if arch_name(ckpt['arch']) != arch_name(model):
         raise TrainError(f'{what} {path} holds a {ckpt["arch"]} model, not {model}: '
                          f'pass --model {ckpt["arch"]} or a checkpoint of {model}')
