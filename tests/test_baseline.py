@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import timm
 from timm.utils import random_seed
@@ -34,6 +35,7 @@ from timm_fgfocus.predict import main as predict_main
 from timm_fgfocus.training import RunHooks, train_one_epoch
 from timm_fgfocus.training.data import resolve_run_data_config
 from timm_fgfocus.training.model import create_run_model, param_groups
+from timm_fgfocus.visualize import save_region_sheet
 
 from evalkit import FAST, make_checkpoint
 from single_pass_kit import perturb_
@@ -369,6 +371,20 @@ def test_predict_on_a_baseline_checkpoint(baseline_run, data, tmp_path, capsys):
     assert len(list((tmp_path / 'fig').glob('*.png'))) == 4  # a figure per image and the contact sheet
     assert predict_main([str(files[0]), '--checkpoint', str(baseline_run / 'best.pth'), '--draw-regions', '1']) == 2
     assert 'proposes no regions' in capsys.readouterr().err
+
+
+def test_region_sheet_of_a_baseline_model(baseline_run, data, tmp_path):
+    """The demo's picture (visualize.save_region_sheet) of a plain model: each image beside its CAM."""
+    model, ckpt = model_from_checkpoint(baseline_run / 'best.pth')
+    x, y, _ = _val_inputs(data, model)
+    cfg = model.pretrained_cfg
+    sheet = save_region_sheet(model, x[:2], tmp_path / 'sheet.png', mean=cfg['mean'], std=cfg['std'],
+                              class_names=ckpt['class_names'], targets=y[:2], side=64)
+    with torch.no_grad():
+        _, cam = plain_forward(model, x[:2], attention=True)
+    with Image.open(sheet) as img:
+        assert img.width > 2 * 2 * 64  # two figures, each the image and its attention map
+    assert cam.shape == (2, 4, 4)
 
 
 _CHILD = textwrap.dedent('''
