@@ -29,6 +29,7 @@ from timm_fgfocus.evaluation import build_report
 from timm_fgfocus.evaluation.collect import Predictions
 from timm_fgfocus.evaluation.cost import flops_per_image
 from timm_fgfocus.evaluation.tta import apply_view, tta_views
+from timm_fgfocus.hub import main as hub_main
 from timm_fgfocus.loss import fgfocus_loss_terms
 from timm_fgfocus.ops import smooth_attention
 from timm_fgfocus.predict import main as predict_main
@@ -275,9 +276,12 @@ def _val_inputs(data, model):
     return torch.stack(xs), torch.tensor(ys), tuple(cfg['input_size'])
 
 
-def test_single_head_report_numbers_against_a_direct_forward(baseline_run, data, tmp_path):
+def test_single_head_report_numbers_against_a_direct_forward(baseline_run, data, tmp_path, capsys):
+    capsys.readouterr()
     metrics = train_mod.main(['--eval-only', '--checkpoint', str(baseline_run / 'best.pth'), '--data-dir', str(data),
                               '--output', str(tmp_path), '--tta', '--tta-scales', '1.0', '0.75'] + FAST)
+    out = capsys.readouterr().out
+    assert f'top1 {metrics["eval_top1"]:.2f} (plain timm classifier)' in out and 'hybrid' not in out
     model, _ = model_from_checkpoint(baseline_run / 'best.pth')
     x, y, size = _val_inputs(data, model)
     with torch.no_grad():
@@ -317,7 +321,7 @@ def test_single_head_report_numbers_against_a_direct_forward(baseline_run, data,
     assert json.loads((tmp_path / 'rebuilt' / 'eval' / 'metrics.json').read_text()) == saved
 
 
-def test_eval_only_single_pass_is_the_image_head_of_the_full_evaluation(data, tmp_path):
+def test_eval_only_single_pass_is_the_image_head_of_the_full_evaluation(data, tmp_path, capsys):
     classes = sorted(p.name for p in (data / 'val').iterdir())
     ckpt = make_checkpoint(tmp_path / 'run' / 'best.pth', classes, seed=3)
     full = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(data),
@@ -325,6 +329,9 @@ def test_eval_only_single_pass_is_the_image_head_of_the_full_evaluation(data, tm
     single = train_mod.main(['--eval-only', '--checkpoint', str(ckpt), '--data-dir', str(data), '--single-pass',
                              '--output', str(tmp_path / 'single')] + FAST)
     assert single['eval_top1'] == single['eval_top1_image'] == full['eval_top1_image']
+    out = capsys.readouterr().out
+    assert f'top1 {full["eval_top1"]:.2f} top5 {full["eval_top5"]:.2f} (hybrid)' in out  # as it always printed
+    assert f'top1 {single["eval_top1"]:.2f} (single pass: image level)' in out
     a, b = (Predictions.load(tmp_path / d / 'eval' / 'predictions.npz') for d in ('full', 'single'))
     assert b.heads == ['image'] and a.topk['image'].tolist() == b.topk['image'].tolist()
     np.testing.assert_allclose(a.confidence['image'], b.confidence['image'], rtol=1e-5)
@@ -346,6 +353,9 @@ def test_eval_only_single_pass_is_the_image_head_of_the_full_evaluation(data, tm
         seconds['single'] / seconds['single_pass'], rel=1e-2)
     page = (tmp_path / 'full' / 'report.html').read_text()
     assert 'Both paths' in page and 'single pass' in page
+    gain = paths['hybrid']['top1'] - paths['single_pass']['top1']
+    assert f'its top-1 is {gain:+.2f} points from the single pass' in page
+    assert ('the zoom does not pay for itself' in page) == (gain <= 0)
     assert 'Both paths' not in (tmp_path / 'single' / 'report.html').read_text()
 
 
@@ -400,11 +410,8 @@ _CHILD = textwrap.dedent('''
 
 def test_hf_upload_publishes_a_plain_timm_model(baseline_run, tmp_path):
     folder = tmp_path / 'hub'
-    proc = subprocess.run([sys.executable, '-m', 'hf_upload', '--checkpoint', str(baseline_run / 'best.pth'),
-                           '--repo-id', 'me/finches-baseline', '--dry-run', str(folder)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert hub_main(['--checkpoint', str(baseline_run / 'best.pth'), '--repo-id', 'me/finches-baseline',
+                     '--dry-run', str(folder)]) == 0
     config = json.loads((folder / 'config.json').read_text())
     ckpt = load_checkpoint(baseline_run / 'best.pth')
     assert config['architecture'] == 'test_resnet' and config['label_names'] == ckpt['class_names']

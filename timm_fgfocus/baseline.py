@@ -32,6 +32,7 @@ from timm.models import parse_model_name, split_model_name_tag
 
 from .backbones import BackboneAdapter, adapter_for, smoothing_cells
 from .checkpoint import BASELINE_KEY
+from .errors import first_line
 from .fgfocus import FgFocus, FgFocusCfg, variant_args
 from .ops import attention_map
 
@@ -43,6 +44,8 @@ __all__ = [
 
 # what kind of model an evaluation ran (eval.json "model": {"kind": ...})
 MODEL_KINDS = ('fgfocus', 'fgfocus_single_pass', 'plain')
+# the pretrained cfg entries timm's resolve_data_config reads: the baseline takes the fgfocus model's
+_DATA_CONFIG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
 
 
 class BaselineError(ValueError):
@@ -117,7 +120,7 @@ def create_baseline(fg: FgFocus) -> Tuple[nn.Module, str, Dict[str, Any]]:
         plain = timm.create_model(arch, pretrained=False, **build).to(ref.device, ref.dtype)
     except Exception as e:  # timm's own errors while building, as one line
         raise BaselineError(f'cannot build the plain timm model {arch} with {build}: {type(e).__name__}: '
-                            f'{str(e).splitlines()[0] if str(e) else ""}') from None
+                            f'{first_line(e)}') from None
     _linear_classifier(plain, fg.backbone_num_features, f'backbone {name!r}')
     head = classifier_name(plain)
     weights = dict(fg.backbone.state_dict())
@@ -127,9 +130,8 @@ def create_baseline(fg: FgFocus) -> Tuple[nn.Module, str, Dict[str, Any]]:
         raise BaselineError(
             f'backbone {name!r}: the plain timm {type(plain).__name__} and the fgfocus backbone hold different '
             f'weights (missing {missing[:3]}, unexpected {unexpected[:3]}): no matched baseline for it')
-    plain.pretrained_cfg = dict(plain.pretrained_cfg, **{
-        k: v for k, v in fg.pretrained_cfg.items()
-        if k in ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')})
+    plain.pretrained_cfg = dict(plain.pretrained_cfg, **{k: v for k, v in fg.pretrained_cfg.items()
+                                                         if k in _DATA_CONFIG_KEYS})
     set_cam_source(plain, fg.smooth_sigma, name, fg.backbone_args, fg.in_chans,
                    matched_to=(fg.pretrained_cfg or {}).get('architecture'))
     model_args = {k: v for k, v in build.items() if k != 'drop_path_rate'}

@@ -173,9 +173,11 @@ def _paths(r: 'Report') -> List[str]:
     return ['<h2>Both paths: with the zoom and without it</h2>',
             _table(['path', 'top-1 %', 'forward ms/image', 'GFLOPs/image'], rows, num_cols=(1, 2, 3)),
             f'<p class="note">The hybrid path takes {paths["time_ratio"]:.2f}x the single pass\'s measured forward '
-            f'time{flops} for {gain:+.2f} points top-1. The single pass is the same model in single-pass mode '
-            '(<code>set_single_pass</code>): its top-1 is the image-level head\'s above. Times: forward passes '
-            f'only, on the same batches, on {_e(r.meta.get("device", ""))}.</p>']
+            f'time{flops}; its top-1 is {gain:+.2f} points from the single pass\'s'
+            + (': on these images the zoom does not pay for itself' if gain <= 0 else '')
+            + '. The single pass is the same model in single-pass mode (<code>set_single_pass</code>): its top-1 '
+            'is the image-level head\'s above. Times: forward passes only, on the same batches, on '
+            f'{_e(r.meta.get("device", ""))}.</p>']
 
 
 def _per_class(r: 'Report', eval_dir: str) -> List[str]:

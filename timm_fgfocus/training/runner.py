@@ -172,7 +172,7 @@ def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
         return None
     if report is not None and args.rank == 0:
         print(f'best.pth: {_top1_line(report, model_kind(run.model))}', flush=True)
-        _print_report(report)
+        _print_report(report, model_kind(run.model))
     return report
 
 
@@ -184,10 +184,11 @@ def _top1_line(metrics: Dict[str, Any], kind: str) -> str:
     return f'top1 {metrics["eval_top1"]:.2f} ({what})'
 
 
-def _print_report(metrics: Dict[str, Any]) -> None:
+def _print_report(metrics: Dict[str, Any], kind: str) -> None:
     if 'eval_top1_tta' in metrics:
-        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (prediction)  '
-              f'top1 {metrics["eval_top1_image_tta"]:.2f} (image level)', flush=True)
+        image = f'  top1 {metrics["eval_top1_image_tta"]:.2f} (image level)' if kind == 'fgfocus' else ''
+        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} '
+              f'({"hybrid" if kind == "fgfocus" else "the one head"}){image}', flush=True)
     if metrics.get('eval_report'):
         print(f'report: {metrics["eval_report"]}', flush=True)
 
@@ -225,9 +226,14 @@ def run_eval_only(args, device) -> Dict[str, Any]:
     metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
                                    data_config, ckpt)
     if args.rank == 0:
-        print(f'eval {args.checkpoint}: {_top1_line(metrics, model_kind(model))}  top5 {metrics["eval_top5"]:.2f} '
-              f'(prediction)  on {metrics["eval_samples"]} images', flush=True)
-        _print_report(metrics)
+        if model_kind(model) == 'fgfocus':  # the line --eval-only has always printed
+            print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
+                  f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images',
+                  flush=True)
+        else:
+            print(f'eval {args.checkpoint}: {_top1_line(metrics, model_kind(model))} top5 {metrics["eval_top5"]:.2f}  '
+                  f'on {metrics["eval_samples"]} images', flush=True)
+        _print_report(metrics, model_kind(model))
     return metrics
 
 
