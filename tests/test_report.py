@@ -568,12 +568,12 @@ def test_report_renders_in_chromium_with_no_broken_image(evaluated, tmp_path):
 
     # and a screenshot: the page is drawn (text, tables and pictures, not a blank or error page)
     shot = tmp_path / 'report.png'
-    proc = _run_browser(['--window-size=1200,2400', '--hide-scrollbars', f'--screenshot={shot}', out.joinpath(
+    proc = _run_browser(['--window-size=1200,3000', '--hide-scrollbars', f'--screenshot={shot}', out.joinpath(
         'report.html').as_uri()], tmp_path)
     assert shot.is_file(), proc.stderr[-2000:]
     with Image.open(shot) as img:
         arr = np.asarray(img.convert('RGB')).astype(int)
-    assert arr.shape[:2] == (2400, 1200)
+    assert arr.shape[:2] == (3000, 1200)
     dark = (arr.sum(-1) < 200).mean()        # text
     colour = (arr.max(-1) - arr.min(-1) > 80).mean()  # pictures (plots, images, heat maps)
     assert 0.002 < dark < 0.5 and colour > 0.01, (dark, colour)

@@ -46,7 +46,7 @@ from timm.layers import ClNormMlpClassifierHead, NormMlpClassifierHead
 from .errors import first_line
 from .pretrained import weight_tag_problem
 
-__all__ = ['BackboneAdapter', 'create_backbone', 'backbone_name_problem']
+__all__ = ['BackboneAdapter', 'create_backbone', 'adapter_for', 'backbone_name_problem', 'smoothing_cells']
 
 FAMILIES = ('nchw', 'nhwc', 'tokens')
 
@@ -105,7 +105,22 @@ class BackboneAdapter:
             if self.pool_norm is not None:  # a per-token LayerNorm: channels last
                 z = backbone.get_submodule(self.pool_norm)(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             return z
-        z = backbone.forward_features(x)
+        return self.map_of_features(backbone, backbone.forward_features(x))
+
+    def map_of_features(self, backbone: nn.Module, features: Tensor) -> Tensor:
+        """``Z`` from what ``backbone.forward_features`` returned, for the ``'nchw'`` and ``'nhwc'``
+        families (a plain classifier's ``forward_head`` takes the same tensor: one pass gives both).
+
+        Args:
+            backbone: the timm model this adapter was made for.
+            features: its ``forward_features`` output, Tensor[B, n, h, w] (``'nhwc'``: [B, h, w, n]).
+
+        Returns:
+            Tensor[B, n, h, w].
+        """
+        if self.family == 'tokens':
+            raise ValueError('a token backbone\'s Z comes from forward_intermediates: use feature_map')
+        z = features
         if self.pool_norm is not None:  # the head's norm is built for the backbone's own layout
             z = backbone.get_submodule(self.pool_norm)(z)
         return z.permute(0, 3, 1, 2) if self.family == 'nhwc' else z
@@ -307,26 +322,46 @@ def create_backbone(
             if 'dynamic_img_size' not in str(e):
                 raise
             backbone = timm.create_model(name, **args)
-    family = _family(backbone, name)
-    info = backbone.feature_info[-1] if getattr(backbone, 'feature_info', None) else {}
+    return backbone, adapter_for(backbone, name, in_chans, backbone_args)
+
+
+def adapter_for(
+        model: nn.Module,
+        name: str,
+        in_chans: int = 3,
+        backbone_args: Optional[Dict[str, Any]] = None,
+) -> BackboneAdapter:
+    """The adapter that gives ``Z`` of a timm model built from ``name`` (with or without its classifier).
+
+    Args:
+        model: the timm model (an fgfocus backbone, or a plain timm classifier of the same architecture:
+            its ``Z`` is the same map, the classifier is not run).
+        name: the name it was built from (kept in the adapter and its errors).
+        in_chans: its input channels.
+        backbone_args: the kwargs it was built with (part of the key of the size cache).
+
+    Raises:
+        ValueError: the model cannot give a spatial feature map, or the stride of its map is unknown.
+    """
+    family = _family(model, name)
+    info = model.feature_info[-1] if getattr(model, 'feature_info', None) else {}
     stride = info.get('reduction')
     if not stride and family == 'tokens':
-        stride = backbone.patch_embed.patch_size[0]
+        stride = model.patch_embed.patch_size[0]
     if not stride:
-        raise ValueError(f'backbone {name!r} ({type(backbone).__name__}): cannot tell the stride of its feature map')
-    adapter = BackboneAdapter(
+        raise ValueError(f'backbone {name!r} ({type(model).__name__}): cannot tell the stride of its feature map')
+    return BackboneAdapter(
         name=name,
         family=family,
-        num_features=int(backbone.num_features),
+        num_features=int(model.num_features),
         stride=int(stride),
-        fixed_size=_fixed_size(backbone),
-        pool_norm=_pool_norm(backbone, family),
-        filter_fn=_timm_filter_fn(backbone),
+        fixed_size=_fixed_size(model),
+        pool_norm=_pool_norm(model, family),
+        filter_fn=_timm_filter_fn(model),
         in_chans=in_chans,
-        meta_backbone=_meta_copy(backbone),
-        arch_key=repr((type(backbone).__qualname__, name, in_chans, sorted((backbone_args or {}).items()))),
+        meta_backbone=_meta_copy(model),
+        arch_key=repr((type(model).__qualname__, name, in_chans, sorted((backbone_args or {}).items()))),
     )
-    return backbone, adapter
 
 
 def smoothing_cells(sigma: float, stride: int, reference_stride: int = 32) -> float:

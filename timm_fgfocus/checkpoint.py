@@ -13,7 +13,13 @@ numbers, strings, lists, dicts, no pickled objects)::
         'state_dict_ema': {...} or None,     # EMA weights, when trained with --model-ema
         'epoch': 12, 'metrics': {...}, 'args': {...},
         'optimizer': ..., 'scheduler': ..., 'scaler': ...,   # training state (last checkpoints)
+        'baseline': {...},                   # only a --baseline run's: its fgfocus model and smooth_sigma
     }
+
+A ``train_fg --baseline`` checkpoint holds the plain timm classifier of an fgfocus model's backbone:
+``arch`` is that architecture (``'resnet50'``), ``model_args`` rebuild it, and ``baseline`` says which
+fgfocus model it is matched to (``fgfocus_model``, ``fgfocus_model_args``, ``backbone``) and the
+``smooth_sigma`` its attention map is drawn with (see :mod:`timm_fgfocus.baseline`).
 
 Files are written atomically: a temporary file in the same folder, flushed, then renamed over
 the target, so a crash never leaves a half-written checkpoint behind.
@@ -54,6 +60,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 'timm_fgfocus.checkpoint'
+BASELINE_KEY = 'baseline'  # a --baseline run's entry (see timm_fgfocus.baseline)
 CHECKPOINT_VERSION = 1
 DIGESTS_KEY = 'digests'
 WEIGHT_KEYS = ('state_dict', 'state_dict_ema')  # must be finite
@@ -182,11 +189,30 @@ def model_from_checkpoint(
         model.load_state_dict(ckpt[key], strict=True)
     except RuntimeError as e:  # dtypes torch cannot copy; the names and shapes were checked above
         raise CheckpointError(f'checkpoint {path} does not fit {ckpt["arch"]}: {first_line(e)}') from None
+    adapter = getattr(model, 'adapter', None)
+    baseline = ckpt.get(BASELINE_KEY)
+    if isinstance(baseline, dict):  # a --baseline run's plain model: its attention map is drawn the fgfocus way
+        adapter = _set_baseline_cam(model, ckpt, path)
     if ckpt.get('pretrained_cfg'):
         cfg = dict(model.pretrained_cfg, **ckpt['pretrained_cfg'])
-        cfg['pool_size'] = model.adapter.feat_size(*cfg['input_size'][-2:])  # at the input size trained with
+        if adapter is not None:
+            cfg['pool_size'] = adapter.feat_size(*cfg['input_size'][-2:])  # at the input size trained with
         model.pretrained_cfg = model.default_cfg = cfg
     return model.eval(), ckpt
+
+
+def _set_baseline_cam(model: torch.nn.Module, ckpt: Dict[str, Any], path: PathLike):
+    """Attach to a baseline checkpoint's plain model how its attention map is made; returns its adapter."""
+    from .baseline import BaselineError, set_cam_source
+
+    info, args = ckpt[BASELINE_KEY], ckpt['model_args']
+    backbone_args = {k: v for k, v in args.items() if k not in ('num_classes', 'in_chans')}
+    try:
+        return set_cam_source(model, float(info.get('smooth_sigma', 1.0)), str(info.get('backbone') or ckpt['arch']),
+                              backbone_args, int(args.get('in_chans', 3)), info.get('fgfocus_model')).adapter
+    except (BaselineError, TypeError, ValueError) as e:
+        raise CheckpointError(f'checkpoint {path}: its baseline entry {info!r} does not describe {ckpt["arch"]}: '
+                              f'{first_line(e)}') from None
 
 
 def checkpoint_dict(

@@ -36,23 +36,24 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 import timm
 from timm.models import save_for_hf
 
-from .checkpoint import CheckpointError, model_from_checkpoint
+from .checkpoint import BASELINE_KEY, CheckpointError, model_from_checkpoint
 from .errors import first_line
 from . import metric_table
 from .files import plain, write_text
 from .fgfocus import HF_ORG, variant_args, variant_cfg
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
-from .model_card import _epoch, model_card, read_evaluation
+from .model_card import _epoch, baseline_model_card, model_card, read_evaluation
 
 __all__ = [
     'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
     'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
-    'check_checkpoint_file', 'check_local_dir', 'main',
+    'check_checkpoint_file', 'check_local_dir', 'main', 'save_baseline_for_hub',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -258,6 +259,70 @@ def save_for_hub(
     return save_directory
 
 
+def save_baseline_for_hub(
+        model: torch.nn.Module,
+        ckpt: Dict[str, Any],
+        save_directory: Union[str, Path],
+        repo_id: str,
+        *,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: Optional[str] = None,
+        overwrite: bool = False,
+        evaluation: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Write a ``train_fg --baseline`` checkpoint's model as a plain timm Hub folder.
+
+    ``config.json``: ``architecture`` the backbone's (``resnet50``), ``model_args`` that rebuild it,
+    ``label_names``, the run's data config in ``pretrained_cfg``, the ``weights_digest``; the card says it
+    is the matched plain fine-tune of its fgfocus run (:func:`~timm_fgfocus.model_card.baseline_model_card`).
+    ``timm.create_model('local-dir:DIR', pretrained=True)`` loads it with plain timm (checked after writing).
+
+    Args:
+        model: the checkpoint's plain model (:func:`~timm_fgfocus.checkpoint.model_from_checkpoint`).
+        ckpt: the checkpoint dict (``arch``, ``model_args``, ``class_names``, ``baseline``, ...).
+        save_directory, repo_id, summary, ema, revision, license, overwrite, evaluation: as in :func:`save_for_hub`.
+
+    Raises:
+        HubUploadError: as :func:`save_for_hub` (one line each).
+    """
+    save_directory = Path(save_directory)
+    check_repo_id(repo_id)
+    _check_folder(save_directory, overwrite)
+    arch = timm.models.split_model_name_tag(ckpt['arch'])[0]
+    license = license or 'apache-2.0'
+    model_config = _model_config(model, ckpt.get('class_names'), license)
+    export_args = {k: v for k, v in ckpt['model_args'].items() if k not in ('drop_rate', 'drop_path_rate')}
+    card_args = dict(baseline=ckpt[BASELINE_KEY], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
+                     summary=summary, ema=ema, revision=revision, license=license,
+                     num_params=sum(p.numel() for p in model.parameters()), evaluation=evaluation)
+
+    def write(staging: Path) -> None:
+        source_cfg = model.pretrained_cfg
+        model.pretrained_cfg = _export_cfg(source_cfg, repo_id, arch)
+        try:
+            save_for_hf(model, staging, model_config=model_config, model_args=plain(export_args),
+                        safe_serialization=True)
+        finally:
+            model.pretrained_cfg = source_cfg
+        _finish_folder(staging, repo_id, arch, card_args, card=baseline_model_card)
+
+    _write_folder(save_directory, write)
+    _verify_plain_folder(save_directory, model)
+    return save_directory
+
+
+def _verify_plain_folder(folder: Path, model: torch.nn.Module) -> None:
+    """Load ``folder`` with plain timm and require the same architecture, weights and data config."""
+    loaded = _loaded_back(folder, model)
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
+        if key in model.pretrained_cfg and list(np.atleast_1d(loaded.pretrained_cfg.get(key))) != list(
+                np.atleast_1d(model.pretrained_cfg[key])):
+            raise HubUploadError(f'the written folder {folder} gives {key}={loaded.pretrained_cfg.get(key)!r}, the '
+                                 f'run used {model.pretrained_cfg[key]!r}')
+
+
 def _published_arch(model: torch.nn.Module, arch: Optional[str]) -> str:
     """The registered fgfocus architecture to publish ``model`` as (its weight tag dropped)."""
     arch = arch or model.pretrained_cfg.get('architecture')
@@ -302,15 +367,17 @@ def _export_cfg(source_cfg: Dict[str, Any], repo_id: str, arch: str) -> Dict[str
     return export_cfg
 
 
-def _finish_folder(staging: Path, repo_id: str, arch: str, card_args: Dict[str, Any]) -> None:
-    """After timm's ``save_for_hf``: drop the repeated ``num_classes``, add the card, share the files."""
+def _finish_folder(staging: Path, repo_id: str, arch: str, card_args: Dict[str, Any],
+                   card: Callable[..., str] = model_card) -> None:
+    """After timm's ``save_for_hf``: drop the repeated ``num_classes``, add the card (``card(repo_id, arch,
+    config, **card_args)``), share the files."""
     config = json.loads((staging / 'config.json').read_text())
     # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
     # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
     # so only the top-level num_classes stays (the one timm's Hub loader reads)
     if config.get('model_args', {}).pop('num_classes', None) is not None:
         write_text(staging / 'config.json', json.dumps(config, indent=2))
-    write_text(staging / 'README.md', model_card(repo_id, arch, config, **card_args))
+    write_text(staging / 'README.md', card(repo_id, arch, config, **card_args))
     written = sorted(p.name for p in staging.iterdir())
     if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
         raise HubUploadError(f'timm\'s save_for_hf wrote {written}, expected {sorted(_FOLDER_FILES)}')
@@ -356,15 +423,22 @@ def check_local_dir(model_name: str) -> None:
             raise HubConfigError(f'{config_file}: "{key}" is a JSON {type(config[key]).__name__}, not an object')
 
 
-def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
-    """Load ``folder`` the way users will and require the same tensors and hyperparameters."""
+def _loaded_back(folder: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """``folder`` loaded the way users will, which must be a model of ``model``'s class with its tensors."""
     try:
         loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
     except Exception as e:
         raise HubUploadError(f'the written folder {folder} does not load back: {type(e).__name__}: {e}') from e
     theirs, ours = loaded.state_dict(), model.state_dict()
-    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+    if type(loaded) is not type(model) or theirs.keys() != ours.keys() or any(
+            not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
         raise HubUploadError(f'the written folder {folder} loads other weights than the model (model_args?)')
+    return loaded
+
+
+def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
+    """Load ``folder`` the way users will and require the same tensors and hyperparameters."""
+    loaded = _loaded_back(folder, model)
     theirs = dict(loaded.cfg.to_dict(), num_classes=loaded.num_classes)
     for name, value in dict(model.cfg.to_dict(), num_classes=model.num_classes).items():
         if theirs[name] != value:
@@ -413,6 +487,11 @@ def save_checkpoint_for_hub(
     summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv',
                            required=summary_csv is not None)
     model, ckpt = model_from_checkpoint(checkpoint, use_ema=use_ema)
+    if ckpt.get(BASELINE_KEY):  # a --baseline run: a plain timm classifier
+        folder = save_baseline_for_hub(
+            model, ckpt, save_directory, repo_id, summary=summary, ema=use_ema, revision=revision, license=license,
+            overwrite=overwrite, evaluation=read_evaluation(checkpoint, use_ema))
+        return folder, ckpt
     folder = save_for_hub(
         model, save_directory, repo_id, arch=ckpt['arch'], class_names=ckpt.get('class_names'),
         model_args=ckpt['model_args'], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),

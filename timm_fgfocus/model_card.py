@@ -36,7 +36,7 @@ from .files import file_sha256, plain
 from .metric_table import card_metrics
 
 __all__ = [
-    'model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
+    'model_card', 'baseline_model_card', 'model_card_data', 'read_evaluation', 'usage_snippet', 'transformers_snippet',
     'CARD_TAGS', 'PAPER_TITLE', 'PAPER_URL', 'CITATION',
 ]
 
@@ -165,7 +165,8 @@ def read_evaluation(checkpoint: Union[str, Path], use_ema: bool = False) -> Opti
 
 # --- front matter ---------------------------------------------------------------------------------
 
-def _eval_result(value: float, head: str, k: int, l: int, dataset: Optional[str], demo: bool, split: str):
+def _eval_result(value: float, head: str, k: int, l: int, dataset: Optional[str], demo: bool, split: str,
+                 single_head: bool = False):
     from huggingface_hub import EvalResult
 
     title, hub_id = _dataset_title(dataset, demo)
@@ -173,34 +174,37 @@ def _eval_result(value: float, head: str, k: int, l: int, dataset: Optional[str]
         task_type='image-classification', task_name='Fine-grained image classification',
         dataset_type=hub_id or 'imagefolder', dataset_name=title.replace('`', ''),
         dataset_split=split or None, metric_type='accuracy', metric_value=round(float(value), 2),
-        metric_name=f'top-{k} accuracy (%), {head_label(head, l)}')
+        metric_name=f'top-{k} accuracy (%), {head_label(head, l, single_head)}')
 
 
 def model_card_data(
         name: str, *, license: str, datasets: Sequence[str], metrics: Dict[str, Any], train_args: Dict[str, Any],
         ema: bool, num_hybrid_regions: int, evaluation: Optional[Dict[str, Any]] = None,
-        num_classes: Optional[int] = None,
+        num_classes: Optional[int] = None, single_head: bool = False,
 ):
     """The card's front matter (:class:`huggingface_hub.ModelCardData`) with ``model-index``.
 
     ``model-index`` holds the measured accuracy of the published weights: the evaluation report's
     figures when there is one (``evaluation``, see :func:`read_evaluation`), else the checkpoint's
     ``metrics`` (with ``ema`` only the EMA top-1, the other figures being the raw weights'). Top-5 is
-    left out for ``num_classes`` of 5 or fewer (it is 100 % by construction).
+    left out for ``num_classes`` of 5 or fewer (it is 100 % by construction). ``single_head``: a model with
+    one head (a ``--baseline`` plain classifier), whose prediction is its ``image`` head.
     """
     from huggingface_hub import ModelCardData
 
     l, demo = num_hybrid_regions, bool(train_args.get('demo'))
     dataset, split = _evaluated_on(train_args, evaluation)
     top5 = not _top5_trivial(num_classes)
+    pred = 'image' if single_head else 'hybrid'
     if evaluation is not None:
         measured = [(acc[f'top{k}'], head, k) for head, acc in (evaluation['metrics'].get('heads') or {}).items()
-                    for k in ((1, 5) if head in ('hybrid', 'hybrid_tta') and top5 else (1,))
+                    for k in ((1, 5) if head in (pred, pred + '_tta') and top5 else (1,))
                     if _num(acc.get(f'top{k}')) is not None]
-    else:
-        measured = [(metrics[m.key], m.card_head, m.card_k) for m in card_metrics(ema)
-                    if (m.card_k == 1 or top5) and _num(metrics.get(m.key)) is not None]
-    results = [_eval_result(value, head, k, l, dataset, demo, split) for value, head, k in measured]
+    else:  # a single-head model's eval_top1 is its image head's: listed once, as the prediction's
+        measured = [(metrics[m.key], pred if m.card_head == 'hybrid' else m.card_head, m.card_k)
+                    for m in card_metrics(ema) if (m.card_k == 1 or top5) and _num(metrics.get(m.key)) is not None
+                    and not (single_head and m.card_head == 'image')]
+    results = [_eval_result(value, head, k, l, dataset, demo, split, single_head) for value, head, k in measured]
     return ModelCardData(
         library_name='timm', license=license, pipeline_tag='image-classification', tags=list(CARD_TAGS),
         datasets=list(datasets) or None, model_name=name if results else None, eval_results=results or None)
@@ -354,6 +358,88 @@ def model_card(
     return str(ModelCard('---\n' + data.to_yaml() + '\n---\n\n' + '\n'.join(out)))
 
 
+def _baseline_results(metrics: Dict[str, Any], train_args: Dict[str, Any], num_classes, ema: bool) -> List[str]:
+    """The checkpoint's own figures of a single-head model: top-1 (top-5), and the EMA weights' top-1."""
+    rows = [('top-1', 'eval_top1'), ('top-5', 'eval_top5'), ('top-1 of the EMA weights', 'eval_top1_ema')]
+    measured = [(label, percent(metrics.get(key))) for label, key in rows
+                if percent(metrics.get(key)) and not (key == 'eval_top5' and _top5_trivial(num_classes))]
+    if not measured:
+        return ['No accuracy was recorded in the checkpoint, so this card reports none.', '']
+    split = train_args.get('val_split')
+    title = _dataset_title(_trained_on(train_args, None), bool(train_args.get('demo')))[0]
+    epoch = _num(metrics.get('epoch'))
+    out = ['Accuracy (%) on ' + (f'the {split} split of ' if split else '') + title
+           + (f', measured after epoch {_epoch(epoch)}' if epoch is not None else '') + ' by `train_fg.py`'
+           + (' (the published weights are the EMA ones)' if ema else '') + ':', '', '| metric | value |', '|---|---|']
+    return out + [f'| {label} | {v} |' for label, v in measured] + ['']
+
+
+def baseline_model_card(
+        repo_id: str,
+        arch: str,
+        config: Dict[str, Any],
+        *,
+        baseline: Dict[str, Any],
+        metrics: Optional[Dict[str, Any]] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: str = 'apache-2.0',
+        num_params: Optional[int] = None,
+        evaluation: Optional[Dict[str, Any]] = None,
+) -> str:
+    """The README.md of a published ``train_fg --baseline`` model: a plain timm classifier, the matched
+    plain fine-tune of an fgfocus run (``baseline``: the checkpoint's entry naming that fgfocus model).
+
+    Accuracy only from what was measured, as in :func:`model_card`.
+    """
+    from huggingface_hub import ModelCard
+
+    metrics, train_args, summary = dict(metrics or {}), dict(train_args or {}), list(summary or [])
+    num_classes, pcfg = config.get('num_classes'), config.get('pretrained_cfg', {})
+    demo, fgfocus = bool(train_args.get('demo')), baseline.get('fgfocus_model', 'fgfocus')
+    title, dataset_id = _dataset_title(_trained_on(train_args, evaluation), demo)
+    datasets = [d for d in (dataset_id, 'imagenet-1k' if train_args.get('pretrained') else '') if d]
+    name = repo_id.split('/')[-1]
+    data = model_card_data(name, license=license, datasets=datasets, metrics=metrics, train_args=train_args, ema=ema,
+                           num_hybrid_regions=0, evaluation=evaluation, num_classes=num_classes, single_head=True)
+    epoch, epochs = _num(metrics.get('epoch')), _num(train_args.get('epochs'))
+    about = [
+        f'# Model card for {name}', '',
+        f'The matched plain fine-tune of an fgfocus run: the plain timm classifier `{arch}` (backbone '
+        f'`{baseline.get("backbone", arch)}`), trained by `train_fg.py --baseline` with everything the `{fgfocus}` '
+        'run it is matched to uses: data and split, input size and preprocessing, augmentation, mixup, optimizer, '
+        'learning-rate schedule (the backbone at the backbone rate, the classifier at the head rate), epochs, EMA, '
+        'seed and starting weights. Its accuracy is what the same backbone reaches without fgfocus\'s zoom '
+        f'(the regions it crops and looks at again); compare it with the `{fgfocus}` model on the same images. '
+        'It is a plain timm model: it loads without timm-fgfocus.', '',
+        f'These are the {"EMA (exponential moving average)" if ema else "raw (non-EMA)"} weights'
+        + (f' of epoch {_epoch(epoch)}' if epoch is not None else '')
+        + (f' of {train_args["epochs"]}' if epochs is not None and epoch is not None else '') + '.', '',
+        '## Model Details', '- **Model Type:** fine-grained image classification',
+        f'- **Architecture:** `{arch}` (timm), matched to `{fgfocus}` (timm-fgfocus)',
+    ]
+    if num_params:
+        about.append(f'- **Params (M):** {num_params / 1e6:.1f}')
+    about += [f'- **Image size:** {"x".join(str(v) for v in pcfg.get("input_size", ())[1:])}',
+              f'- **Classes:** {num_classes}', f'- **Dataset:** {title}',
+              '- **Constructor kwargs (`model_args`):** '
+              + ', '.join(f'`{k}={v}`' for k, v in (config.get('model_args') or {}).items()), '']
+    results = ['## Results', ''] + (_top5_note(num_classes) if _top5_trivial(num_classes) else [])
+    results += _baseline_results(metrics, train_args, num_classes, ema)
+    if evaluation is not None:
+        results += _results_from_report(evaluation, 0, demo, num_classes)
+    results += _training_log(summary, num_classes, prediction='image')
+    model_id = f'hf-hub:{repo_id}' + (f'@{revision}' if revision and revision != 'main' else '')
+    usage = ['## Model Usage', '', '```python', usage_snippet(model_id, plugin=False), '```', '',
+             '### With transformers', '', '```python', transformers_snippet(repo_id, revision, plugin=False), '```', '',
+             '## Citation', '', f'The fgfocus model this baseline is matched to implements "{PAPER_TITLE}":', '',
+             '```bibtex', CITATION, '```', '']
+    out = about + _recipe(train_args) + results + usage
+    return str(ModelCard('---\n' + data.to_yaml() + '\n---\n\n' + '\n'.join(out)))
+
+
 def _results_from_metrics(metrics, train_args, num_classes, ema) -> List[str]:
     top5 = not _top5_trivial(num_classes)
     measured = [(m.card_label, percent(metrics[m.key])) for m in card_metrics()
@@ -382,6 +468,7 @@ def _results_from_metrics(metrics, train_args, num_classes, ema) -> List[str]:
 
 def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[str]:
     meta, ev = evaluation['meta'], evaluation['metrics']
+    pred = ev.get('prediction_head') or 'hybrid'  # reports written before single-head models: hybrid
     dataset, split = _evaluated_on({}, evaluation)
     heads = ev.get('heads') or {}
     tta = any(h.endswith('_tta') for h in heads)
@@ -397,7 +484,7 @@ def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[st
         if not h.endswith('_tta'):
             cells = [percent(acc.get(k)) for k in ks] + ([percent((heads.get(h + '_tta') or {}).get(k)) for k in ks]
                                                          if tta else [])
-            out.append(f'| {head_label(h, l)} | ' + ' | '.join(cells) + ' |')
+            out.append(f'| {head_label(h, l, pred != "hybrid")} | ' + ' | '.join(cells) + ' |')
     out.append('')
     if tta:
         views = ', '.join(f'scale {s:g}' + (' flipped' if f else '')
@@ -406,9 +493,9 @@ def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[st
         out += [f'TTA: logits averaged over {views}' + (f'; {cost:.2f}x the single-view forward time' if cost else '')
                 + '. The single-view figures are the model\'s; TTA is reported beside them.', '']
     ece = ev.get('ece') or {}
-    if _num(ece.get('hybrid')) is not None:
-        out += [f'Expected calibration error of the prediction: {percent(ece["hybrid"])} %'
-                + (f' ({percent(ece["hybrid_tta"])} % with TTA)' if _num(ece.get('hybrid_tta')) is not None else '')
+    if _num(ece.get(pred)) is not None:
+        out += [f'Expected calibration error of the prediction: {percent(ece[pred])} %'
+                + (f' ({percent(ece[pred + "_tta"])} % with TTA)' if _num(ece.get(pred + '_tta')) is not None else '')
                 + ' (15 equal-width confidence bins).', '']
     return out + _localization(ev.get('localization'))
 
@@ -433,7 +520,7 @@ def _localization(loc: Any) -> List[str]:
             + [f'| {label} | {percent(v)} |' for label, v in rows if percent(v)] + [''])
 
 
-def _training_log(summary, num_classes) -> List[str]:
+def _training_log(summary, num_classes, prediction: str = 'hybrid') -> List[str]:
     if not summary:
         return []
     out = []
@@ -441,12 +528,13 @@ def _training_log(summary, num_classes) -> List[str]:
     if scored:
         best = max(scored, key=lambda r: _num(r['eval_top1']))
         last = scored[-1]
-        out += [f'Training log (`summary.csv`, {len(summary)} epochs): best hybrid top-1 '
+        out += [f'Training log (`summary.csv`, {len(summary)} epochs): best {prediction} top-1 '
                 f'{percent(best["eval_top1"])} % at epoch {_epoch(best["epoch"])}; last epoch '
                 f'{_epoch(last["epoch"])}: {percent(last["eval_top1"])} %.', '']
     cols = [c for c in ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'eval_top1_image',
                         'eval_top1_ema', 'lr') if any(r.get(c, '') != '' for r in summary)
-            and not (c == 'eval_top5' and _top5_trivial(num_classes))]
+            and not (c == 'eval_top5' and _top5_trivial(num_classes))
+            and not (c == 'eval_top1_image' and prediction == 'image')]  # one head: eval_top1 is the image head's
     out += ['<details><summary>Per-epoch log</summary>', '', '| ' + ' | '.join(cols) + ' |',
             '|' + '---|' * len(cols)]
     for r in summary:
@@ -455,11 +543,12 @@ def _training_log(summary, num_classes) -> List[str]:
     return out
 
 
-def usage_snippet(model_id: str) -> str:
-    """Python code that loads ``model_id`` with timm and classifies one image; it runs as written."""
-    return f'''import timm
-import timm_fgfocus  # registers the fgfocus architectures with timm
-import torch
+def usage_snippet(model_id: str, plugin: bool = True) -> str:
+    """Python code that loads ``model_id`` with timm and classifies one image; it runs as written
+    (``plugin=False``: a plain timm model, without ``import timm_fgfocus``)."""
+    plugin_line = 'import timm_fgfocus  # registers the fgfocus architectures with timm\n'
+    imports = 'import timm\n' + (plugin_line if plugin else '')
+    return imports + f'''import torch
 from PIL import Image
 
 model = timm.create_model('{model_id}', pretrained=True).eval()
@@ -478,12 +567,14 @@ for p, i in zip(top.values[0].tolist(), top.indices[0].tolist()):
     print(f'{{labels[i]}}: {{100 * p:.1f}}%')'''
 
 
-def transformers_snippet(model: str, revision: Optional[str] = None) -> str:
+def transformers_snippet(model: str, revision: Optional[str] = None, plugin: bool = True) -> str:
     """Python code that classifies one image with ``transformers``' pipeline; ``model`` is a Hub
-    repo id or a local folder (e.g. one written by ``hf_upload --dry-run``)."""
+    repo id or a local folder (e.g. one written by ``hf_upload --dry-run``); ``plugin=False``: a plain
+    timm model, without ``import timm_fgfocus``."""
     rev = f", revision='{revision}'" if revision and revision != 'main' else ''
-    return f'''import timm_fgfocus  # registers the fgfocus architectures with timm; import it before transformers loads
-from PIL import Image
+    imports = ('import timm_fgfocus  # registers the fgfocus architectures with timm; import it before transformers '
+               'loads\n' if plugin else '')
+    return imports + f'''from PIL import Image
 from transformers import pipeline
 
 classifier = pipeline('image-classification', model='{model}'{rev})

@@ -23,6 +23,11 @@ Output: one line per image, or with ``--json`` one JSON object per line on stdou
 ``boxes`` holds all m proposed regions, best first; the first ``num_hybrid_regions`` (l) are
 the ones the prediction uses. Errors, the progress bar and the summary go to stderr.
 
+A ``train_fg --baseline`` checkpoint holds a plain timm classifier: the same lines with ``boxes``,
+``scores`` and ``valid`` empty and ``num_hybrid_regions`` 0; ``--save-regions`` draws, beside the image,
+its attention map made the way fgfocus makes its own (the max over all classes of its class activation
+maps, smoothed; :func:`timm_fgfocus.baseline.single_head_forward`).
+
 An image whose forward pass gives NaN / inf (logits, boxes or scores) gets no output line: it
 is named on stderr like an unreadable image, and ``--json`` never prints ``NaN``.
 
@@ -39,6 +44,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .baseline import model_kind, single_head_forward
 from .errors import first_line
 from .images import open_image
 
@@ -214,6 +220,8 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
         except CheckpointError as e:
             raise PredictError(str(e)) from None
         class_names = ckpt.get('class_names')
+        if ckpt.get('baseline'):  # a --baseline run's plain classifier: one head, its attention map a CAM
+            return _to_device(model, args), _checked_names(class_names, args, model)
     else:
         from timm_fgfocus.hub import HubConfigError, check_local_dir
 
@@ -239,6 +247,11 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
         class_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
     if not hasattr(model, 'forward_structured'):
         raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured)')
+    return _to_device(model, args), _checked_names(class_names, args, model)
+
+
+def _checked_names(class_names: Optional[List[str]], args, model) -> Optional[List[str]]:
+    """The class names to print (``--class-names`` over the model's), one per class."""
     if not getattr(model, 'num_classes', 0):
         raise PredictError('the model has no classifier (num_classes=0)')
     if args.class_names:
@@ -248,11 +261,14 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
         if len(class_names) != model.num_classes:
             raise PredictError(
                 f'{len(class_names)} class names for a model with {model.num_classes} classes')
+    return class_names
+
+
+def _to_device(model, args):
     try:
-        model = model.to(args.device).eval()
+        return model.to(args.device).eval()
     except (RuntimeError, AssertionError) as e:
         raise PredictError(f'cannot use device {args.device!r}: {first_line(e)}') from None
-    return model, class_names
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -312,15 +328,21 @@ def _predict_batch(model, batch, geoms, topk: int):
     """
     x = torch.stack(batch).to(next(model.parameters()).device)
     with torch.no_grad():
-        out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
-    finite = (torch.isfinite(out.logits.float()).all(dim=-1) & torch.isfinite(out.boxes.float()).flatten(1).all(dim=1)
-              & torch.isfinite(out.scores.float()).all(dim=-1)).cpu()
-    probs = out.logits.float().softmax(dim=-1).cpu()
+        if model_kind(model) == 'fgfocus':
+            out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+            logits, boxes, scores, valid, attention = out.logits, out.boxes, out.scores, out.valid, out.attention
+        else:  # a single-head model: no regions, its attention map from the same pass
+            logits, attention = single_head_forward(model, x, attention=True)
+            boxes, scores = logits.new_zeros(len(x), 0, 4), logits.new_zeros(len(x), 0)
+            valid = torch.zeros(len(x), 0, dtype=torch.bool)
+    finite = (torch.isfinite(logits.float()).all(dim=-1) & torch.isfinite(boxes.float()).flatten(1).all(dim=1)
+              & torch.isfinite(scores.float()).all(dim=-1)).cpu()
+    probs = logits.float().softmax(dim=-1).cpu()
     top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
     results = []
     for j, geom in enumerate(geoms):
-        results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(out.boxes[j]),
-                        out.scores[j].float().cpu(), out.valid[j].cpu(), out.attention[j].float().cpu()))
+        results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(boxes[j]), scores[j].float().cpu(),
+                        valid[j].cpu(), attention[j].float().cpu()))
     return results
 
 
@@ -348,7 +370,8 @@ class _Session:
     def __init__(self, args, model, class_names: Optional[List[str]], out_dir: Optional[Path], failures: list, bar):
         self.args, self.model, self.class_names, self.out_dir, self.bar = args, model, class_names, out_dir, bar
         self.failures = failures
-        self.num_draw = model.num_hybrid_regions if args.draw_regions is None else args.draw_regions
+        self.num_hybrid = getattr(model, 'num_hybrid_regions', 0) if model_kind(model) == 'fgfocus' else 0
+        self.num_draw = self.num_hybrid if args.draw_regions is None else args.draw_regions
         self.used_names: set = set()
         self.thumbs: List = []
         self.n_ok = 0
@@ -375,7 +398,7 @@ class _Session:
                     file=str(item.path), image_size=list(geom.original_size), topk=topk,
                     boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
                     scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
-                    num_hybrid_regions=self.model.num_hybrid_regions), allow_nan=False), flush=True)
+                    num_hybrid_regions=self.num_hybrid), allow_nan=False), flush=True)
             else:
                 print(_format_text(str(item.path), topk), flush=True)
             if self.out_dir is not None:
@@ -432,6 +455,8 @@ def run(args) -> int:
 
     model, class_names = load_model(args)
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
+    if args.draw_regions is not None and model_kind(model) != 'fgfocus':
+        raise PredictError('--draw-regions: this model proposes no regions (a single-head model); drop the flag')
     if args.draw_regions is not None and not 1 <= args.draw_regions <= model.num_regions:
         raise PredictError(f'--draw-regions must be in [1, m={model.num_regions}], got {args.draw_regions}')
 

@@ -388,8 +388,9 @@ def save_region_sheet(
     are given; the prediction is green when right, red when wrong).
 
     Args:
-        model: an fgfocus model (anything with ``forward_structured``); run in eval mode without
-            gradients, its train/eval mode is restored afterwards.
+        model: an fgfocus model (anything with ``forward_structured``), or a single-head model (a
+            ``--baseline`` plain classifier: its attention map beside the image, no regions); run in
+            eval mode, its train/eval mode is restored afterwards.
         images: normalized model inputs Tensor[B, 3, H, W].
         path: PNG file to write (folders are created).
         mean, std: the normalization of ``images``, to show them in colour.
@@ -402,16 +403,24 @@ def save_region_sheet(
     Returns:
         ``path`` as a :class:`pathlib.Path`.
     """
+    from .baseline import model_kind, single_head_forward
+
     path = Path(path)
     was_training = model.training
     l = num_regions or getattr(model, 'num_hybrid_regions', 4)
     device = next(model.parameters()).device
     try:
         model.eval()
-        out = model.forward_structured(images.to(device), num_crops=getattr(model, 'num_hybrid_regions', None))
+        if model_kind(model) == 'fgfocus':
+            out = model.forward_structured(images.to(device), num_crops=getattr(model, 'num_hybrid_regions', None))
+            logits, boxes, valid, attention = out.logits, out.boxes, out.valid, out.attention
+        else:  # a single-head model: no regions, its attention map beside the image
+            with torch.no_grad():
+                logits, attention = single_head_forward(model, images.to(device), attention=True)
+            boxes, valid = logits.new_zeros(len(images), 0, 4), torch.zeros(len(images), 0, dtype=torch.bool)
     finally:
         model.train(was_training)
-    probs = out.logits.float().softmax(dim=-1).cpu()
+    probs = logits.float().softmax(dim=-1).cpu()
     conf, pred = probs.max(dim=-1)
     if targets is not None:
         targets = torch.as_tensor(targets).cpu()
@@ -425,7 +434,7 @@ def save_region_sheet(
             subtitle = f'true: {_class_name(t, class_names)}'
             color = (0, 150, 0) if t == p else (210, 0, 0)
         figures.append(region_figure(
-            denormalize(images[i], mean, std), out.boxes[i], out.attention[i], valid=out.valid[i],
+            denormalize(images[i], mean, std), boxes[i], attention[i], valid=valid[i],
             num_regions=l, title=title, subtitle=subtitle, title_color=color, side=side))
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(figures, ncols).save(path)

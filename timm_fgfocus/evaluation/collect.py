@@ -8,11 +8,15 @@ top-1 are the same code.
 
 Heads (names used everywhere in the evaluation):
 
-* ``hybrid``: the model's prediction (image feature + the l best regions' features);
-* ``image``: the image-level head alone;
+* ``hybrid``: the prediction of a full fgfocus model (image feature + the l best regions' features);
+* ``image``: the image-level head alone; the prediction (the only head) of a single-head model: a plain
+  timm classifier (``train_fg --baseline``) or an fgfocus model in single-pass mode;
 * ``region_1`` ... ``region_l``: the shared region head on the region of that rank alone;
 * ``region_mean``: the mean of the l region logits;
 * ``hybrid_tta``, ``image_tta``: with test-time augmentation, the logits averaged over the views.
+
+The prediction head (:func:`prediction_head`) is ``hybrid`` when the model has it, else ``image``:
+the figures of "the prediction" (``eval_top1``, the loss kept per image, the pictures) are its.
 
 Under DDP every rank evaluates every ``world_size``-th image, and :func:`gather_predictions` brings
 the pieces to rank 0, where :func:`merge_predictions` orders them by sample index and checks that
@@ -30,12 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..baseline import model_kind, single_head_forward
 from ..errors import EvaluationError
-from .tta import TTAView, forward_tta
+from .tta import TTAView, forward_tta_heads
 
 __all__ = [
-    'Predictions', 'EvalContext', 'ModelOutputs', 'head_names', 'head_label', 'model_outputs',
-    'collect_predictions', 'gather_predictions', 'merge_predictions', 'sample_names', 'to_model_input',
+    'Predictions', 'EvalContext', 'ModelOutputs', 'head_names', 'model_heads', 'prediction_head', 'head_label',
+    'model_outputs', 'collect_predictions', 'gather_predictions', 'merge_predictions', 'sample_names',
+    'to_model_input',
 ]
 
 TOPK = 5
@@ -51,8 +57,23 @@ def head_names(num_hybrid_regions: int, tta: bool = False) -> List[str]:
     return names
 
 
-def head_label(head: str, num_hybrid_regions: int = 0) -> str:
-    """What a head name means, for tables and the model card."""
+def model_heads(model: torch.nn.Module, tta: bool = False) -> List[str]:
+    """The heads evaluated for ``model``: every fgfocus head (:func:`head_names`), or ``image`` alone for a
+    single-head model (a plain timm classifier, an fgfocus model in single-pass mode)."""
+    if model_kind(model) == 'fgfocus':
+        return head_names(model.num_hybrid_regions, tta)
+    return ['image'] + (['image_tta'] if tta else [])
+
+
+def prediction_head(heads: Iterable[str]) -> str:
+    """The head whose top-1 is the model's prediction: ``hybrid`` when evaluated, else ``image``."""
+    return 'hybrid' if 'hybrid' in heads else 'image'
+
+
+def head_label(head: str, num_hybrid_regions: int = 0, single_head: bool = False) -> str:
+    """What a head name means, for tables and the model card (``single_head``: of a single-head model)."""
+    if single_head and head in ('image', 'image_tta'):
+        return 'image level (the prediction: the model\'s one head)' + (', TTA' if head.endswith('_tta') else '')
     if head == 'hybrid':
         regions = f'{num_hybrid_regions} region' + ('s' if num_hybrid_regions > 1 else '')
         return f'hybrid (the prediction: image + {regions})' if num_hybrid_regions else 'hybrid (the prediction)'
@@ -75,15 +96,17 @@ class Predictions:
     Attributes:
         index: int64[N], the sample's index in the data set.
         target: int64[N], the true class.
-        loss: float32[N], cross-entropy of the hybrid logits.
+        loss: float32[N], cross-entropy of the prediction head's logits (:func:`prediction_head`).
         topk: head -> int32[N, k] classes, best first (k = min(5, classes)).
         confidence: head -> float32[N] softmax probability of the head's top-1 class.
-        boxes: float32[N, m, 4] proposed regions ``(x0, y0, x1, y1)`` in model-input pixels, best first.
+        boxes: float32[N, m, 4] proposed regions ``(x0, y0, x1, y1)`` in model-input pixels, best first
+            (m = 0 for a single-head model).
         valid: bool[N, m], False for boxes that only fill slots after NMS ran out.
         files: str[N], where each image came from (file path or a description), '' if unknown.
         attention: float16[N, h, w] attention maps, when the evaluation kept them (else None).
-        seconds: forward time in seconds, summed over processes: ``single`` (one view, all heads)
-            and ``tta`` (the extra views); not saved with the arrays.
+        seconds: forward time in seconds, summed over processes: ``single`` (one view, all heads),
+            ``tta`` (the extra views) and, when timed, ``single_pass`` (a full fgfocus model's image path
+            alone on the same batches); not saved with the arrays.
     """
     index: np.ndarray
     target: np.ndarray
@@ -107,12 +130,17 @@ class Predictions:
     def heads(self) -> List[str]:
         return list(self.topk)
 
-    def pred(self, head: str = 'hybrid') -> np.ndarray:
-        """int64[N] top-1 class of ``head``."""
-        return self.topk[head][:, 0].astype(np.int64)
+    @property
+    def prediction_head(self) -> str:
+        """``hybrid`` for a full fgfocus model, ``image`` for a single-head model (:func:`prediction_head`)."""
+        return prediction_head(self.topk)
 
-    def correct(self, head: str = 'hybrid') -> np.ndarray:
-        """bool[N] top-1 of ``head`` is the true class."""
+    def pred(self, head: Optional[str] = None) -> np.ndarray:
+        """int64[N] top-1 class of ``head`` (default: the prediction head)."""
+        return self.topk[head or self.prediction_head][:, 0].astype(np.int64)
+
+    def correct(self, head: Optional[str] = None) -> np.ndarray:
+        """bool[N] top-1 of ``head`` (default: the prediction head) is the true class."""
         return self.pred(head) == self.target
 
     def take(self, order: np.ndarray) -> 'Predictions':
@@ -149,8 +177,8 @@ class Predictions:
             raise EvaluationError(f'{path} does not exist: run the evaluation (train_fg --eval-only) first') from None
         except Exception as e:  # zip / npy format errors come in several types
             raise EvaluationError(f'{path} cannot be read ({type(e).__name__}: {e})') from None
-        missing = [k for k in ('index', 'target', 'loss', 'boxes', 'valid', 'files', 'topk__hybrid',
-                               'confidence__hybrid') if k not in data]
+        missing = [k for k in ('index', 'target', 'loss', 'boxes', 'valid', 'files', 'topk__image',
+                               'confidence__image') if k not in data]
         if missing:
             raise EvaluationError(f'{path} is incomplete: no {", ".join(missing)}')
         topk = {k.split('__', 1)[1]: v for k, v in data.items() if k.startswith('topk__')}
@@ -208,19 +236,37 @@ class ModelOutputs(NamedTuple):
     """One eval forward, as the evaluation keeps it.
 
     Attributes:
-        heads: head name -> logits Tensor[B, C] (:func:`head_names` order).
-        boxes: Tensor[B, m, 4] proposed regions ``(x0, y0, x1, y1)`` in input pixels, best first.
+        heads: head name -> logits Tensor[B, C] (:func:`model_heads` order, TTA heads left out).
+        boxes: Tensor[B, m, 4] proposed regions ``(x0, y0, x1, y1)`` in input pixels, best first
+            (m = 0 for a single-head model).
         valid: Tensor[B, m] bool.
-        attention: Tensor[B, h, w] the attention map M.
+        attention: Tensor[B, h, w] the attention map: fgfocus's M, or a single-head model's class
+            activation map made the same way (:func:`timm_fgfocus.baseline.single_head_forward`);
+            None for a single-head model not asked for it.
     """
     heads: Dict[str, torch.Tensor]
     boxes: torch.Tensor
     valid: torch.Tensor
-    attention: torch.Tensor
+    attention: Optional[torch.Tensor]
 
 
-def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> ModelOutputs:
-    """Every head of one eval forward of an fgfocus model: the l hybrid regions are cropped, not m."""
+def model_outputs(model: torch.nn.Module, x: torch.Tensor, attention: bool = False) -> ModelOutputs:
+    """Every head of one eval forward.
+
+    A full fgfocus model crops the l hybrid regions, not m, and always gives its attention map (its
+    regions come from it). A single-head model (a plain timm classifier, an fgfocus model in
+    single-pass mode) gives ``{'image': logits}``, no boxes (``[B, 0, 4]``) and, with ``attention``,
+    its class activation maps' max over all classes, smoothed as fgfocus smooths its own.
+
+    Args:
+        model: in eval mode.
+        x: Tensor[B, C, H, W] model input.
+        attention: compute a single-head model's attention map (fgfocus models always have one).
+    """
+    if model_kind(model) != 'fgfocus':
+        logits, att = single_head_forward(model, x, attention)
+        return ModelOutputs({'image': logits}, x.new_zeros(x.shape[0], 0, 4),
+                            torch.zeros(x.shape[0], 0, dtype=torch.bool, device=x.device), att)
     l = model.num_hybrid_regions
     out = model.forward_structured(x, num_crops=l)
     heads = {'hybrid': out.logits, 'image': out.image_logits}
@@ -261,6 +307,32 @@ class _ForwardTimer:
         return self.seconds
 
 
+class _Timers(NamedTuple):
+    single: _ForwardTimer       # one view, every head
+    tta: _ForwardTimer          # the extra TTA views
+    single_pass: _ForwardTimer  # a full fgfocus model's image path alone, when timed
+
+
+def _evaluate_batch(model, x: torch.Tensor, timers: _Timers, ctx: EvalContext, tta_views, keep_attention: bool,
+                    time_single_pass: bool) -> Tuple[Dict[str, torch.Tensor], ModelOutputs]:
+    """The heads (float32, TTA heads included) and outputs of one batch, each forward timed."""
+    with timers.single(), ctx.autocast():
+        out = model_outputs(model, x, attention=keep_attention)
+    heads = {h: v.float() for h, v in out.heads.items()}
+    if tta_views is not None:
+        pred_heads = [h for h in ('hybrid', 'image') if h in heads]
+
+        def forward(view: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {h: model_outputs(model, view).heads[h] for h in pred_heads}
+        with timers.tta(), ctx.autocast():
+            averaged = forward_tta_heads(forward, x, tta_views, first={h: heads[h] for h in pred_heads})
+        heads.update({f'{h}_tta': v for h, v in averaged.items()})
+    if time_single_pass:
+        with timers.single_pass(), ctx.autocast():
+            model.forward_image(x)
+    return heads, out
+
+
 @torch.no_grad()
 def collect_predictions(
         model: torch.nn.Module,
@@ -271,6 +343,7 @@ def collect_predictions(
         keep_attention: bool = False,
         indexed: bool = True,
         desc: str = 'eval',
+        time_single_pass: bool = False,
 ) -> Predictions:
     """Run ``model`` (eval mode, no gradients) over ``loader`` and keep :class:`Predictions`.
 
@@ -279,7 +352,8 @@ def collect_predictions(
     once, so the loop never waits for the device (the forward times are CUDA events read at the end).
 
     Args:
-        model: an fgfocus model (``forward_structured``, ``num_hybrid_regions``, ``num_classes``).
+        model: an fgfocus model (every head), or a single-head model: a plain timm classifier, an
+            fgfocus model in single-pass mode (see :func:`model_outputs`).
         loader: yields ``(inputs Tensor[B, C, H, W], targets Tensor[B])`` in data set order, this
             process's share of the images (``ctx.rank``, ``ctx.world_size``).
         ctx: device, precision, progress bar and this process's share.
@@ -289,6 +363,8 @@ def collect_predictions(
         indexed: the loader walks a map-style data set, so image ``j`` of this process is sample
             ``rank + j * world_size``; False (an iterable data set): indices are ``-1``.
         desc: the progress bar's label.
+        time_single_pass: a full fgfocus model also runs its single pass (``forward_image``) on every
+            batch, timed as ``seconds['single_pass']`` (ignored for single-head models).
 
     Returns:
         Predictions in loader order; ``seconds`` measured around the forwards only.
@@ -299,9 +375,11 @@ def collect_predictions(
     was_training = model.training
     model.eval()
     k = min(TOPK, model.num_classes)
-    names = head_names(model.num_hybrid_regions, tta_views is not None)
+    names = model_heads(model, tta_views is not None)
+    pred_head = prediction_head(names)
+    time_single_pass = time_single_pass and model_kind(model) == 'fgfocus'
     kept: Dict[str, List[torch.Tensor]] = defaultdict(list)
-    single, tta = _ForwardTimer(device), _ForwardTimer(device)
+    timers = _Timers(_ForwardTimer(device), _ForwardTimer(device), _ForwardTimer(device))
     bar = loader
     if ctx.progress and ctx.rank == 0:
         from tqdm import tqdm
@@ -310,18 +388,12 @@ def collect_predictions(
         for x, y in bar:
             x = to_model_input(x, device, ctx.normalize, ctx.channels_last)
             y = y.to(device, non_blocking=True)
-            with single(), ctx.autocast():
-                out = model_outputs(model, x)
-            heads = {h: v.float() for h, v in out.heads.items()}
-            if tta_views is not None:
-                with tta(), ctx.autocast():
-                    heads['hybrid_tta'], heads['image_tta'] = forward_tta(
-                        model, x, tta_views, first=(heads['hybrid'], heads['image']))
+            heads, out = _evaluate_batch(model, x, timers, ctx, tta_views, keep_attention, time_single_pass)
             for h in names:
                 p, i = heads[h].float().softmax(dim=-1).topk(k, dim=-1)
                 kept[f'topk__{h}'].append(i.to(torch.int32))
                 kept[f'confidence__{h}'].append(p[:, 0])
-            kept['loss'].append(F.cross_entropy(heads['hybrid'], y, reduction='none'))
+            kept['loss'].append(F.cross_entropy(heads[pred_head], y, reduction='none'))
             kept['target'].append(y.long())
             kept['boxes'].append(out.boxes.float())
             kept['valid'].append(out.valid)
@@ -329,9 +401,19 @@ def collect_predictions(
                 kept['attention'].append(out.attention.to(torch.float16))
     finally:
         model.train(was_training)
-    host = {key: torch.cat(chunks).cpu().numpy() for key, chunks in kept.items()}  # the one copy to the host
+    seconds = {'single': timers.single.total(), 'tta': timers.tta.total()}
+    if time_single_pass:
+        seconds['single_pass'] = timers.single_pass.total()
+    m = model.num_regions if model_kind(model) == 'fgfocus' else 0
+    return _kept_predictions(kept, names, k, m, ctx, indexed, seconds)
+
+
+def _kept_predictions(kept: Dict[str, List[torch.Tensor]], names: Sequence[str], k: int, m: int, ctx: EvalContext,
+                      indexed: bool, seconds: Dict[str, float]) -> Predictions:
+    """:class:`Predictions` of what the loop kept on the device, copied to the host once (empty arrays of the
+    right shapes when the loader gave nothing)."""
+    host = {key: torch.cat(chunks).cpu().numpy() for key, chunks in kept.items()}
     n = len(host['target']) if 'target' in host else 0
-    m = model.num_regions
     index = (ctx.rank + ctx.world_size * np.arange(n)) if indexed else np.full(n, -1)
     return Predictions(
         index=index.astype(np.int64),
@@ -342,7 +424,7 @@ def collect_predictions(
         boxes=host.get('boxes', np.zeros((0, m, 4), np.float32)),
         valid=host.get('valid', np.zeros((0, m), bool)),
         attention=host.get('attention'),
-        seconds={'single': single.total(), 'tta': tta.total()})
+        seconds=seconds)
 
 
 def merge_predictions(parts: Sequence[Predictions], num_samples: Optional[int]) -> Predictions:

@@ -132,19 +132,21 @@ def head_accuracies(topk: Dict[str, np.ndarray], target: np.ndarray,
 
 def flat_metrics(preds) -> Dict[str, Any]:
     """The figures a run records for an evaluation (:class:`~.collect.Predictions`): loss and top-1/top-5
-    of the prediction head (hybrid) and of the image-level head, the sample count, and with TTA the
-    same of the averaged views. Keys as in :mod:`timm_fgfocus.metric_table`."""
+    of the prediction head (``hybrid`` for a full fgfocus model, ``image`` for a single-head model) and of
+    the image-level head, the sample count, and with TTA the same of the averaged views. Keys as in
+    :mod:`timm_fgfocus.metric_table`."""
+    head = preds.prediction_head
     out = {
         'eval_loss': float(preds.loss.mean()) if len(preds) else 0.0,
-        'eval_top1': topk_accuracy(preds.topk['hybrid'], preds.target, 1),
-        'eval_top5': topk_accuracy(preds.topk['hybrid'], preds.target, 5),
+        'eval_top1': topk_accuracy(preds.topk[head], preds.target, 1),
+        'eval_top5': topk_accuracy(preds.topk[head], preds.target, 5),
         'eval_top1_image': topk_accuracy(preds.topk['image'], preds.target, 1),
         'eval_top5_image': topk_accuracy(preds.topk['image'], preds.target, 5),
         'eval_samples': len(preds),
     }
-    if 'hybrid_tta' in preds.topk:
-        out['eval_top1_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 1)
-        out['eval_top5_tta'] = topk_accuracy(preds.topk['hybrid_tta'], preds.target, 5)
+    if f'{head}_tta' in preds.topk:
+        out['eval_top1_tta'] = topk_accuracy(preds.topk[f'{head}_tta'], preds.target, 1)
+        out['eval_top5_tta'] = topk_accuracy(preds.topk[f'{head}_tta'], preds.target, 5)
         out['eval_top1_image_tta'] = topk_accuracy(preds.topk['image_tta'], preds.target, 1)
     return out
 

@@ -3,10 +3,12 @@
 An evaluation (``train_fg --eval-only`` or the end of training, see :mod:`.run`) saves, in the
 run folder::
 
-    eval/eval.json          what was evaluated: checkpoint (and its SHA-256), data, split, classes,
-                            TTA views, forward times, the images chosen for the pictures
-    eval/predictions.npz    per image: index, true class, every head's top-5 and confidence,
-                            hybrid loss, boxes (:class:`~.collect.Predictions`)
+    eval/eval.json          what was evaluated: checkpoint (and its SHA-256), the model (kind: fgfocus,
+                            fgfocus_single_pass or plain; arch, backbone, params, FLOPs per image),
+                            data, split, classes, TTA views, forward times (in all and per image),
+                            the images chosen for the pictures
+    eval/predictions.npz    per image: index, true class, every head's top-5 and confidence, the
+                            prediction head's loss, boxes (:class:`~.collect.Predictions`)
     eval/examples.npz       the attention maps of the few images shown
     eval/inputs/<i>.jpg     those images as the model saw them (resized, cropped)
     eval/ground_truth.npz   with ground-truth boxes only: each image's boxes (and part keypoints) in
@@ -16,7 +18,8 @@ run folder::
 :func:`build_report` reads only these, checks them (:func:`read_saved`), computes the figures
 (:func:`compute_report`), and writes, recomputed every time::
 
-    eval/metrics.json       top-1/top-5 of every head, ECE, localization (read by the model card)
+    eval/metrics.json       top-1/top-5 of every head, ECE, localization, a full fgfocus model's two
+                            paths side by side (read by the model card)
     eval/per_class.csv      per-class accuracy, worst first
     eval/confused_pairs.csv the most confused (true, predicted) pairs with counts
     eval/predictions.csv    one row per image: file, true, predicted, confidence
@@ -36,6 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..baseline import MODEL_KINDS
 from ..errors import EvaluationError
 from ..files import atomic_copy, atomic_write, write_text
 from ..images import open_image
@@ -75,6 +79,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
+def _is_model(v: Any) -> bool:
+    return isinstance(v, dict) and v.get('kind') in MODEL_KINDS and all(
+        _number(v[k]) for k in ('params', 'flops_per_image', 'flops_per_image_single_pass') if k in v)
+
+
 def _is_views(v: Any) -> bool:
     views = v.get('views') if isinstance(v, dict) else None
     return isinstance(views, list) and all(
@@ -99,6 +108,9 @@ _META_ENTRIES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
               'an object with an input_size list'),
     'seconds': (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
                 'an object of seconds (numbers >= 0)'),
+    'seconds_per_image': (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
+                          'an object of seconds (numbers >= 0)'),
+    'model': (_is_model, f'an object with "kind" ({", ".join(MODEL_KINDS)}) and numbers >= 0 for params and FLOPs'),
     'tta': (_is_views, 'an object with "views": [[scale, flip], ...]'),
 }
 
@@ -228,7 +240,8 @@ class ReportPictures:
     """The pictures :func:`draw_pictures` wrote into ``eval/``.
 
     Attributes:
-        files: ``{'confusion' | 'hybrid' | 'hybrid_tta' | 'mistakes' | 'where': file name}``.
+        files: ``{'confusion' | HEAD | HEAD_tta | 'mistakes' | 'where': file name}``, HEAD the prediction
+            head (the reliability diagrams).
         pairs: ``[(file name, true class, predicted class, images)]``, one per confused pair drawn.
         mistakes: sample indices of the wrong predictions in ``mistakes.png``, in order.
         where: sample indices of the images in ``where.png``, in order.
@@ -249,11 +262,11 @@ class Report:
         meta: ``eval.json``; names: the class names; preds: ``predictions.npz``.
         heads: ``{head: {'top1': %, 'top5': %}}`` (unrounded; ``metrics.json`` holds them rounded).
         metrics: ``metrics.json``.
-        confusion: int64[C, C], row = true class, column = the hybrid head's prediction.
+        confusion: int64[C, C], row = true class, column = the prediction (:attr:`head`).
         class_rows: ``per_class.csv`` rows, worst class first.
         pairs: the most confused pairs, most images first; pair_share: each pair's images as a
             percentage of its true class's images.
-        calibration: ``{head: (reliability bins, ECE in [0, 1])}`` for ``hybrid`` (and ``hybrid_tta``).
+        calibration: ``{head: (reliability bins, ECE in [0, 1])}`` for the prediction head (and its TTA).
         pictures: what :func:`draw_pictures` drew (empty until then).
         truth: ``ground_truth.npz`` (None: the evaluation had no ground-truth boxes).
         localization: where the model looked, scored against ``truth`` (:func:`~.where.localize`).
@@ -275,6 +288,16 @@ class Report:
     @property
     def num_hybrid_regions(self) -> int:
         return int(self.meta.get('num_hybrid_regions') or 0)
+
+    @property
+    def head(self) -> str:
+        """The prediction head: ``hybrid`` for a full fgfocus model, ``image`` for a single-head model."""
+        return self.preds.prediction_head
+
+    @property
+    def kind(self) -> str:
+        """``fgfocus``, ``fgfocus_single_pass`` or ``plain`` (evaluations without a ``model`` entry: by their heads)."""
+        return (self.meta.get('model') or {}).get('kind') or ('fgfocus' if self.head == 'hybrid' else 'plain')
 
     @property
     def position(self) -> Dict[int, int]:
@@ -302,20 +325,39 @@ def _class_rows(cm: np.ndarray, names: Sequence[str]) -> List[List[Any]]:
     return rows
 
 
+def _two_paths(meta: Dict[str, Any], heads: Dict[str, Dict[str, float]], n: int) -> Optional[Dict[str, Any]]:
+    """A full fgfocus model's two paths side by side, when its single pass was timed: the hybrid path
+    (its accuracy, measured forward seconds per image, FLOPs) and the single pass (the image-level head's
+    accuracy, which is the single-pass model's; its seconds and FLOPs), and full / single ratios."""
+    seconds, model = meta.get('seconds') or {}, meta.get('model') or {}
+    if 'hybrid' not in heads or not seconds.get('single_pass') or not seconds.get('single') or not n:
+        return None
+    full = {'top1': round(heads['hybrid']['top1'], 4), 'seconds_per_image': round(seconds['single'] / n, 6),
+            'flops_per_image': model.get('flops_per_image')}
+    single = {'top1': round(heads['image']['top1'], 4), 'seconds_per_image': round(seconds['single_pass'] / n, 6),
+              'flops_per_image': model.get('flops_per_image_single_pass')}
+    out = {'hybrid': full, 'single_pass': single, 'time_ratio': round(seconds['single'] / seconds['single_pass'], 3)}
+    if full['flops_per_image'] and single['flops_per_image']:
+        out['flops_ratio'] = round(full['flops_per_image'] / single['flops_per_image'], 3)
+    return out
+
+
 def compute_report(meta: Dict[str, Any], preds: Predictions, truth: Optional[FrameTruth] = None) -> Report:
     """Accuracy of every head, per-class results, confusions and calibration of the saved predictions, and
     with ground truth (``truth``) where the model looked (``metrics['localization']``)."""
     names = list(meta['class_names'])
     heads = head_accuracies(preds.topk, preds.target)
-    cm = confusion_matrix(preds.pred('hybrid'), preds.target, len(names))
+    head = preds.prediction_head
+    cm = confusion_matrix(preds.pred(), preds.target, len(names))
     count = cm.sum(axis=1)
     pairs = most_confused(cm, top=PAIRS_LISTED)
     calibration = {h: (reliability_bins(preds.confidence[h], preds.correct(h), ECE_BINS),
                        expected_calibration_error(preds.confidence[h], preds.correct(h), ECE_BINS))
-                   for h in ('hybrid', 'hybrid_tta') if h in preds.topk}
+                   for h in (head, f'{head}_tta') if h in preds.topk}
     metrics = {
         'format': METRICS_FORMAT, 'version': 1, 'num_samples': len(preds), 'num_classes': len(names),
         'checkpoint_sha256': meta.get('checkpoint_sha256'), 'ema': meta.get('ema', False),
+        'prediction_head': head,
         'heads': {h: {k: round(v, 4) for k, v in acc.items()} for h, acc in heads.items()},
         'ece': {h: round(100 * e, 4) for h, (_, e) in calibration.items()},
         'mean_loss': round(float(preds.loss.mean()), 6) if len(preds) else None,
@@ -323,6 +365,9 @@ def compute_report(meta: Dict[str, Any], preds: Predictions, truth: Optional[Fra
     seconds = meta.get('seconds') or {}
     if meta.get('tta') and seconds.get('single'):
         metrics['tta_cost'] = round((seconds['single'] + seconds.get('tta', 0.0)) / seconds['single'], 3)
+    paths = _two_paths(meta, heads, len(preds))
+    if paths:
+        metrics['paths'] = paths
     localization = localize(preds, truth, int(meta.get('num_hybrid_regions') or 0)) if truth is not None else None
     if localization is not None:
         metrics['localization'] = localization.metrics
@@ -344,15 +389,15 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _prediction_rows(report: Report) -> Tuple[List[str], List[List[Any]]]:
     """Header and rows of ``predictions.csv``: one row per image."""
-    preds, names = report.preds, report.names
-    pred = preds.pred('hybrid')
-    tta = 'hybrid_tta' in preds.topk
+    preds, names, head = report.preds, report.names, report.head
+    pred = preds.pred()
+    tta = f'{head}_tta' in preds.topk
     header = ['index', 'file', 'true_index', 'true_class', 'predicted_index', 'predicted_class', 'confidence',
               'correct', 'loss'] + (['predicted_index_tta', 'confidence_tta'] if tta else [])
     rows = [[int(preds.index[p]), preds.files[p], int(preds.target[p]), names[preds.target[p]], int(pred[p]),
-             names[pred[p]], f'{preds.confidence["hybrid"][p]:.4f}', int(pred[p] == preds.target[p]),
-             f'{preds.loss[p]:.4f}'] + ([int(preds.topk['hybrid_tta'][p, 0]),
-                                        f'{preds.confidence["hybrid_tta"][p]:.4f}'] if tta else [])
+             names[pred[p]], f'{preds.confidence[head][p]:.4f}', int(pred[p] == preds.target[p]),
+             f'{preds.loss[p]:.4f}'] + ([int(preds.topk[f'{head}_tta'][p, 0]),
+                                        f'{preds.confidence[f"{head}_tta"][p]:.4f}'] if tta else [])
             for p in range(len(preds))]
     return header, rows
 
@@ -385,14 +430,14 @@ def _draw_examples(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir
     from .pictures import example_figure, mistakes_grid, pair_figure, short_name as short
 
     preds, names, pos = report.preds, report.names, report.position
-    pred = preds.pred('hybrid')
+    pred = preds.pred()
 
     def figure(i: int):
         p, ex = pos[i], examples[i]
         return example_figure(
             ex['image'], preds.boxes[p], preds.valid[p], ex['attention'], num_regions=max(report.num_hybrid_regions, 1),
             true_name=names[preds.target[p]], pred_name=names[pred[p]],
-            confidence=float(preds.confidence['hybrid'][p]), side=224)
+            confidence=float(preds.confidence[report.head][p]), side=224)
 
     shown = report.meta.get('examples') or {}
     pictures.mistakes = [i for i in shown.get('mistakes', []) if i in examples and i in pos]
@@ -446,9 +491,9 @@ def draw_pictures(report: Report, examples: Dict[int, Dict[str, Any]], eval_dir:
     _save_png(eval_dir / 'confusion.png', confusion_figure(report.confusion, report.names, rows, cols, title=title))
     pictures.files['confusion'] = 'confusion.png'
     for h, (bins, ece) in report.calibration.items():
-        name = 'reliability.png' if h == 'hybrid' else 'reliability_tta.png'
+        name = 'reliability_tta.png' if h.endswith('_tta') else 'reliability.png'
         _save_png(eval_dir / name, reliability_figure(bins, ece, title='prediction, TTA' if h.endswith('_tta')
-                                                      else 'prediction (hybrid head)'))
+                                                      else f'prediction ({h} head)'))
         pictures.files[h] = name
     _draw_examples(report, examples, eval_dir, pictures)
     _draw_where(report, examples, eval_dir, pictures)

@@ -4,14 +4,14 @@ CSVs linked relative to it (under ``eval/``). :func:`render_html` only formats t
 import html
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence
 
 from .collect import head_label
 
 if TYPE_CHECKING:
     from .outputs import Report
 
-__all__ = ['render_html', 'percent', 'TABLE_ROWS']
+__all__ = ['render_html', 'percent', 'model_description', 'TABLE_ROWS']
 
 TABLE_ROWS = 15  # worst classes and confused pairs listed on the page (all are in the CSVs)
 _COLOURS = ('red', 'green', 'blue', 'yellow', 'magenta', 'cyan', 'orange', 'purple')  # visualize.REGION_COLORS
@@ -60,16 +60,34 @@ def _img(folder: str, name: str, alt: str) -> str:
 
 # --- sections -------------------------------------------------------------------------------------
 
+def model_description(kind: str, model: Dict[str, Any]) -> str:
+    """What the evaluated model is, in words, from ``eval.json``'s ``model`` entry."""
+    backbone = f'backbone {model["backbone"]}' if model.get('backbone') else 'its backbone'
+    if kind == 'plain':
+        matched = f' matched to {model["matched_to"]}' if model.get('matched_to') else ''
+        return (f'a plain timm classifier ({backbone}): the --baseline fine-tune{matched}, one head, its '
+                'attention map the class activation maps of its classifier, max over all classes')
+    if kind == 'fgfocus_single_pass':
+        return (f'an fgfocus model in single-pass mode ({backbone}): its image-level head from one backbone '
+                'pass, no regions')
+    return f'an fgfocus model ({backbone}): image-level, region and hybrid heads'
+
+
 def _header(r: 'Report') -> List[str]:
     meta = r.meta
     data = meta.get('data') or {}
     where = data.get('dataset') or 'image folders'
-    info = [('checkpoint', meta.get('checkpoint') or ''), ('checkpoint SHA-256', meta.get('checkpoint_sha256') or ''),
+    model = meta.get('model') or {}
+    size = [f'{model["params"] / 1e6:.2f} M parameters'] if model.get('params') else []
+    size += [f'{model["flops_per_image"] / 1e9:.3f} GFLOPs per image'] if model.get('flops_per_image') else []
+    info = [('model', model_description(r.kind, model) + (f'; {", ".join(size)}' if size else '')),
+            ('checkpoint', meta.get('checkpoint') or ''), ('checkpoint SHA-256', meta.get('checkpoint_sha256') or ''),
             ('data', f'{where} in {data.get("data_dir", "")}, split {data.get("split", "")}'),
-            ('input', 'x'.join(str(s) for s in (meta.get('input') or {}).get('input_size', [])[1:])),
-            ('regions', f'm={meta.get("num_regions")} proposed, l={r.num_hybrid_regions} in the hybrid head'),
-            ('processes', meta.get('world_size', 1)), ('device', meta.get('device', '')),
-            ('evaluated', meta.get('created', ''))]
+            ('input', 'x'.join(str(s) for s in (meta.get('input') or {}).get('input_size', [])[1:]))]
+    if r.kind == 'fgfocus':
+        info.append(('regions', f'm={meta.get("num_regions")} proposed, l={r.num_hybrid_regions} in the hybrid head'))
+    info += [('processes', meta.get('world_size', 1)), ('device', meta.get('device', '')),
+             ('evaluated', meta.get('created', ''))]
     return [f'<h1>Evaluation of {_e(meta.get("arch", "?"))}</h1>',
             f'<p class="note">{_e(Path(meta.get("checkpoint") or "").name)}'
             + (f', epoch {int(meta["epoch"]) + 1}' if meta.get('epoch') is not None else '')
@@ -84,17 +102,21 @@ def _heads(r: 'Report') -> List[str]:
     ks = ('top1',) if r.top5_trivial else ('top1', 'top5')
     rows = []
     for h in [h for h in heads if not h.endswith('_tta')]:
-        row = [head_label(h, l)] + [percent(heads[h][k]) for k in ks]
+        row = [head_label(h, l, single_head=r.head != 'hybrid')] + [percent(heads[h][k]) for k in ks]
         if tta:
             row += [percent(heads[h + '_tta'][k]) if h + '_tta' in heads else '' for k in ks]
         rows.append(row)
     labels = [k.replace('top', 'top-') + ' %' for k in ks]
     header = ['head'] + labels + ([f'{k} TTA' for k in labels] if tta else [])
     out = ['<h2>Accuracy of every head</h2>', _table(header, rows, num_cols=range(1, len(header)))]
-    gain = heads['hybrid']['top1'] - heads['image']['top1']
-    out.append(f'<p class="note">Zooming in: the hybrid head is {gain:+.2f} points top-1 from the image-level '
-               f'head alone. Each region rank\'s row is the shared region head on that region only; the mean row '
-               f'averages the {l} region logits.</p>')
+    if 'hybrid' in heads:
+        gain = heads['hybrid']['top1'] - heads['image']['top1']
+        out.append(f'<p class="note">Zooming in: the hybrid head is {gain:+.2f} points top-1 from the image-level '
+                   f'head alone. Each region rank\'s row is the shared region head on that region only; the mean '
+                   f'row averages the {l} region logits.</p>')
+    else:
+        out.append('<p class="note">A single-head model: its one head (image level) is the prediction; it '
+                   'proposes no regions.</p>')
     if r.top5_trivial:
         out.append(f'<p class="note">No top-5 column: with {len(r.names)} classes the true class is always among '
                    f'the top 5, so top-5 is 100 % for every head.</p>')
@@ -180,17 +202,42 @@ def _where(r: 'Report', eval_dir: str) -> List[str]:
 
 
 def _calibration(r: 'Report', eval_dir: str) -> List[str]:
-    ece, files = r.metrics['ece'], r.pictures.files
-    bins = len(r.calibration['hybrid'][0].count)
+    ece, files, head = r.metrics['ece'], r.pictures.files, r.head
+    bins = len(r.calibration[head][0].count)
     return ['<h2>Calibration</h2>',
-            f'<p>Expected calibration error of the prediction: <b>{ece["hybrid"]:.2f}%</b> '
-            + (f'(with TTA {ece["hybrid_tta"]:.2f}%) ' if 'hybrid_tta' in ece else '')
+            f'<p>Expected calibration error of the prediction: <b>{ece[head]:.2f}%</b> '
+            + (f'(with TTA {ece[head + "_tta"]:.2f}%) ' if head + '_tta' in ece else '')
             + f'over {bins} equal-width confidence bins: the average gap, weighted by images, between how sure '
             'the model is (top-1 softmax probability) and how often it is right.</p>',
             '<div class="row">' + ''.join(
-                _img(eval_dir, files[h], alt) for h, alt in (('hybrid', 'reliability diagram'),
-                                                             ('hybrid_tta', 'reliability diagram with TTA'))
+                _img(eval_dir, files[h], alt) for h, alt in ((head, 'reliability diagram'),
+                                                             (head + '_tta', 'reliability diagram with TTA'))
                 if h in files) + '</div>']
+
+
+def _paths(r: 'Report') -> List[str]:
+    """A full fgfocus model's hybrid path beside its single pass: accuracy, forward time, FLOPs, ratios."""
+    paths = r.metrics.get('paths')
+    if not paths:
+        return []
+    full, single = paths['hybrid'], paths['single_pass']
+
+    def gflops(x: Any) -> str:
+        return f'{x / 1e9:.3f}' if x else ''
+    rows = [['hybrid (image + regions, the prediction)', percent(full['top1']),
+             f'{1000 * full["seconds_per_image"]:.2f}', gflops(full.get('flops_per_image'))],
+            ['single pass (image-level head, one backbone pass)', percent(single['top1']),
+             f'{1000 * single["seconds_per_image"]:.2f}', gflops(single.get('flops_per_image'))]]
+    flops = f' and {paths["flops_ratio"]:.2f}x the FLOPs' if paths.get('flops_ratio') else ''
+    gain = full['top1'] - single['top1']
+    return ['<h2>Both paths: with the zoom and without it</h2>',
+            _table(['path', 'top-1 %', 'forward ms/image', 'GFLOPs/image'], rows, num_cols=(1, 2, 3)),
+            f'<p class="note">The hybrid path takes {paths["time_ratio"]:.2f}x the single pass\'s measured forward '
+            f'time{flops}; its top-1 is {gain:+.2f} points from the single pass\'s'
+            + (': on these images the zoom does not pay for itself' if gain <= 0 else '')
+            + '. The single pass is the same model in single-pass mode (<code>set_single_pass</code>): its top-1 '
+            'is the image-level head\'s above. Times: forward passes only, on the same batches, on '
+            f'{_e(r.meta.get("device", ""))}.</p>']
 
 
 def _per_class(r: 'Report', eval_dir: str) -> List[str]:
@@ -233,15 +280,19 @@ def _mistakes(r: 'Report', eval_dir: str) -> List[str]:
     if not mistakes:
         return ['<h2>Wrong predictions and where the model looked</h2>', '<p>No wrong predictions to show.</p>']
     pred = preds.pred()
+    if r.head == 'hybrid':
+        panels = (f'Left: the {l} region(s) the prediction used, rank 1 first, in {", ".join(_COLOURS[:max(l, 1)])} '
+                  '(the paper\'s colours); right: its attention map (red high, blue low).')
+    else:
+        panels = ('Left: the image; right: where the model looked, the maximum over all classes of its class '
+                  'activation maps, smoothed as fgfocus smooths its attention (red high, blue low).')
     return ['<h2>Wrong predictions and where the model looked</h2>',
             f'<p>The {len(mistakes)} most confident mistakes (at most 2 per true class), as the model saw '
-            f'them. Left: the {l} region(s) the prediction used, rank 1 first, in {", ".join(_COLOURS[:max(l, 1)])} '
-            '(the paper\'s colours); right: its attention map (red high, blue low). Caption: prediction '
-            '(confidence), true class.</p>',
+            f'them. {panels} Caption: prediction (confidence), true class.</p>',
             _img(eval_dir, r.pictures.files['mistakes'], 'wrong predictions with their regions'),
             _table(['index', 'file', 'true class', 'predicted', 'confidence %'],
                    [[i, preds.files[pos[i]], names[preds.target[pos[i]]], names[pred[pos[i]]],
-                     f'{100 * preds.confidence["hybrid"][pos[i]]:.1f}'] for i in mistakes], num_cols=(0, 4))]
+                     f'{100 * preds.confidence[r.head][pos[i]]:.1f}'] for i in mistakes], num_cols=(0, 4))]
 
 
 def _files(r: 'Report', eval_dir: str) -> List[str]:
@@ -263,7 +314,7 @@ def render_html(report: 'Report', *, eval_dir: str) -> str:
         report: what :func:`~.outputs.build_report` computed and drew.
         eval_dir: the folder of the pictures and files, relative to the page.
     """
-    body = (_header(report) + _heads(report) + _tta(report) + _where(report, eval_dir)
+    body = (_header(report) + _heads(report) + _paths(report) + _tta(report) + _where(report, eval_dir)
             + _calibration(report, eval_dir) + _per_class(report, eval_dir) + _confusions(report, eval_dir)
             + _mistakes(report, eval_dir) + _files(report, eval_dir))
     title = f'Evaluation of {report.meta.get("arch", "?")}: {Path(report.meta.get("checkpoint") or "").name}'

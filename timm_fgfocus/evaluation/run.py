@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from ..baseline import describe_model, model_kind
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import EvaluationError
 from ..files import file_sha256, writable_problem
 from ..ground_truth import GroundTruth, sample_keys
 from ..visualize import denormalize
+from .cost import flops_per_image
 from .collect import (
     EvalContext, Predictions, collect_predictions, gather_predictions, merge_predictions, model_outputs,
     sample_names, to_model_input,
@@ -93,6 +95,7 @@ def evaluate_model(
         tta_views: Optional[Sequence] = None,
         keep_attention: bool = False,
         desc: str = 'eval',
+        time_single_pass: bool = False,
 ) -> Tuple[Optional[Predictions], Dict[str, Any]]:
     """Evaluate ``model`` on this process's share of the images; every rank calls it under DDP.
 
@@ -102,14 +105,14 @@ def evaluate_model(
         ctx: :func:`eval_context`.
         num_samples: the val set's size, each image must be evaluated exactly once; None for an iterable
             data set (no sample indices).
-        tta_views, keep_attention, desc: see :func:`~.collect.collect_predictions`.
+        tta_views, keep_attention, desc, time_single_pass: see :func:`~.collect.collect_predictions`.
 
     Returns:
         (the merged predictions on rank 0, None on the others; the metrics of
         :func:`~.metrics.flat_metrics` on every rank).
     """
     local = collect_predictions(model, loader, ctx, tta_views=tta_views, keep_attention=keep_attention,
-                                indexed=num_samples is not None, desc=desc)
+                                indexed=num_samples is not None, desc=desc, time_single_pass=time_single_pass)
     parts = gather_predictions(local, ctx.rank, ctx.world_size)  # a collective under DDP
     merged: list = [None]
 
@@ -156,7 +159,7 @@ def _attention_of(model, dataset, indices: Sequence[int], ctx: EvalContext, batc
         chunk = list(indices[start:start + batch_size])
         x = to_model_input(torch.stack([dataset[i][0] for i in chunk]), ctx.device, ctx.normalize)
         with ctx.autocast():
-            res = model_outputs(model, x)
+            res = model_outputs(model, x, attention=True)
         for i, xi, att in zip(chunk, x.float().cpu(), res.attention.float().cpu()):
             out[i] = (xi, att.numpy())
     return out
@@ -164,7 +167,7 @@ def _attention_of(model, dataset, indices: Sequence[int], ctx: EvalContext, batc
 
 def _choose_examples(preds: Predictions, num_classes: int):
     """(mistake sample indices, [(true, pred, count, index a, index b or None)]) for the pictures."""
-    pred, conf = preds.pred('hybrid'), preds.confidence['hybrid']
+    pred, conf = preds.pred(), preds.confidence[preds.prediction_head]
     mistakes = [int(preds.index[p]) for p in select_mistakes(preds.target, pred, conf, NUM_MISTAKES)]
     pairs = most_confused(confusion_matrix(pred, preds.target, num_classes), NUM_PAIRS)
     chosen = select_pair_examples(preds.target, pred, conf, pairs)
@@ -225,22 +228,42 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
     return build_report(out_dir)
 
 
+def _model_entry(model, data_config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """``eval.json``'s ``model``: kind, arch, backbone, params and FLOPs per image at the eval input size
+    (batch 1); a full fgfocus model also its single pass's FLOPs."""
+    entry = describe_model(model)
+    size = tuple((data_config or {}).get('input_size') or (getattr(model, 'pretrained_cfg', None) or {})['input_size'])
+    entry['flops_per_image'] = flops_per_image(model, size)
+    if entry['kind'] == 'fgfocus':
+        model.set_single_pass(True)
+        try:
+            entry['flops_per_image_single_pass'] = flops_per_image(model, size)
+        finally:
+            model.set_single_pass(False)
+    return entry
+
+
 def _eval_meta(model, preds: Predictions, class_names, args, ctx: EvalContext, views, checkpoint, ema, epoch,
                data_config) -> Dict[str, Any]:
-    """``eval.json``: what was evaluated, on which data, how."""
+    """``eval.json``: what was evaluated (the model's kind, size and cost), on which data, how."""
+    n = max(len(preds), 1)
+    single_head = model_kind(model) != 'fgfocus'
     return {
         'format': EVAL_FORMAT, 'version': 1, 'created': time.strftime('%Y-%m-%d %H:%M:%S'),
         'checkpoint': str(checkpoint) if checkpoint else None,
         'checkpoint_sha256': file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
         'ema': bool(ema), 'epoch': epoch,
         'arch': (getattr(model, 'pretrained_cfg', None) or {}).get('architecture'),
-        'num_regions': model.num_regions, 'num_hybrid_regions': model.num_hybrid_regions,
+        'num_regions': 0 if single_head else model.num_regions,
+        'num_hybrid_regions': 0 if single_head else model.num_hybrid_regions,
+        'model': _model_entry(model, data_config),
         'data': {'dataset': getattr(args, 'dataset', '') or '',
                  'data_dir': str(getattr(args, 'data_dir', '')), 'split': getattr(args, 'val_split', '')},
         'input': {k: list(v) if isinstance(v, tuple) else v for k, v in (data_config or {}).items()},
         'num_samples': len(preds), 'class_names': [str(c) for c in class_names],
         'tta': {'views': [[v.scale, v.flip] for v in views]} if views else None,
         'seconds': {k: round(v, 4) for k, v in preds.seconds.items()},
+        'seconds_per_image': {k: round(v / n, 6) for k, v in preds.seconds.items()},
         'device': str(ctx.device), 'world_size': ctx.world_size,
     }
 
@@ -296,7 +319,8 @@ def evaluate_run(
     ctx = eval_context(args, device, data_config)
     keep_attention = out_dir is not None and ground_truth is not None and ground_truth.num_with_boxes > 0
     preds, metrics = evaluate_model(model, loader, ctx, num_samples=len(dataset), tta_views=views,
-                                    keep_attention=keep_attention, desc='eval report' if out_dir else 'eval')
+                                    keep_attention=keep_attention, desc='eval report' if out_dir else 'eval',
+                                    time_single_pass=out_dir is not None)
     if out_dir is None:
         return metrics
 

@@ -9,13 +9,13 @@ normalized tensor equals rescaling the image before normalizing it.
 The views' logits are averaged (not their probabilities), as timm's and CAL's multi-view testing
 do; the averaged logits are reported beside the single view, never in its place.
 """
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['TTAView', 'tta_views', 'apply_view', 'check_scales', 'forward_tta']
+__all__ = ['TTAView', 'tta_views', 'apply_view', 'check_scales', 'forward_tta', 'forward_tta_heads']
 
 
 class TTAView(NamedTuple):
@@ -55,33 +55,54 @@ def apply_view(x: Tensor, view: TTAView) -> Tensor:
 
 
 @torch.no_grad()
+def forward_tta_heads(
+        forward: Callable[[Tensor], Dict[str, Tensor]], x: Tensor, views: Sequence[TTAView],
+        first: Optional[Dict[str, Tensor]] = None,
+) -> Dict[str, Tensor]:
+    """Mean over ``views`` of the logits of every head ``forward`` gives.
+
+    Args:
+        forward: one view Tensor[B, C, H', W'] -> ``{head: logits Tensor[B, num_classes]}``.
+        x: normalized eval inputs Tensor[B, C, H, W].
+        views: from :func:`tta_views`.
+        first: the heads of ``views[0]`` when the caller already has them (the single view the
+            evaluation runs anyway); that view is then not run again.
+
+    Returns:
+        ``{head: mean logits Tensor[B, num_classes]}`` (float32), the heads of ``first`` (or of the
+        first view run).
+    """
+    if not views:
+        raise ValueError('forward_tta needs at least one view')
+    total: Optional[Dict[str, Tensor]] = None
+    for n, view in enumerate(views):
+        heads = first if n == 0 and first is not None else forward(apply_view(x, view))
+        heads = {h: v.float() for h, v in heads.items()}
+        total = heads if total is None else {h: total[h] + heads[h] for h in total}
+    return {h: v / len(views) for h, v in total.items()}
+
+
+@torch.no_grad()
 def forward_tta(
         model, x: Tensor, views: Sequence[TTAView], num_crops: Optional[int] = None,
         first: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Mean over ``views`` of the hybrid and the image-level logits.
+    """Mean over ``views`` of an fgfocus model's hybrid and image-level logits (:func:`forward_tta_heads`).
 
     Args:
         model: an fgfocus model in eval mode (anything with ``forward_structured``).
         x: normalized eval inputs Tensor[B, C, H, W].
         views: from :func:`tta_views`.
         num_crops: regions cropped per view (default the model's ``num_hybrid_regions``, l).
-        first: (hybrid, image) logits of ``views[0]`` when the caller already has them (the single
-            view the evaluation runs anyway); that view is then not run again.
+        first: (hybrid, image) logits of ``views[0]`` when the caller already has them.
 
     Returns:
         (hybrid logits Tensor[B, num_classes], image-level logits Tensor[B, num_classes]), float32.
     """
-    if not views:
-        raise ValueError('forward_tta needs at least one view')
     num_crops = model.num_hybrid_regions if num_crops is None else num_crops
-    hybrid = image = None
-    for n, view in enumerate(views):
-        if n == 0 and first is not None:
-            h, i = (t.float() for t in first)
-        else:
-            out = model.forward_structured(apply_view(x, view), num_crops=num_crops)
-            h, i = out.logits.float(), out.image_logits.float()
-        hybrid = h if hybrid is None else hybrid + h
-        image = i if image is None else image + i
-    return hybrid / len(views), image / len(views)
+
+    def forward(view: Tensor) -> Dict[str, Tensor]:
+        out = model.forward_structured(view, num_crops=num_crops)
+        return {'hybrid': out.logits, 'image': out.image_logits}
+    heads = forward_tta_heads(forward, x, views, None if first is None else dict(zip(('hybrid', 'image'), first)))
+    return heads['hybrid'], heads['image']

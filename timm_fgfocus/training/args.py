@@ -30,6 +30,7 @@ import torch
 
 from timm.optim import list_optimizers
 
+from ..baseline import BaselineError, baseline_backbone
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import TrainError, first_line
 from ..recipes import RecipeError, load_recipe
@@ -43,7 +44,7 @@ ITERABLE_PREFIXES = ('wds/', 'tfds/', 'hfids/')  # --dataset sources timm stream
 
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
-                   'dist_backend', 'progress', 'config', 'threads')
+                   'dist_backend', 'progress', 'config', 'threads', 'single_pass')
 
 
 class Odd(str):
@@ -185,6 +186,26 @@ def _boxes(v: str, args) -> Optional[str]:
 
 def _model_kwargs(v: Dict[str, Any], args) -> Optional[str]:
     return check_model_kwargs(args.model, v)
+
+
+def _baseline(v: bool, args) -> Optional[str]:
+    if not v or args.eval_only:  # --eval-only reads what the checkpoint holds
+        return None
+    if getattr(args, 'distill', 0):
+        return ('trains a plain timm classifier, which has no hybrid head to distil from: drop --distill '
+                '(or --baseline)')
+    try:
+        baseline_backbone(args.model, args.model_kwargs)
+    except BaselineError as e:
+        return str(e)
+    return None
+
+
+def _single_pass(v: bool, args) -> Optional[str]:
+    if v and not args.eval_only:
+        return ('goes with --eval-only --checkpoint FILE: it evaluates the single pass (image path) of an '
+                'fgfocus checkpoint')
+    return None
 
 
 def _auto_augment(v: str, args) -> Optional[str]:
@@ -371,6 +392,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument('--sync-bn', action='store_true', help='synchronised BatchNorm across DDP processes (CUDA)')
     g.add_argument('--grad-checkpointing', action='store_true',
                    help="recompute the backbone's activations in backward (less memory, more time)")
+    g.add_argument('--baseline', action='store_true', check=_baseline,
+                   help="train the plain timm classifier of --model's backbone instead (the matched baseline): "
+                        'same starting weights, data, augmentation, optimizer, schedule and seed; cross-entropy')
 
     g = p.add_argument_group('optimisation')
     g.add_argument('--epochs', type=int, default=100, check=at_least(1))
@@ -454,6 +478,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         'the single view')
     g.add_argument('--tta-scales', type=_tta_scale, nargs='+', default=[1.0, 1.25], metavar='S',
                    help='input scales of the TTA views (each with and without a horizontal flip; 1.0 always in)')
+    g.add_argument('--single-pass', action='store_true', check=_single_pass,
+                   help='with --eval-only: evaluate the fgfocus checkpoint in single-pass mode (its image-level '
+                        'head from one backbone pass, no regions), report and all')
     return p
 
 

@@ -15,14 +15,15 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from ..backbones import backbone_name_problem
-from ..checkpoint import CheckpointError, verify_checkpoint
+from ..checkpoint import BASELINE_KEY, CheckpointError, verify_checkpoint
 from ..errors import TrainError, first_line
-from ..fgfocus import checkpoint_filter_fn, model_args_problem, variant_args
+from ..baseline import BaselineError, baseline_backbone, create_baseline, plain_group_matcher
+from ..fgfocus import FgFocus, checkpoint_filter_fn, model_args_problem, variant_args
 from ..pretrained import PretrainedWeightsError, weight_tag_problem, weights_mismatch
 
 __all__ = ['HEADS', 'param_groups', 'group_lrs', 'create_optimizer_and_scheduler', 'create_model_ema',
-           'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'arch_name', 'check_checkpoint_fits',
-           'check_model_kwargs']
+           'convert_sync_bn', 'load_initial_weights', 'create_fg_model', 'create_run_model', 'run_arch', 'arch_name',
+           'check_checkpoint_fits', 'check_model_kwargs']
 
 HEADS = ('fc', 'region_fc', 'hybrid_fc')
 
@@ -39,6 +40,12 @@ def _no_weight_decay_patterns(model: nn.Module) -> Set[str]:
     return set()
 
 
+def _group_matcher(model: nn.Module, coarse: bool) -> Dict[str, Any]:
+    """The model's ``group_matcher``; for a plain timm classifier (the baseline) one that matches every
+    parameter but the classifier, numbered as fgfocus numbers its backbone (:func:`plain_group_matcher`)."""
+    return model.group_matcher(coarse=coarse) if isinstance(model, FgFocus) else plain_group_matcher(model, coarse)
+
+
 def param_groups(
         model: nn.Module,
         backbone_lr_scale: float = 0.1,
@@ -52,7 +59,8 @@ def param_groups(
     multiply each group's lr by its ``lr_scale``.
 
     Args:
-        model: an fgfocus model (any model with ``group_matcher``).
+        model: an fgfocus model, or the plain timm classifier of a baseline run (its classifier is the
+            head, everything else the backbone).
         backbone_lr_scale: lr factor of every backbone layer (the paper's 0.1).
         layer_decay: timm's layer-wise lr decay (BEiT/MAE): with the fine ``group_matcher``
             layers numbered ``0..L-1`` and the heads as layer ``L-1``, layer ``i`` gets
@@ -67,12 +75,12 @@ def param_groups(
         ``_no_decay`` twin (``weight_decay=0``) for the filtered parameters.
     """
     # timm puts parameters no matcher claims (the heads) in the last group
-    *matched, _ = group_parameters(model, model.group_matcher(coarse=True)).values()
+    *matched, _ = group_parameters(model, _group_matcher(model, coarse=True)).values()
     backbone_names = {n for names in matched for n in names}
     layer_of: Dict[str, int] = {}
     num_layers = 1
     if layer_decay is not None:
-        layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        layer_of = group_parameters(model, _group_matcher(model, coarse=False), reverse=True)
         num_layers = max(layer_of.values()) + 1
     no_wd = _no_weight_decay_patterns(model) if filter_bias_and_bn else set()
 
@@ -240,6 +248,47 @@ def create_fg_model(args, num_classes: int):
     return model, model_args
 
 
+def create_run_model(args, num_classes: int) -> Tuple[nn.Module, str, Dict[str, Any], Optional[Dict[str, Any]]]:
+    """The model a run trains: the fgfocus model of ``--model``, or with ``--baseline`` the plain timm
+    classifier of its backbone, started from the fgfocus model's own starting weights
+    (:func:`timm_fgfocus.baseline.create_baseline`).
+
+    Returns:
+        ``(model, arch, model_args, baseline)``: ``timm.create_model(arch, **model_args)`` rebuilds the
+        model; ``baseline`` is None for fgfocus, else the checkpoint's ``baseline`` entry (the fgfocus
+        model it is matched to and the ``smooth_sigma`` its attention map is drawn with).
+
+    Raises:
+        TrainError: one line, for a model that cannot be built or has no plain timm classifier.
+    """
+    fg, fg_args = create_fg_model(args, num_classes)
+    if not getattr(args, 'baseline', False):
+        return fg, arch_name(args.model), fg_args, None
+    try:
+        plain, arch, model_args = create_baseline(fg)
+    except BaselineError as e:
+        raise TrainError(f'--baseline: {e}') from None
+    if getattr(args, 'grad_checkpointing', False):
+        plain.set_grad_checkpointing(True)
+    baseline = {'fgfocus_model': arch_name(args.model), 'fgfocus_model_args': fg_args,
+                'backbone': fg.backbone_name, 'smooth_sigma': fg.smooth_sigma}
+    return plain, arch, model_args, baseline
+
+
+def run_arch(args) -> str:
+    """The architecture a run's checkpoints record: ``--model``'s, or the plain backbone's with ``--baseline``.
+
+    Raises:
+        TrainError: ``--baseline`` with a model that has no plain timm backbone.
+    """
+    if not getattr(args, 'baseline', False):
+        return arch_name(args.model)
+    try:
+        return arch_name(baseline_backbone(args.model, args.model_kwargs))
+    except BaselineError as e:
+        raise TrainError(f'--baseline: {e}') from None
+
+
 def _build_error(model: str, model_args: Dict[str, Any], e: BaseException) -> str:
     msg = first_line(e)
     return f'cannot build {model} with --model-kwargs {model_args}: {type(e).__name__}: {msg}'
@@ -268,7 +317,14 @@ def arch_name(model_name: str) -> str:
     return timm.models.split_model_name_tag(model_name)[0]
 
 
-def check_checkpoint_fits(ckpt: Dict[str, Any], path: str, model: str, num_classes: int, what: str) -> None:
+def check_checkpoint_fits(ckpt: Dict[str, Any], path: str, model: str, num_classes: int, what: str,
+                          baseline: bool = False) -> None:
+    """Refuse a checkpoint of another architecture (or of the other kind: fgfocus vs ``--baseline``) or
+    another class count than the run's ``model`` (with ``baseline``: the plain architecture)."""
+    if bool(ckpt.get(BASELINE_KEY)) != baseline:
+        held = f'the --baseline plain {ckpt["arch"]} model' if ckpt.get(BASELINE_KEY) else f'a {ckpt["arch"]} model'
+        raise TrainError(f'{what} {path} holds {held}: ' + (
+            'pass --baseline to continue it' if ckpt.get(BASELINE_KEY) else 'drop --baseline to continue it'))
     if arch_name(ckpt['arch']) != arch_name(model):
         raise TrainError(f'{what} {path} holds a {ckpt["arch"]} model, not {model}: '
                          f'pass --model {ckpt["arch"]} or a checkpoint of {model}')

@@ -16,6 +16,7 @@ from torch.utils.data import IterableDataset
 
 from timm.data import create_transform
 
+from ..baseline import BASELINE_KEY, model_kind
 from ..checkpoint import CheckpointError, atomic_save, checkpoint_dict, model_from_checkpoint
 from ..errors import EvaluationError, TrainError, TrainInterrupted
 from ..evaluation import eval_context, evaluate_model, evaluate_run, report_best_checkpoint
@@ -43,8 +44,9 @@ def save_epoch(run: TrainRun, epoch: int, metrics: Dict[str, Any], is_best: bool
     weights of the run being continued in a new folder). A failed write is one line with its cause;
     files already there stay. Rank 0 only."""
     args, out, progress = run.args, run.out, run.progress
+    extra = {BASELINE_KEY: run.baseline} if run.baseline is not None else {}
     state = checkpoint_dict(
-        run.model, arch_name(args.model), run.model_args, run.classes,
+        run.model, run.arch or arch_name(args.model), run.model_args, run.classes, **extra,
         pretrained_cfg=checkpoint_data_cfg(run.data_config),
         state_dict_ema=run.ema.module.state_dict() if run.ema is not None else None,
         epoch=epoch, num_updates=run.num_updates, metrics=plain(metrics),
@@ -146,9 +148,10 @@ def _run_epochs(run: TrainRun, hooks: RunHooks) -> Dict[str, Any]:
 def _epoch_line(run: TrainRun, epoch: int, m: Dict[str, Any], is_best: bool) -> str:
     ema = f'  ema {m["eval_top1_ema"]:.1f}' if 'eval_top1_ema' in m else ''
     lr_backbone = f'{m["lr_backbone"]:.2e}' if m.get('lr_backbone') is not None else '-'
+    top1 = (f'top1 {m["eval_top1"]:5.1f} plain' if run.baseline is not None else
+            f'top1 {m["eval_top1"]:5.1f} hybrid  {m["eval_top1_image"]:5.1f} image')
     return (f'epoch {epoch + 1:3d}/{run.num_epochs}  loss {m["train_loss"]:.4f}  lr {m["lr"]:.2e}/{lr_backbone}  '
-            f'top1 {m["eval_top1"]:5.1f} hybrid  {m["eval_top1_image"]:5.1f} image  top5 {m["eval_top5"]:5.1f}'
-            f'{ema}  {m["epoch_time"]:.0f}s' + ('  *best' if is_best else ''))
+            f'{top1}  top5 {m["eval_top5"]:5.1f}{ema}  {m["epoch_time"]:.0f}s' + ('  *best' if is_best else ''))
 
 
 def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
@@ -168,16 +171,24 @@ def _report_best(run: TrainRun) -> Optional[Dict[str, Any]]:
             print(f'warning: no evaluation report: {e}', file=sys.stderr, flush=True)
         return None
     if report is not None and args.rank == 0:
-        print(f'best.pth: top1 {report["eval_top1"]:.2f} (hybrid)  {report["eval_top1_image"]:.2f} (image level)',
-              flush=True)
-        _print_report(report)
+        print(f'best.pth: {_top1_line(report, model_kind(run.model))}', flush=True)
+        _print_report(report, model_kind(run.model))
     return report
 
 
-def _print_report(metrics: Dict[str, Any]) -> None:
+def _top1_line(metrics: Dict[str, Any], kind: str) -> str:
+    """The evaluation's top-1 in words: both heads of a full fgfocus model, the one head of the others."""
+    if kind == 'fgfocus':
+        return f'top1 {metrics["eval_top1"]:.2f} (hybrid)  {metrics["eval_top1_image"]:.2f} (image level)'
+    what = 'single pass: image level' if kind == 'fgfocus_single_pass' else 'plain timm classifier'
+    return f'top1 {metrics["eval_top1"]:.2f} ({what})'
+
+
+def _print_report(metrics: Dict[str, Any], kind: str) -> None:
     if 'eval_top1_tta' in metrics:
-        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} (hybrid)  '
-              f'top1 {metrics["eval_top1_image_tta"]:.2f} (image level)', flush=True)
+        image = f'  top1 {metrics["eval_top1_image_tta"]:.2f} (image level)' if kind == 'fgfocus' else ''
+        print(f'tta: top1 {metrics["eval_top1_tta"]:.2f} top5 {metrics["eval_top5_tta"]:.2f} '
+              f'({"hybrid" if kind == "fgfocus" else "the one head"}){image}', flush=True)
     if 'loc_images' in metrics:
         figures = [(name, metrics.get(key)) for name, key in (
             ('MaxBoxAccV2', 'loc_max_box_acc_v2'), ('GT-known loc', 'loc_gt_known'), ('hit@1', 'loc_hit1'),
@@ -197,6 +208,11 @@ def run_eval_only(args, device) -> Dict[str, Any]:
         model, ckpt = model_from_checkpoint(args.checkpoint, use_ema=args.model_ema)
     except CheckpointError as e:
         raise TrainError(str(e)) from None
+    if args.single_pass:
+        if model_kind(model) != 'fgfocus':
+            raise TrainError(f'--single-pass: {args.checkpoint} holds a plain {ckpt["arch"]} classifier (a --baseline '
+                             f'run), which has one pass already: drop --single-pass')
+        model.set_single_pass(True)
     model.to(device)
     cfg = dict(ckpt.get('pretrained_cfg') or {})
     for k in DATA_CONFIG_KEYS:
@@ -218,9 +234,14 @@ def run_eval_only(args, device) -> Dict[str, Any]:
     metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
                                    data_config, ckpt, ground_truth)
     if args.rank == 0:
-        print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
-              f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images', flush=True)
-        _print_report(metrics)
+        if model_kind(model) == 'fgfocus':  # the line --eval-only has always printed
+            print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
+                  f'top1 {metrics["eval_top1_image"]:.2f} (image level)  on {metrics["eval_samples"]} images',
+                  flush=True)
+        else:
+            print(f'eval {args.checkpoint}: {_top1_line(metrics, model_kind(model))} top5 {metrics["eval_top5"]:.2f}  '
+                  f'on {metrics["eval_samples"]} images', flush=True)
+        _print_report(metrics, model_kind(model))
     return metrics
 
 

@@ -22,6 +22,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import TrainError, first_line
 from ..evaluation import EvalContext, eval_context
 from ..files import atomic_copy
+from ..baseline import BaselineLoss
 from ..ground_truth import GroundTruth
 from ..loss import FgFocusLoss
 from ..metric_table import read_summary
@@ -29,7 +30,8 @@ from .data import create_datasets, resolve_run_data_config, val_ground_truth
 from .loaders import eval_loader, train_loader, use_prefetcher
 from .loggers import check_logger_packages
 from .model import (
-    check_checkpoint_fits, convert_sync_bn, create_fg_model, create_model_ema, create_optimizer_and_scheduler,
+    check_checkpoint_fits, convert_sync_bn, create_model_ema, create_optimizer_and_scheduler, create_run_model,
+    run_arch,
 )
 from .preflight import dummy_forward, first_readable
 from .run_files import (
@@ -80,8 +82,10 @@ class TrainRun:
     """A run's pieces and its state across epochs (what the epoch steps of :mod:`.loops` work on).
 
     ``model`` is the bare model (evaluated, checkpointed); ``train_model`` the one trained (DDP and/or
-    ``torch.compile`` around it). ``best_source``: the file holding the best epoch's weights of a run
-    continued in a new folder, until this run's ``best.pth`` holds them. ``ground_truth``: the val
+    ``torch.compile`` around it). ``arch`` and ``model_args`` rebuild ``model``
+    (``timm.create_model(arch, **model_args)``); ``baseline`` is the checkpoint's ``baseline`` entry of a
+    ``--baseline`` run (None for fgfocus). ``best_source``: the file holding the best epoch's weights of a
+    run continued in a new folder, until this run's ``best.pth`` holds them. ``ground_truth``: the val
     images' boxes for the report of ``best.pth`` (:func:`read_val_ground_truth`).
     """
     args: Any
@@ -112,9 +116,13 @@ class TrainRun:
     best_source: Optional[Path] = None
     summary_rows: List[Dict[str, Any]] = field(default_factory=list)
     ground_truth: Optional[GroundTruth] = None
+    arch: str = ''
+    baseline: Optional[Dict[str, Any]] = None
 
     @property
     def title(self) -> str:
+        if self.baseline is not None:
+            return f'{self.arch} (--baseline: the plain timm fine-tune matched to {self.baseline["fgfocus_model"]})'
         return model_title(self.model, self.args.model)
 
 
@@ -137,13 +145,15 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
     if num_classes != len(classes):
         raise TrainError(f'--num-classes {num_classes} but {args.data_dir} has {len(classes)} classes')
     if ckpt is not None:
-        check_checkpoint_fits(ckpt, args.resume, args.model, num_classes, '--resume checkpoint')
+        check_checkpoint_fits(ckpt, args.resume, run_arch(args), num_classes, '--resume checkpoint',
+                              baseline=bool(getattr(args, 'baseline', False)))
     train_index = first_readable(train_ds, 'train', f'{args.data_dir} {args.train_split}')
     first_readable(val_ds, 'val', f'{args.data_dir} {args.val_split}')
     ground_truth = read_val_ground_truth(args, val_ds)  # a bad box file stops the run before it starts
 
     random_seed(args.seed, 0)  # same initial weights on every rank and in every run
-    model, model_args = create_fg_model(args, num_classes)
+    # --baseline: the plain model carries the fgfocus model's data config, so both runs resolve the same one
+    model, arch, model_args, baseline = create_run_model(args, num_classes)
     data_config = resolve_run_data_config(args, model)
     prefetch = use_prefetcher(args, device)  # uint8 batches normalised on the GPU (timm's PrefetchLoader)
     train_tf, eval_tf = build_transforms(args, data_config, use_prefetcher=prefetch)
@@ -156,13 +166,13 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler, num_epochs = create_optimizer_and_scheduler(model, args)
     use_scaler = args.amp and args.amp_dtype == 'float16' and device.type == 'cuda'  # bf16 needs none
-    loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
+    loss_fn = _loss_fn(args, baseline is not None)
     run = TrainRun(
         args=args, device=device, ctx=eval_context(args, device, data_config), out=out, progress=progress,
         classes=classes, train_ds=train_ds, val_ds=val_ds, data_config=data_config, model=model,
         model_args=model_args, train_model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        num_epochs=num_epochs, scaler=NativeScaler(device=device.type) if use_scaler else None,
-        ground_truth=ground_truth)
+        num_epochs=num_epochs, scaler=NativeScaler(device=device.type) if use_scaler else None, arch=arch,
+        baseline=baseline, ground_truth=ground_truth)
     if ckpt is not None:
         _restore(run, ckpt)
 
@@ -194,6 +204,13 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
             raise TrainError(f'--resume: {e}') from None
         run.summary_rows = [r for r in rows if int(r['epoch']) < run.start_epoch]
     return run
+
+
+def _loss_fn(args, baseline: bool) -> nn.Module:
+    """The run's loss: fgfocus's three heads, or a ``--baseline``'s cross-entropy (its ``image`` term)."""
+    if baseline:
+        return BaselineLoss(args.smoothing)
+    return FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
 
 
 def _read_resume(args, progress: RunProgress) -> Optional[Dict[str, Any]]:
