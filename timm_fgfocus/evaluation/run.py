@@ -11,11 +11,9 @@ earlier evaluation wrote them, never when they are someone else's files. The new
 beside the old one and swapped in when complete.
 """
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from torch.utils.data import IterableDataset
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import EvaluationError
-from ..files import file_sha256, writable_problem
+from ..files import file_sha256, replace_folder, writable_problem
 from ..visualize import denormalize
 from .collect import (
     EvalContext, Predictions, collect_predictions, gather_predictions, merge_predictions, model_outputs,
@@ -155,6 +153,16 @@ def _attention_of(model, dataset, indices: Sequence[int], ctx: EvalContext, batc
     return out
 
 
+def _first_of_each_class(preds: Predictions, num_classes: int) -> List[Optional[int]]:
+    """The sample index of each class's first image in data set order (None for a class without
+    images): the same images in every evaluation of the same val set, whatever the model."""
+    first: List[Optional[int]] = [None] * num_classes
+    for i, t in sorted(zip(preds.index.tolist(), preds.target.tolist())):
+        if first[t] is None:
+            first[t] = int(i)
+    return first
+
+
 def _choose_examples(preds: Predictions, num_classes: int):
     """(mistake sample indices, [(true, pred, count, index a, index b or None)]) for the pictures."""
     pred, conf = preds.pred('hybrid'), preds.confidence['hybrid']
@@ -168,35 +176,17 @@ def _choose_examples(preds: Predictions, num_classes: int):
 def _write_eval_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
     """``write(folder)`` into a new hidden folder beside ``out_dir/eval``, then swapped in for it: the
     earlier evaluation stays as it was when anything fails."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f'.eval.new-{uuid.uuid4().hex[:12]}'  # not mkdtemp: its 0700 would hide the report
-    tmp.mkdir()
-    try:
-        write(tmp)
-        final = out_dir / EVAL_DIR
-        old = None
-        if final.exists() or final.is_symlink():
-            old = out_dir / f'.eval.old-{uuid.uuid4().hex[:12]}'
-            final.rename(old)
-        try:
-            tmp.rename(final)
-        except BaseException:
-            if old is not None:
-                old.rename(final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    replace_folder(out_dir / EVAL_DIR, write)
 
 
 def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], model, dataset, ctx: EvalContext,
                      batch_size: int) -> Path:
     """Write ``eval/`` (swapped in complete) and build ``report.html``."""
     mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
-    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs}
-    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None})
+    classes = _first_of_each_class(preds, len(meta['class_names']))
+    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs, 'classes': classes}
+    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None}
+                   | {i for i in classes if i is not None})
     seen = _attention_of(model, dataset, shown, ctx, batch_size)
     mean, std = ctx.normalize
 
