@@ -245,7 +245,12 @@ def test_example_of_the_classes_won_and_lost_most(tmp_path):
     for x in f['examples']:
         assert f'src="{x["picture"]}"' in page
         with Image.open(out / x['picture']) as img:
-            assert img.width > 4 * 224 and img.height > 224  # two models, each image and map at 224 px
+            arr = np.asarray(img.convert('RGB')).astype(int)
+        assert arr.shape[1] > 4 * 224 and arr.shape[0] > 224  # two models, each image and map at 224 px
+        # the rank-1 region outline (red) on fgfocus' side, left; none on the plain model's, right (rows above
+        # the captions under the 224 px panels, which are red for a wrong prediction)
+        red = (arr[:250, :, 0] > 200) & (arr[:250, :, 1] < 60) & (arr[:250, :, 2] < 60)
+        assert red[:, :arr.shape[1] // 2].sum() > 200 and red[:, arr.shape[1] // 2:].sum() == 0
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -374,10 +379,11 @@ def test_every_evaluation_saves_the_first_image_of_each_class(data, tmp_path):
         assert all((r / 'eval' / 'inputs' / f'{i}.jpg').is_file() for i in first)
 
 
-def test_a_bad_classes_entry_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize('edit', [lambda c: c[:-1], lambda c: c[:-1] + [-1], lambda c: c[:-1] + ['3']])
+def test_a_bad_classes_entry_is_one_line(tmp_path, capsys, edit):
     a, b = _pair(tmp_path, 0.7, 0.6, n=20)
     meta = json.loads((b / 'eval' / 'eval.json').read_text())
-    meta['examples']['classes'] = meta['examples']['classes'][:-1]
+    meta['examples']['classes'] = edit(meta['examples']['classes'])
     (b / 'eval' / 'eval.json').write_text(json.dumps(meta))
     err = _error([a, b, '--output', tmp_path / 'out'], capsys)
     assert str(b / 'eval' / 'eval.json') in err and '"examples"' in err and 'one per class' in err

@@ -353,8 +353,8 @@ def _draw_examples(a: Evaluation, b: Evaluation, figures: Dict[str, Any], folder
     chosen = [(c, 'a_wins') for c in figures['classes_a_wins'][:EXAMPLE_CLASSES]] + \
              [(c, 'a_loses') for c in figures['classes_a_loses'][:EXAMPLE_CLASSES]]
     for c, where in chosen:
-        sample = _example_sample(a, c)
-        if sample is None or sample != _example_sample(b, c):
+        sample = _example_sample(a, c)  # the same image in B: the image lists are the same
+        if sample is None:
             continue
         (left, side_a), (right, side_b) = _side_figure(a, sample, names), _side_figure(b, sample, names)
         if left is None or right is None:
