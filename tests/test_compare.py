@@ -450,3 +450,36 @@ def test_compare_output_in_the_way_is_refused_before_training(data, tmp_path, ca
     line = run_error(TINY + ['--data-dir', str(data), '--compare', '--output', str(out)], capsys)
     assert f'{out / "compare.html"} exists and was not written by a comparison' in line
     assert sorted(p.name for p in out.rglob('*')) == ['compare.html', 'fgfocus']
+
+
+@pytest.mark.slow
+def test_demo_compare_uses_one_data_set_and_one_starting_point(tmp_path, capsys):
+    """``--demo --compare`` with a stand-in train step: the demo data and close-up weights made once in OUT, both
+    runs from them, the fgfocus regions picture and the page (the real 5-minute run is measured in the docs)."""
+    import timm
+    from timm_fgfocus.checkpoint import atomic_save
+
+    weights = tmp_path / 'closeup.pth'
+    atomic_save(timm.create_model('test_resnet', num_classes=6).state_dict(), weights)
+    starts = []
+
+    def train_epoch(run, epoch):
+        starts.append((run.out.name, run.args.initial_checkpoint, run.args.data_dir))
+        return {'train_loss': 0.0, 'train_top1': 0.0, 'train_images': 0}
+    out = tmp_path / 'demo'
+    result = train_mod.main(['--demo', '--compare', '--output', str(out), '--epochs', '1', '--no-progress',
+                             '--initial-checkpoint', str(weights)], hooks=RunHooks(train_epoch=train_epoch))
+    assert starts == [(run, str(weights), str(out / 'data')) for run in ('fgfocus', 'baseline')]
+    assert (out / 'fgfocus' / 'regions.png').is_file() and result['compare'] == out / 'compare.html'
+    assert sorted(p.name for p in out.iterdir()) == ['baseline', 'compare', 'compare.html', 'compare.json', 'data',
+                                                    'fgfocus']
+    assert 'compared in' in capsys.readouterr().out
+
+
+def test_demo_compare_refuses_a_non_empty_output_before_generating_data(tmp_path, capsys):
+    out = tmp_path / 'demo'
+    (out / 'baseline').mkdir(parents=True)
+    (out / 'baseline' / 'mine.txt').write_text('keep')
+    line = run_error(['--demo', '--compare', '--output', str(out), '--no-progress'], capsys)
+    assert str(out / 'baseline') in line and '--overwrite' in line
+    assert sorted(p.name for p in out.rglob('*')) == ['baseline', 'mine.txt']  # no data generated
