@@ -68,7 +68,8 @@ def make_evaluation(run: Path, target: Sequence[int], pred: Sequence[int], *, ki
                 checkpoint=str(run / 'best.pth'), seconds=dict(single=seconds, tta=2 * seconds),
                 tta=dict(views=[[1.0, False], [1.0, True]]) if tta_pred is not None else None,
                 examples=dict(mistakes=[], pairs=[], classes=first),
-                model=dict(kind=kind, backbone='test_resnet', params=params, flops_per_image=flops))
+                model=dict(kind=kind, backbone='test_resnet', **{k: v for k, v in (('params', params),
+                                                                                   ('flops_per_image', flops)) if v}))
     (eval_dir / 'eval.json').write_text(json.dumps(meta))
     build_report(run)
     if localization is not None:
