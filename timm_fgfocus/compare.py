@@ -42,7 +42,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from .errors import EvaluationError
-from .files import replace_folder, write_text, writable_problem
+from .files import atomic_write, replace_folder, write_text, writable_problem
 from .evaluation.collect import Predictions
 from .evaluation.metrics import mcnemar_exact, topk_accuracy
 from .evaluation.outputs import EVAL_DIR, REPORT_NAME, read_examples, read_saved
@@ -346,7 +346,6 @@ def _example_sample(ev: Evaluation, c: int) -> Optional[int]:
 def _draw_examples(a: Evaluation, b: Evaluation, figures: Dict[str, Any], folder: Path) -> None:
     """``class_<c>.png`` for the classes where A wins and loses most: the class's first image as A
     (left) and B (right) saw it; each drawn class is listed in ``figures['examples']``."""
-    from .evaluation.outputs import _save_png
     from .evaluation.pictures import pair_figure
 
     names, rows = figures['class_names'], figures['per_class']
@@ -363,7 +362,8 @@ def _draw_examples(a: Evaluation, b: Evaluation, figures: Dict[str, Any], folder
         caption = (f'{names[c]}: {a.label} {row["top1_a"]:.0f}% vs {b.label} {row["top1_b"]:.0f}% on this class '
                    f'({row["images"]} images); its first image, left {a.label}, right {b.label}')
         name = f'class_{c}.png'
-        _save_png(folder / name, pair_figure(left, right, caption))
+        picture = pair_figure(left, right, caption)
+        atomic_write(folder / name, lambda f: picture.save(f, format='PNG'))
         p = int(np.flatnonzero(a.preds.index == sample)[0])
         figures['examples'].append({'class': c, 'name': names[c], 'where': where, 'sample': sample,
                                     'file': str(a.preds.files[p]), 'picture': f'{PICTURES_DIR}/{name}',
@@ -441,7 +441,8 @@ def build_comparison(run_a: Union[str, Path], run_b: Union[str, Path], output: U
     try:
         replace_folder(out / PICTURES_DIR, lambda folder: _draw_examples(a, b, figures, folder))
         write_text(out / JSON_NAME, json.dumps(figures, indent=2) + '\n')
-        return Comparison(write_text(out / PAGE_NAME, render_compare_html(figures, pictures=PICTURES_DIR, json_name=JSON_NAME)), figures)
+        page = render_compare_html(figures, pictures=PICTURES_DIR, json_name=JSON_NAME)
+        return Comparison(write_text(out / PAGE_NAME, page), figures)
     except OSError as e:
         raise EvaluationError(f'cannot write the comparison into {out} ({e.strerror or e}): choose another '
                               f'--output') from None

@@ -105,8 +105,9 @@ def _per_class(f: Dict[str, Any], pictures: str, json_name: str) -> List[str]:
 
 def _cost(f: Dict[str, Any]) -> List[str]:
     cost, a, b = f['cost'], f['runs']['a']['label'], f['runs']['b']['label']
-    lines = [('forward time per image (ms)', 'seconds_per_image', 1e3), ('FLOPs per image (G)', 'flops_per_image', 1e-9),
-             ('parameters (M)', 'params', 1e-6), ('training time per epoch (s)', 'epoch_seconds', 1.0)]
+    lines = [('forward time per image (ms)', 'seconds_per_image', 1e3),
+             ('FLOPs per image (G)', 'flops_per_image', 1e-9), ('parameters (M)', 'params', 1e-6),
+             ('training time per epoch (s)', 'epoch_seconds', 1.0)]
     rows = [[label, _number(cost['a'][key], scale), _number(cost['b'][key], scale),
              _number(cost['ratio'][key], digits=2)] for label, key, scale in lines]
     notes = [f'Forward time: measured around the forward passes of each evaluation ({_e(cost["a"]["device"])} and '
