@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from timm_fgfocus.evaluation import Predictions
 from timm_fgfocus.evaluation.outputs import build_report
 from timm_fgfocus.visualize import REGION_COLORS, SHEET_PAD, box_pixels
 
+from browser import Links as _Links, assert_images_load, run_browser as _run_browser
 from evalkit import DATA_CFG, FAST, MODEL_ARGS, make_checkpoint
 from train_utils import read_csv, run_error
 
@@ -498,17 +498,6 @@ def test_hand_edited_eval_folder_is_one_line_naming_the_file_and_entry(evaluated
     assert (run / 'report.html').read_bytes() == page  # nothing rewritten
 
 
-class _Links(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.links = []
-
-    def handle_starttag(self, tag, attrs):
-        for k, v in attrs:
-            if k in ('src', 'href'):
-                self.links.append(v)
-
-
 def test_links_are_relative_and_exist(evaluated):
     out, _ = evaluated
     parser = _Links()
@@ -519,52 +508,10 @@ def test_links_are_relative_and_exist(evaluated):
         assert (out / link).is_file(), link
 
 
-def _chromium():
-    for name in ('chromium', 'chromium-browser', 'google-chrome'):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip('no Chromium installed (Debian: apt-get install chromium); the report is not checked in a browser')
-
-
-def _run_browser(args, tmp_path, timeout=120):
-    flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-             '--disable-background-networking', '--disable-component-update', '--disable-sync',
-             f'--user-data-dir={tmp_path / "chromium-profile"}']
-    return subprocess.run([_chromium()] + flags + args, capture_output=True, text=True, timeout=timeout)
-
-
-_CHECK = """<script>
-window.addEventListener('load', function () {
-  var out = document.createElement('pre');
-  out.id = 'imgcheck';
-  out.textContent = JSON.stringify(Array.prototype.map.call(document.images, function (i) {
-    return [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight];
-  }));
-  document.body.appendChild(out);
-});
-</script>"""
-
-
 @pytest.mark.slow
 def test_report_renders_in_chromium_with_no_broken_image(evaluated, tmp_path):
     out, _ = evaluated
-    page = (out / 'report.html').read_text()
-    check = out / 'browser_check.html'  # beside report.html, so relative links resolve the same way
-    check.write_text(page.replace('</body>', _CHECK + '\n</body>'))
-    try:
-        proc = _run_browser(['--virtual-time-budget=10000', '--dump-dom', check.as_uri()], tmp_path)
-    finally:
-        check.unlink()
-    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.S)
-    assert found, proc.stderr[-2000:]
-    images = json.loads(html.unescape(found.group(1)))
-    assert len(images) == page.count('<img ') >= 5
-    broken = [src for src, complete, w, h in images if not (complete and w > 0 and h > 0)]
-    assert not broken, broken
-    for src, _, w, h in images:
-        with Image.open(out / src) as img:
-            assert (w, h) == img.size, src  # the browser decoded the very file
+    assert len(assert_images_load(out / 'report.html', tmp_path)) >= 5
 
     # and a screenshot: the page is drawn (text, tables and pictures, not a blank or error page)
     shot = tmp_path / 'report.png'

@@ -4,7 +4,8 @@ Generates the "finches" data set (:mod:`timm_fgfocus.demo_data`), pretrains the 
 wing close-ups (the demo's stand-in for ImageNet weights), trains ``fgfocus_test`` with the ``demo``
 recipe through :func:`timm_fgfocus.training.train`, and draws the regions the model picked. The data
 set's ``boxes.csv`` (the wing of every image) is the run's ``--boxes``, so its report scores where
-the model looked.
+the model looked. With ``--compare`` it trains the plain fine-tune of the same backbone from the same
+close-up weights after it and compares the two (:mod:`timm_fgfocus.training.compare_run`).
 """
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from .demo_data import BOX_FILE, ensure_demo_data, pretrain_backbone
 from .images import open_image
 from .metric_table import read_summary
 from .training import RunHooks, TrainError, train
+from .training.compare_run import FGFOCUS_DIR, prepare_compare_output, run_compare
 from .training.run_files import DEMO_DATA, prepare_output
 from .visualize import save_region_sheet
 
@@ -26,13 +28,18 @@ __all__ = ['run_demo', 'save_demo_sheet']
 
 
 def run_demo(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
-    """``train_fg --demo``: data, close-up pretraining, fgfocus training, region picture."""
+    """``train_fg --demo``: data, close-up pretraining, fgfocus training, region picture; with
+    ``--compare``, the plain fine-tune of the same backbone too, and the comparison."""
     if args.distributed:
         raise TrainError('--demo runs in one process: start it without torchrun')
     t0 = time.time()
     if not args.output:
         args.output = str(Path('output') / 'demo' / f'run-{time.strftime("%Y%m%d-%H%M%S")}')
-    prepare_output(args)  # a non-empty or unwritable --output is refused before data and pretraining
+    # a non-empty or unwritable --output is refused before data and pretraining
+    if args.compare:
+        prepare_compare_output(args)
+    else:
+        prepare_output(args)
     root = Path(args.data_dir) if args.data_dir else Path(args.output) / DEMO_DATA
     try:
         ensure_demo_data(root)
@@ -46,6 +53,8 @@ def run_demo(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
         if not weights.is_file():
             pretrain_backbone(weights, seed=args.seed)
         args.initial_checkpoint = str(weights)
+    if args.compare:
+        return _compare_demo(args, device, hooks, root, t0)
     result = train(args, device, hooks)
     out = result['output']
     rows = read_summary(out / 'summary.csv')
@@ -56,6 +65,18 @@ def run_demo(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
           f'(hybrid: image + zoomed regions) vs {image:.1f}% (image-level head alone)', flush=True)
     result['sheet'] = save_demo_sheet(out / 'best.pth', root, out / 'regions.png', result['data_config'])
     result['seconds'] = elapsed
+    return result
+
+
+def _compare_demo(args, device, hooks: Optional[RunHooks], root: Path, t0: float) -> Dict[str, Any]:
+    """``--demo --compare``: both runs on the demo data from the same close-up weights, compared."""
+    result = run_compare(args, device, hooks)
+    fgfocus = result[FGFOCUS_DIR]
+    result['sheet'] = save_demo_sheet(fgfocus['output'] / 'best.pth', root, fgfocus['output'] / 'regions.png',
+                                      fgfocus['data_config'])
+    result['seconds'] = time.time() - t0
+    print(f'demo: fgfocus and the plain fine-tune of its backbone compared in {result["seconds"] / 60:.1f} min: '
+          f'{result["compare"]}', flush=True)
     return result
 
 

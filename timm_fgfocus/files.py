@@ -11,11 +11,12 @@ import os
 import secrets
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional, Union
 
-__all__ = ['PathLike', 'atomic_write', 'atomic_copy', 'write_text', 'file_sha256', 'plain', 'temp_name',
-           'existing_ancestor', 'writable_problem']
+__all__ = ['PathLike', 'atomic_write', 'atomic_copy', 'write_text', 'replace_folder', 'file_sha256', 'plain',
+           'temp_name', 'existing_ancestor', 'writable_problem']
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,6 +67,33 @@ def atomic_copy(src: PathLike, dst: PathLike) -> Path:
 def write_text(path: PathLike, text: str) -> Path:
     """``text`` as UTF-8, atomically."""
     return atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def replace_folder(folder: PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(new)`` into a new hidden folder beside ``folder``, then swapped in for it: a reader (or a
+    failure) sees the earlier folder or the complete new one, never a mix. Returns ``folder``."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f'.{folder.name}.new-{uuid.uuid4().hex[:12]}')  # not mkdtemp: its 0700 hides the files
+    tmp.mkdir()
+    try:
+        write(tmp)
+        old = None
+        if folder.exists() or folder.is_symlink():
+            old = folder.with_name(f'.{folder.name}.old-{uuid.uuid4().hex[:12]}')
+            folder.rename(old)
+        try:
+            tmp.rename(folder)
+        except BaseException:
+            if old is not None:
+                old.rename(folder)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
 
 
 def file_sha256(path: PathLike) -> str:

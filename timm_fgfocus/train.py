@@ -13,6 +13,7 @@ Examples::
     torchrun --nproc_per_node=4 train_fg.py --data-dir DATA --output runs/cub --amp
     python train_fg.py --resume runs/cub/last.pth               # carries on where it stopped
     python train_fg.py --eval-only --checkpoint runs/cub/best.pth --data-dir DATA
+    python train_fg.py --compare --data-dir DATA --output runs/cmp  # fgfocus, then the plain fine-tune, compared
 
 Precedence of settings: command line > the resumed checkpoint's arguments > ``--config`` recipe
 (and the recipes it inherits with ``base:``) > the parser's own defaults.
@@ -58,6 +59,9 @@ def main(argv: Optional[Sequence[str]] = None, hooks: Optional[RunHooks] = None)
         if args.demo:
             from .demo import run_demo
             return run_demo(args, device, hooks)
+        if args.compare:
+            from .training.compare_run import run_compare
+            return run_compare(args, device, hooks)
         if args.eval_only:
             return run_eval_only(args, device)
         return train(args, device, hooks)

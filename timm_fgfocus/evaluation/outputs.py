@@ -124,15 +124,19 @@ def _entry_error(path: Path, key: str, value: Any, expected: str) -> EvaluationE
 
 def _check_examples(path: Path, examples: Any, num_classes: int) -> None:
     """``examples``: ``{"mistakes": [index, ...], "pairs": [[true, predicted, images, index, index or null]],
-    "where": [index, ...]}``."""
+    "where": [index, ...], "classes": [index or null, one per class]}``."""
     expected = ('an object {"mistakes": [sample index, ...], "pairs": [[true class, predicted class, images, '
-                'sample index, sample index or null], ...], "where": [sample index, ...]}')
+                'sample index, sample index or null], ...], "where": [sample index, ...], '
+                '"classes": [sample index or null, one per class]}')
     index, cls = _whole(), (lambda v: _whole()(v) and v < num_classes)
     listed = (lambda k: isinstance(examples.get(k, []), list) and all(index(i) for i in examples.get(k, [])))
     ok = isinstance(examples, dict) and listed('mistakes') and listed('where') \
         and isinstance(examples.get('pairs', []), list)
     ok = ok and all(isinstance(p, list) and len(p) == 5 and cls(p[0]) and cls(p[1]) and _whole(1)(p[2])
                     and index(p[3]) and (p[4] is None or index(p[4])) for p in examples.get('pairs', []))
+    classes = examples.get('classes') if isinstance(examples, dict) else None
+    ok = ok and (classes is None or isinstance(classes, list) and len(classes) == num_classes
+                 and all(i is None or index(i) for i in classes))
     if not ok:
         raise _entry_error(path, 'examples', examples, expected)
 

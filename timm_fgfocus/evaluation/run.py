@@ -16,11 +16,9 @@ model-input frame (``eval/ground_truth.npz``, :mod:`.where`), so the report scor
 looked from ``eval/`` alone.
 """
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +27,7 @@ from torch.utils.data import IterableDataset
 from ..baseline import describe_model, model_kind
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..errors import EvaluationError
-from ..files import file_sha256, writable_problem
+from ..files import file_sha256, replace_folder, writable_problem
 from ..ground_truth import GroundTruth, sample_keys
 from ..visualize import denormalize
 from .cost import flops_per_image
@@ -165,6 +163,16 @@ def _attention_of(model, dataset, indices: Sequence[int], ctx: EvalContext, batc
     return out
 
 
+def _first_of_each_class(preds: Predictions, num_classes: int) -> List[Optional[int]]:
+    """The sample index of each class's first image in data set order (None for a class without
+    images): the same images in every evaluation of the same val set, whatever the model."""
+    first: List[Optional[int]] = [None] * num_classes
+    for i, t in sorted(zip(preds.index.tolist(), preds.target.tolist())):
+        if first[t] is None:
+            first[t] = int(i)
+    return first
+
+
 def _choose_examples(preds: Predictions, num_classes: int):
     """(mistake sample indices, [(true, pred, count, index a, index b or None)]) for the pictures."""
     pred, conf = preds.pred(), preds.confidence[preds.prediction_head]
@@ -178,27 +186,7 @@ def _choose_examples(preds: Predictions, num_classes: int):
 def _write_eval_dir(out_dir: Path, write: Callable[[Path], None]) -> None:
     """``write(folder)`` into a new hidden folder beside ``out_dir/eval``, then swapped in for it: the
     earlier evaluation stays as it was when anything fails."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f'.eval.new-{uuid.uuid4().hex[:12]}'  # not mkdtemp: its 0700 would hide the report
-    tmp.mkdir()
-    try:
-        write(tmp)
-        final = out_dir / EVAL_DIR
-        old = None
-        if final.exists() or final.is_symlink():
-            old = out_dir / f'.eval.old-{uuid.uuid4().hex[:12]}'
-            final.rename(old)
-        try:
-            tmp.rename(final)
-        except BaseException:
-            if old is not None:
-                old.rename(final)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    replace_folder(out_dir / EVAL_DIR, write)
 
 
 def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], model, dataset, ctx: EvalContext,
@@ -207,8 +195,10 @@ def _save_evaluation(out_dir: Path, preds: Predictions, meta: Dict[str, Any], mo
     ``report.html``."""
     mistakes, pairs = _choose_examples(preds, len(meta['class_names']))
     where = choose_where_examples(truth) if truth is not None else []
-    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs, 'where': where}
-    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None} | set(where))
+    classes = _first_of_each_class(preds, len(meta['class_names']))
+    meta['examples'] = {'mistakes': mistakes, 'pairs': pairs, 'where': where, 'classes': classes}
+    shown = sorted(set(mistakes) | {i for p in pairs for i in p[3:] if i is not None} | set(where)
+                   | {i for i in classes if i is not None})
     seen = _attention_of(model, dataset, shown, ctx, batch_size)
     mean, std = ctx.normalize
 

@@ -43,7 +43,7 @@ __all__ = ['build_parser', 'parse_args', 'check_args', 'Odd', 'INVOCATION_ARGS']
 ITERABLE_PREFIXES = ('wds/', 'tfds/', 'hfids/')  # --dataset sources timm streams (no sample names)
 
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
-INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
+INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'compare', 'device',
                    'dist_backend', 'progress', 'config', 'threads', 'single_pass')
 
 
@@ -227,6 +227,13 @@ def _even_when_mixing(v: int, args) -> Optional[str]:
     if v % 2 and mixup_active(args):
         return 'must be even with --mixup/--cutmix/--cutmix-minmax (timm mixes each image with its mirror in the batch)'
     return None
+
+
+def _compare(v: bool, args) -> Optional[str]:
+    if not v:
+        return None
+    from .compare_run import compare_problem  # here: it imports the training run
+    return compare_problem(args)
 
 
 def _tta_scale(text: str) -> float:
@@ -452,6 +459,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument('--resume', default='', metavar='FILE', help='last.pth of a run to continue')
     g.add_argument('--eval-only', action='store_true', help='evaluate --checkpoint on the val split and exit')
     g.add_argument('--checkpoint', default='', metavar='FILE', help='checkpoint for --eval-only')
+    g.add_argument('--compare', action='store_true', check=_compare,
+                   help='train fgfocus into OUTPUT/fgfocus, then the plain fine-tune of its backbone with the same '
+                        'recipe (--baseline) into OUTPUT/baseline, and compare them: OUTPUT/compare.html')
     g.add_argument('--threads', type=int, default=0, check=at_least(0),
                    help='CPU threads for torch (0: torch default); 1 is much faster on a busy shared CPU')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -589,7 +599,9 @@ def check_args(
             for where, values in (sources or {}).items():
                 if action.dest in values and values[action.dest] == value:
                     origin = f' (from {where})'
-        shown = '' if isinstance(value, dict) else f' {_shown(value)}'  # a dict's problem names its key
+        # a dict's problem names its key; a flag set to true or false is named alone
+        hidden = isinstance(value, dict) or (action.nargs == 0 and isinstance(value, bool))
+        shown = '' if hidden else f' {_shown(value)}'
         return f'{_flag(action)}{shown}{origin}: {problem}'
 
     for action in actions:
