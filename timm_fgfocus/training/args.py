@@ -22,6 +22,7 @@ import argparse
 import ast
 import copy
 import difflib
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -42,6 +43,10 @@ __all__ = ['build_parser', 'parse_args', 'check_args', 'Odd', 'INVOCATION_ARGS']
 # arguments that describe this invocation rather than the run: never taken from a resumed checkpoint
 INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', 'demo', 'device',
                    'dist_backend', 'progress', 'config', 'threads')
+
+
+# the temperature of --distill: the best of 1, 2 and 4 on the demo and coats data (docs/benchmarks.md)
+DEFAULT_DISTILL_TEMP = 2.0
 
 
 class Odd(str):
@@ -65,6 +70,11 @@ def at_least(low: float) -> Check:
 def greater_than(low: float) -> Check:
     """``v > low``."""
     return lambda v, args: None if v > low else f'must be > {low}'
+
+
+def finite(v: float, args) -> Optional[str]:
+    """Not inf or NaN (argparse's ``float`` reads both)."""
+    return None if math.isfinite(v) else 'must be a finite number'
 
 
 def in_range(low: float, high: float, high_open: bool = False) -> Check:
@@ -140,6 +150,12 @@ def _decay_rate(v: float, args) -> Optional[str]:
 def _warmup_epochs(v: int, args) -> Optional[str]:
     if args.epochs <= v:
         return Odd(f'not shorter than --epochs {args.epochs}: the run ends in warmup and the lr never reaches --lr')
+    return None
+
+
+def _distill(v: float, args) -> Optional[str]:
+    if v > 0 and args.hybrid_loss_weight == 0:
+        return Odd('distils the image-level head from the hybrid head, which --hybrid-loss-weight 0 leaves untrained')
     return None
 
 
@@ -387,6 +403,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument('--hybrid-loss-weight', type=float, default=1.0, check=at_least(0))
     g.add_argument('--image-loss-weight', type=float, default=1.0, check=at_least(0))
     g.add_argument('--region-loss-weight', type=float, default=1.0, check=at_least(0))
+    g.add_argument('--distill', type=float, default=0.0, metavar='WEIGHT', check=(at_least(0), finite, _distill),
+                   help='weight of the distillation term: the image-level head (the single-pass model) learns '
+                        "from the hybrid head's softened predictions (teacher detached); 0: off")
+    g.add_argument('--distill-temp', type=float, default=DEFAULT_DISTILL_TEMP, metavar='T',
+                   check=(greater_than(0), finite), help='temperature of the distillation term (with --distill)')
     g.add_argument('--eval-head', default='hybrid', choices=('hybrid', 'image'),
                    help="head whose top-1 picks best.pth ('image': the image-level-only ablation)")
     g.add_argument('--clip-grad', type=float, default=None, check=greater_than(0))

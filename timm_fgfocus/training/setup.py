@@ -125,7 +125,8 @@ def prepare_run(args, device: torch.device, progress: RunProgress) -> TrainRun:
         model.to(memory_format=torch.channels_last)
     optimizer, scheduler, num_epochs = create_optimizer_and_scheduler(model, args)
     use_scaler = args.amp and args.amp_dtype == 'float16' and device.type == 'cuda'  # bf16 needs none
-    loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
+    loss_fn = FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight,
+                          distill_weight=args.distill, distill_temp=args.distill_temp)
     run = TrainRun(
         args=args, device=device, ctx=eval_context(args, device, data_config), out=out, progress=progress,
         classes=classes, train_ds=train_ds, val_ds=val_ds, data_config=data_config, model=model,
