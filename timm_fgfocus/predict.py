@@ -23,6 +23,12 @@ Output: one line per image, or with ``--json`` one JSON object per line on stdou
 ``boxes`` holds all m proposed regions, best first; the first ``num_hybrid_regions`` (l) are
 the ones the prediction uses. Errors, the progress bar and the summary go to stderr.
 
+``--single-pass``: the single-pass model, the image-level head alone (one backbone pass, no
+regions): the same lines, with ``boxes``, ``scores``, ``valid`` empty and ``num_hybrid_regions``
+0; ``--save-regions`` draws the attention map (computed from that one pass) beside the image. It
+also takes a plain timm classifier (``--model local-dir:DIR`` of a folder written by ``hf_upload
+--single-pass``), without ``--save-regions``.
+
 An image whose forward pass gives NaN / inf (logits, boxes or scores) gets no output line: it
 is named on stderr like an unreadable image, and ``--json`` never prints ``NaN``.
 
@@ -42,7 +48,7 @@ import torch
 from .errors import first_line
 from .images import open_image
 
-__all__ = ['InputGeometry', 'input_geometry', 'find_images', 'main']
+__all__ = ['InputGeometry', 'input_geometry', 'find_images', 'single_pass_outputs', 'main']
 
 PROG = 'fgfocus-predict'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -237,8 +243,18 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
                 msg = f'its config.json is not valid JSON ({msg})'
             raise PredictError(f'cannot create model {args.model!r}: {msg}') from None
         class_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-    if not hasattr(model, 'forward_structured'):
-        raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured)')
+    if not hasattr(model, 'forward_structured') and not args.single_pass:
+        raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured); a plain timm '
+                           f'classifier (e.g. published by hf_upload --single-pass) needs --single-pass')
+    if not hasattr(model, 'forward_structured'):  # a plain timm model: timm's loader checks no digest
+        from timm_fgfocus.integrity import WeightsIntegrityError, verify_published_weights
+        try:
+            verify_published_weights(model.state_dict(), model.pretrained_cfg)
+        except WeightsIntegrityError as e:
+            raise PredictError(str(e)) from None
+    if not hasattr(model, 'forward_structured') and args.save_regions:
+        raise PredictError(f'--save-regions draws an fgfocus model\'s attention map: {type(model).__name__} is a '
+                           f'plain timm classifier without one; drop --save-regions')
     if not getattr(model, 'num_classes', 0):
         raise PredictError('the model has no classifier (num_classes=0)')
     if args.class_names:
@@ -289,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --model NAME: load its pretrained weights (implied for hf-hub: / local-dir:)')
     p.add_argument('--num-classes', type=int, default=None, help='with --model: number of classes')
     p.add_argument('--use-ema', action='store_true', help='with --checkpoint: use its EMA weights')
+    p.add_argument('--single-pass', action='store_true',
+                   help='the image-level head only: one backbone pass, no regions (the single-pass model); '
+                        '--save-regions draws the attention map alone')
     p.add_argument('--class-names', metavar='FILE', help='class names, one per line (overrides the model\'s)')
     p.add_argument('--topk', type=int, default=5, help='classes to report per image (default 5)')
     p.add_argument('-b', '--batch-size', type=int, default=8, help='images per forward pass (default 8)')
@@ -304,23 +323,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _predict_batch(model, batch, geoms, topk: int):
+def single_pass_outputs(model, x: torch.Tensor, with_attention: bool = False):
+    """The single-pass model on a batch: image-level logits from one backbone pass.
+
+    Args:
+        model: an fgfocus model, or a plain timm classifier (its ``forward`` is the single pass).
+        x: Tensor[B, C, H, W], the model's normalized input.
+        with_attention: also the fgfocus attention map, from the same pass (not for a plain model).
+
+    Returns:
+        (Tensor[B, num_classes] logits, Tensor[B, h, w] attention or None).
+    """
+    if not hasattr(model, 'forward_image'):
+        return model(x), None
+    if not with_attention:
+        return model.forward_image(x), None
+    features = model._feature_map(x)  # the steps of forward_image, keeping the feature map for the attention
+    logits = model._image_head(features)
+    return logits, model._attention(features, logits)
+
+
+def _predict_batch(model, batch, geoms, topk: int, single_pass: bool = False, with_attention: bool = True):
     """Run one batch; per image (finite, probs topk, boxes in original pixels, scores, valid, attention).
 
     ``finite`` is False when the image's logits, boxes or scores hold NaN / inf (weights that
-    overflow on this input, a broken device): such an image gets no prediction.
+    overflow on this input, a broken device): such an image gets no prediction. ``single_pass``: the
+    image-level head alone (:func:`single_pass_outputs`): no boxes (``[0, 4]``), no scores, and the
+    attention map only ``with_attention``.
     """
     x = torch.stack(batch).to(next(model.parameters()).device)
     with torch.no_grad():
-        out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
-    finite = (torch.isfinite(out.logits.float()).all(dim=-1) & torch.isfinite(out.boxes.float()).flatten(1).all(dim=1)
-              & torch.isfinite(out.scores.float()).all(dim=-1)).cpu()
-    probs = out.logits.float().softmax(dim=-1).cpu()
+        if single_pass:
+            logits, attention = single_pass_outputs(model, x, with_attention)
+            boxes, scores = logits.new_zeros(len(x), 0, 4), logits.new_zeros(len(x), 0)
+            valid = torch.zeros(len(x), 0, dtype=torch.bool)
+        else:
+            out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+            logits, boxes, scores, valid, attention = out.logits, out.boxes, out.scores, out.valid, out.attention
+    finite = (torch.isfinite(logits.float()).all(dim=-1) & torch.isfinite(boxes.float()).flatten(1).all(dim=1)
+              & torch.isfinite(scores.float()).all(dim=-1)).cpu()
+    probs = logits.float().softmax(dim=-1).cpu()
     top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
     results = []
     for j, geom in enumerate(geoms):
-        results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(out.boxes[j]),
-                        out.scores[j].float().cpu(), out.valid[j].cpu(), out.attention[j].float().cpu()))
+        results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(boxes[j]), scores[j].float().cpu(),
+                        valid[j].cpu(), None if attention is None else attention[j].float().cpu()))
     return results
 
 
@@ -348,7 +395,9 @@ class _Session:
     def __init__(self, args, model, class_names: Optional[List[str]], out_dir: Optional[Path], failures: list, bar):
         self.args, self.model, self.class_names, self.out_dir, self.bar = args, model, class_names, out_dir, bar
         self.failures = failures
-        self.num_draw = model.num_hybrid_regions if args.draw_regions is None else args.draw_regions
+        # the regions the prediction uses: l, none for the single pass
+        self.num_hybrid = 0 if args.single_pass else model.num_hybrid_regions
+        self.num_draw = self.num_hybrid if args.draw_regions is None else args.draw_regions
         self.used_names: set = set()
         self.thumbs: List = []
         self.n_ok = 0
@@ -361,7 +410,8 @@ class _Session:
         """Classify a batch of ``(input, image, model input, geometry)`` and write what comes out."""
         if not pending:
             return
-        results = _predict_batch(self.model, [p[2] for p in pending], [p[3] for p in pending], self.args.topk)
+        results = _predict_batch(self.model, [p[2] for p in pending], [p[3] for p in pending], self.args.topk,
+                                 self.args.single_pass, with_attention=self.out_dir is not None)
         for (item, img, _, geom), (finite, top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
             if not finite:
                 self.failures.append((str(item.path), 'non-finite model output'))
@@ -375,7 +425,7 @@ class _Session:
                     file=str(item.path), image_size=list(geom.original_size), topk=topk,
                     boxes=[[round(v, 2) for v in b] for b in boxes.tolist()],
                     scores=[round(float(s), 6) for s in scores], valid=[bool(v) for v in valid],
-                    num_hybrid_regions=self.model.num_hybrid_regions), allow_nan=False), flush=True)
+                    num_hybrid_regions=self.num_hybrid), allow_nan=False), flush=True)
             else:
                 print(_format_text(str(item.path), topk), flush=True)
             if self.out_dir is not None:
@@ -421,6 +471,8 @@ def run(args) -> int:
         raise PredictError('--topk, --batch-size must be >= 1, --figure-size >= 16, --sheet-max >= 0')
     if args.model is None and (args.pretrained or args.num_classes is not None):
         raise PredictError('--pretrained and --num-classes go with --model (a checkpoint knows its own)')
+    if args.single_pass and args.draw_regions is not None:
+        raise PredictError('--draw-regions: --single-pass proposes no regions (it draws the attention map alone)')
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
     items, failures, any_folder = find_images(args.inputs)
