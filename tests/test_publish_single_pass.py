@@ -34,7 +34,7 @@ from timm_fgfocus.visualize import PANEL_GAP, REGION_COLORS
 
 from evalkit import FAST
 from hub_server import HubServer
-from single_pass_kit import count_stem_calls, perturb_
+from single_pass_kit import WITHOUT_PLUGIN, count_stem_calls, perturb_
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,15 +178,8 @@ def test_a_backbone_that_is_no_plain_timm_model_is_refused_before_writing(case, 
 
 # --- without the plugin ---------------------------------------------------------------------------
 
-_CHILD = textwrap.dedent('''
-    import json, sys
-    sys.modules['timm_fgfocus'] = None  # the plugin is not installed here
-    try:
-        import timm_fgfocus
-    except ImportError:
-        pass
-    else:
-        raise SystemExit('timm_fgfocus was importable')
+_CHILD = WITHOUT_PLUGIN + textwrap.dedent('''
+    import json
     import timm, torch
     from PIL import Image
     from transformers import pipeline
@@ -338,3 +331,12 @@ def test_predict_single_pass_refuses_draw_regions(run, images, capsys):
     err = _one_line([str(images / 'wide.png'), '--checkpoint', str(ckpt), '--single-pass', '--draw-regions', '2'],
                     capsys)
     assert err.endswith('--draw-regions: --single-pass proposes no regions (it draws the attention map alone)')
+
+
+def test_package_exports_the_distillation_and_the_plain_export():
+    import timm_fgfocus
+    from timm_fgfocus import loss, plain
+    for name in ('distill_loss',):
+        assert getattr(timm_fgfocus, name) is getattr(loss, name) and name in timm_fgfocus.__all__
+    for name in ('PlainExportError', 'PlainTimmModel', 'create_plain_model', 'plain_model_args', 'plain_timm_model'):
+        assert getattr(timm_fgfocus, name) is getattr(plain, name) and name in timm_fgfocus.__all__
