@@ -157,6 +157,15 @@ def test_card_from_the_checkpoint_metrics_and_of_ema_weights(tmp_path):
     assert '| full FgFocus model (hybrid head: image + 2 zoomed regions) | 80.00 |' in card
 
 
+def test_the_full_models_card_shows_the_distillation_in_its_recipe(tmp_path):
+    ckpt = write_checkpoint(tmp_path / 'run' / 'best.pth')
+    assert hf_upload(['--checkpoint', str(ckpt), '--repo-id', REPO, '--dry-run', str(tmp_path / 'full')]) == 0
+    recipe = (tmp_path / 'full' / 'README.md').read_text().split('## Training Recipe')[1].split('\n## ')[0]
+    rows = [line.split(' | ')[0].lstrip('| ') for line in recipe.splitlines() if line.startswith('| ')]
+    assert rows.index('distill_temp') == rows.index('distill') + 1  # beside each other, with the loss settings
+    assert '| distill | `0.75` |' in recipe and '| distill_temp | `2.0` |' in recipe
+
+
 @pytest.mark.parametrize('case', ['local-dir', 'mambaout'])
 def test_a_backbone_that_is_no_plain_timm_model_is_refused_before_writing(case, tmp_path, capsys):
     if case == 'local-dir':

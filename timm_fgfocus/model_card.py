@@ -60,7 +60,8 @@ _RECIPE_KEYS = (
     'model', 'pretrained', 'dataset', 'num_classes', 'epochs', 'batch_size', 'opt', 'momentum', 'lr',
     'backbone_lr_scale', 'weight_decay', 'sched', 'decay_epochs', 'decay_rate', 'warmup_epochs',
     'img_size', 'input_size', 'train_crop', 'crop_pct', 'hflip', 'color_jitter', 'interpolation',
-    'model_kwargs', 'loss_weights', 'label_smoothing', 'amp', 'model_ema', 'model_ema_decay', 'seed',
+    'model_kwargs', 'loss_weights', 'label_smoothing', 'distill', 'distill_temp', 'amp', 'model_ema',
+    'model_ema_decay', 'seed',
 )
 # args that describe the machine or the invocation, not the recipe; secret-like names never shown
 _NOT_RECIPE = re.compile(r'(^|_)(dir|path|output|resume|checkpoint|workers|device|rank|log|experiment|'
