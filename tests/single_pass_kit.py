@@ -9,6 +9,18 @@ import timm_fgfocus  # noqa: F401  (registers the models)
 
 NUM_CLASSES = 5
 
+# the first lines of a child process's script: ``import timm_fgfocus`` fails there, as where it is not installed
+WITHOUT_PLUGIN = """
+import sys
+sys.modules['timm_fgfocus'] = None  # the plugin is not installed here
+try:
+    import timm_fgfocus
+except ImportError:
+    pass
+else:
+    raise SystemExit('timm_fgfocus was importable')
+"""
+
 # family -> (backbone, backbone_args, image side, crop side): tiny configs of the real architectures
 FAMILIES = {
     'resnet': ('test_resnet', {}, 128, 64),

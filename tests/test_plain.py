@@ -18,7 +18,7 @@ from timm.data import resolve_data_config
 from timm.models import save_for_hf
 from timm_fgfocus import plain as plain_mod
 from timm_fgfocus.plain import PlainExportError, create_plain_model, plain_timm_model
-from single_pass_kit import FAMILIES, NUM_CLASSES, family_images, family_model, perturb_
+from single_pass_kit import FAMILIES, NUM_CLASSES, WITHOUT_PLUGIN, family_images, family_model, perturb_
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -122,15 +122,8 @@ def test_refuses_when_the_built_model_gives_other_logits(monkeypatch):
     _one_line_refusal(model, "'test_resnet'", 'does not give the single-pass logits')
 
 
-_CHILD = textwrap.dedent('''
-    import json, sys
-    sys.modules['timm_fgfocus'] = None  # the plugin is not installed here
-    try:
-        import timm_fgfocus
-    except ImportError:
-        pass
-    else:
-        raise SystemExit('timm_fgfocus was importable')
+_CHILD = WITHOUT_PLUGIN + textwrap.dedent('''
+    import json
     import torch, timm
     from safetensors.torch import load_file
     from timm.data import resolve_data_config

@@ -19,6 +19,13 @@ The folder is written first (``--dry-run DIR`` stops there, no network), loaded 
 with ``HfApi.create_repo`` + ``upload_folder`` (timm's ``push_to_hf_hub`` writes its own generic
 card, and only when the repo has none, so it is not used).
 
+``--single-pass`` (:func:`save_single_pass_for_hub`) publishes the single-pass model instead: the
+backbone and the image-level head as a plain timm model of the backbone's own architecture
+(:func:`timm_fgfocus.plain.plain_timm_model`; a ``resnet50`` for ``fgfocus_resnet50``), in the same
+layout, with the fgfocus run's preprocessing and a card that says what it was exported and distilled
+from; it loads with timm alone. A backbone that is no plain timm architecture (``hf-hub:``, ...) is
+refused in one line before anything is written.
+
 The token comes from ``HF_TOKEN`` or ``hf auth login`` / ``huggingface-cli login``. It is never
 printed, logged or written: error messages are scrubbed of it and the written files are checked.
 
@@ -26,6 +33,7 @@ Command line::
 
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id timm-fgfocus/fgfocus_resnet50.cub200
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/NAME --dry-run /tmp/repo
+    python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/resnet50.cub200-single-pass --single-pass
 """
 import argparse
 import json
@@ -45,13 +53,14 @@ from timm.models import save_for_hf
 from .checkpoint import BASELINE_KEY, CheckpointError, model_from_checkpoint
 from .errors import first_line
 from . import metric_table
-from .files import plain, write_text
+from .files import file_sha256, plain, write_text
 from .fgfocus import HF_ORG, variant_args, variant_cfg
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
 from .model_card import _epoch, baseline_model_card, model_card, read_evaluation
 
 __all__ = [
-    'HubUploadError', 'HubConfigError', 'save_for_hub', 'push_to_hub', 'save_checkpoint_for_hub',
+    'HubUploadError', 'HubConfigError', 'save_for_hub', 'save_single_pass_for_hub', 'push_to_hub',
+    'save_checkpoint_for_hub',
     'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
     'check_checkpoint_file', 'check_local_dir', 'main', 'save_baseline_for_hub',
 ]
@@ -249,7 +258,7 @@ def save_for_hub(
             save_for_hf(model, staging, model_config=model_config, model_args=export_args, safe_serialization=True)
         finally:
             model.pretrained_cfg = source_cfg
-        _finish_folder(staging, repo_id, arch, card_args)
+        _finish_folder(staging, lambda config: model_card(repo_id, arch, config, **card_args))
 
     # (a pytorch_model.bin left in the folder by an older export is kept: timm's local-dir loader
     # takes model.safetensors first, and only the three files above are ever pushed)
@@ -306,21 +315,23 @@ def save_baseline_for_hub(
                         safe_serialization=True)
         finally:
             model.pretrained_cfg = source_cfg
-        _finish_folder(staging, repo_id, arch, card_args, card=baseline_model_card)
+        _finish_folder(staging, lambda config: baseline_model_card(repo_id, arch, config, **card_args))
 
     _write_folder(save_directory, write)
     _verify_plain_folder(save_directory, model)
     return save_directory
 
 
-def _verify_plain_folder(folder: Path, model: torch.nn.Module) -> None:
-    """Load ``folder`` with plain timm and require the same architecture, weights and data config."""
+def _verify_plain_folder(folder: Path, model: torch.nn.Module, data_config: Optional[Dict[str, Any]] = None) -> None:
+    """Load ``folder`` with plain timm and require the same architecture, weights and data config
+    (``data_config``, default the model's ``pretrained_cfg``)."""
     loaded = _loaded_back(folder, model)
+    expected = model.pretrained_cfg if data_config is None else data_config
     for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation'):
-        if key in model.pretrained_cfg and list(np.atleast_1d(loaded.pretrained_cfg.get(key))) != list(
-                np.atleast_1d(model.pretrained_cfg[key])):
+        if key in expected and list(np.atleast_1d(loaded.pretrained_cfg.get(key))) != list(
+                np.atleast_1d(expected[key])):
             raise HubUploadError(f'the written folder {folder} gives {key}={loaded.pretrained_cfg.get(key)!r}, the '
-                                 f'run used {model.pretrained_cfg[key]!r}')
+                                 f'run used {expected[key]!r}')
 
 
 def _published_arch(model: torch.nn.Module, arch: Optional[str]) -> str:
@@ -367,17 +378,16 @@ def _export_cfg(source_cfg: Dict[str, Any], repo_id: str, arch: str) -> Dict[str
     return export_cfg
 
 
-def _finish_folder(staging: Path, repo_id: str, arch: str, card_args: Dict[str, Any],
-                   card: Callable[..., str] = model_card) -> None:
-    """After timm's ``save_for_hf``: drop the repeated ``num_classes``, add the card (``card(repo_id, arch,
-    config, **card_args)``), share the files."""
+def _finish_folder(staging: Path, card: Callable[[Dict[str, Any]], str]) -> None:
+    """After timm's ``save_for_hf``: drop the repeated ``num_classes``, add the card (``card(config)``), share
+    the files."""
     config = json.loads((staging / 'config.json').read_text())
     # timm's save_for_hf repeats num_classes inside model_args; transformers' TimmWrapper passes
     # num_classes=num_labels beside model_args and fails on the repeat (TypeError: multiple values),
     # so only the top-level num_classes stays (the one timm's Hub loader reads)
     if config.get('model_args', {}).pop('num_classes', None) is not None:
         write_text(staging / 'config.json', json.dumps(config, indent=2))
-    write_text(staging / 'README.md', card(repo_id, arch, config, **card_args))
+    write_text(staging / 'README.md', card(config))
     written = sorted(p.name for p in staging.iterdir())
     if written != sorted(_FOLDER_FILES):  # nothing else may be moved into the user's folder
         raise HubUploadError(f'timm\'s save_for_hf wrote {written}, expected {sorted(_FOLDER_FILES)}')
@@ -447,6 +457,98 @@ def _verify_folder(folder: Path, model: torch.nn.Module) -> None:
                 f'config.json model_args are incomplete')
 
 
+# --- the single-pass export: a plain timm model of the backbone's architecture -------------------
+
+def _data_config(model: torch.nn.Module) -> Dict[str, Any]:
+    """The fgfocus model's eval preprocessing (input size, interpolation, mean, std, crop_pct, crop_mode):
+    for a checkpoint, the training run's, which the plain model must keep instead of its architecture's."""
+    from timm.data import resolve_data_config
+    return resolve_data_config(model=model)
+
+
+def _plain_export(model: torch.nn.Module) -> Tuple[Any, torch.nn.Module]:
+    """(:class:`~timm_fgfocus.plain.PlainTimmModel`, the plain timm module on the CPU) of ``model``'s single pass.
+
+    Raises:
+        HubUploadError: one line when the image path is not a plain timm model (an ``hf-hub:`` backbone, ...).
+    """
+    from .plain import PlainExportError, create_plain_model, plain_timm_model
+    try:
+        plain_model = plain_timm_model(model)
+    except PlainExportError as e:
+        raise HubUploadError(f'--single-pass: {e}; nothing was written') from None
+    module = create_plain_model(plain_model._replace(
+        state_dict={k: v.detach().cpu() for k, v in plain_model.state_dict.items()}))
+    return plain_model, module
+
+
+def save_single_pass_for_hub(
+        model: torch.nn.Module,
+        save_directory: Union[str, Path],
+        repo_id: str,
+        *,
+        arch: Optional[str] = None,
+        class_names: Optional[Sequence[str]] = None,
+        source: Optional[Dict[str, Any]] = None,
+        metrics: Optional[Dict[str, Any]] = None,
+        train_args: Optional[Dict[str, Any]] = None,
+        summary: Optional[List[Dict[str, str]]] = None,
+        ema: bool = False,
+        revision: Optional[str] = None,
+        license: Optional[str] = None,
+        verify: bool = True,
+        evaluation: Optional[Dict[str, Any]] = None,
+        overwrite: bool = False,
+) -> Path:
+    """Write the single pass of an fgfocus model (backbone + image-level head) as a plain timm model's Hub folder.
+
+    The folder is timm's Hub layout for the backbone's own architecture
+    (:func:`timm_fgfocus.plain.plain_timm_model`; ``resnet50`` for ``fgfocus_resnet50``):
+    ``model.safetensors``, ``config.json`` (``architecture``, ``num_classes``, ``label_names``, the
+    ``model_args`` that make timm pool as fgfocus does, the fgfocus model's preprocessing, the
+    ``weights_digest``) and a model card (:func:`timm_fgfocus.model_card.single_pass_card`). It loads with
+    ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` and transformers' pipeline, without this
+    package. Written as :func:`save_for_hub` writes (staged, replacing nothing on an error).
+
+    Args:
+        model: an fgfocus model (its mode is left as it was).
+        save_directory, repo_id, class_names, metrics, train_args, summary, ema, revision, license, evaluation,
+            overwrite: as in :func:`save_for_hub`.
+        arch: its registered fgfocus architecture (default: the model's ``pretrained_cfg['architecture']``).
+        source: ``{'checkpoint': file name, 'sha256': its digest}`` of the checkpoint, for the card.
+        verify: load the folder back with ``local-dir:`` and require identical tensors.
+
+    Raises:
+        HubUploadError: as :func:`save_for_hub`, and a one-line refusal when the image path cannot be a
+            plain timm model (before anything is written).
+    """
+    from .model_card import SinglePassSource, single_pass_card
+
+    save_directory = Path(save_directory)
+    check_repo_id(repo_id)
+    _check_folder(save_directory, overwrite)
+    arch = _published_arch(model, arch)
+    plain_model, module = _plain_export(model)
+    license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
+    model_config = _model_config(module, class_names, license)
+    module.pretrained_cfg = _export_cfg(module.pretrained_cfg, repo_id, plain_model.architecture)
+    card_source = SinglePassSource(arch, model, **(source or {}))
+    card_args = dict(metrics=metrics, train_args=train_args, summary=summary, ema=ema, revision=revision,
+                     license=license, num_params=sum(p.numel() for p in module.parameters()), evaluation=evaluation)
+
+    data_config = _data_config(model)
+
+    def write(staging: Path) -> None:
+        save_for_hf(module, staging, model_config=model_config, model_args=plain_model.model_args,
+                    data_config=data_config, safe_serialization=True)
+        _finish_folder(staging, lambda config: single_pass_card(repo_id, config, card_source, **card_args))
+
+    _write_folder(save_directory, write)
+    if verify:
+        _verify_plain_folder(save_directory, module, data_config)
+    return save_directory
+
+
 def check_checkpoint_file(checkpoint: Union[str, Path]) -> None:
     """A ``--checkpoint`` that names a folder is refused, with the checkpoints found in it.
 
@@ -472,13 +574,15 @@ def save_checkpoint_for_hub(
         revision: Optional[str] = None,
         license: Optional[str] = None,
         overwrite: bool = False,
+        single_pass: bool = False,
 ) -> Tuple[Path, Dict[str, Any]]:
     """Write the Hub folder of a ``train_fg.py`` checkpoint; returns (folder, checkpoint dict).
 
     ``summary_csv`` defaults to the ``summary.csv`` beside the checkpoint (none there: no log in
     the card); a ``summary_csv`` given must exist. ``overwrite`` as in :func:`save_for_hub`. An
     evaluation report of this very checkpoint beside it (``eval/``, see
-    :func:`timm_fgfocus.model_card.read_evaluation`) goes into the card.
+    :func:`timm_fgfocus.model_card.read_evaluation`) goes into the card. ``single_pass``: the
+    backbone and image-level head as a plain timm model (:func:`save_single_pass_for_hub`).
     """
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)  # the cheap checks first, before the checkpoint is read
@@ -487,17 +591,21 @@ def save_checkpoint_for_hub(
     summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv',
                            required=summary_csv is not None)
     model, ckpt = model_from_checkpoint(checkpoint, use_ema=use_ema)
-    if ckpt.get(BASELINE_KEY):  # a --baseline run: a plain timm classifier
+    if ckpt.get(BASELINE_KEY):  # a --baseline run: a plain timm classifier, one pass already
+        if single_pass:
+            raise HubUploadError(f'{checkpoint} is a --baseline checkpoint, already a plain single-pass timm model: '
+                                 'leave out --single-pass')
         folder = save_baseline_for_hub(
             model, ckpt, save_directory, repo_id, summary=summary, ema=use_ema, revision=revision, license=license,
             overwrite=overwrite, evaluation=read_evaluation(checkpoint, use_ema))
         return folder, ckpt
-    folder = save_for_hub(
-        model, save_directory, repo_id, arch=ckpt['arch'], class_names=ckpt.get('class_names'),
-        model_args=ckpt['model_args'], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
-        summary=summary, ema=use_ema, revision=revision, license=license, overwrite=overwrite,
-        evaluation=read_evaluation(checkpoint, use_ema))
-    return folder, ckpt
+    common = dict(arch=ckpt['arch'], class_names=ckpt.get('class_names'), metrics=ckpt.get('metrics'),
+                  train_args=ckpt.get('args'), summary=summary, ema=use_ema, revision=revision, license=license,
+                  overwrite=overwrite, evaluation=read_evaluation(checkpoint, use_ema))
+    if single_pass:
+        source = dict(checkpoint=checkpoint.name, sha256=file_sha256(checkpoint))
+        return save_single_pass_for_hub(model, save_directory, repo_id, source=source, **common), ckpt
+    return save_for_hub(model, save_directory, repo_id, model_args=ckpt['model_args'], **common), ckpt
 
 
 # --- pushing --------------------------------------------------------------------------------------
@@ -597,18 +705,21 @@ def push_checkpoint_to_hub(
         use_ema: bool = False,
         summary_csv: Optional[Union[str, Path]] = None,
         license: Optional[str] = None,
+        single_pass: bool = False,
 ) -> Any:
-    """Publish a ``train_fg.py`` checkpoint as ``repo_id``; returns the ``CommitInfo``."""
+    """Publish a ``train_fg.py`` checkpoint as ``repo_id`` (``single_pass``: its single pass as a plain timm
+    model); returns the ``CommitInfo``."""
     def write(tmp: Path) -> Tuple[Path, str]:
         folder, ckpt = save_checkpoint_for_hub(
-            checkpoint, tmp, repo_id, use_ema=use_ema, summary_csv=summary_csv, revision=revision, license=license)
-        return folder, commit_message or _default_message(ckpt, use_ema)
+            checkpoint, tmp, repo_id, use_ema=use_ema, summary_csv=summary_csv, revision=revision, license=license,
+            single_pass=single_pass)
+        return folder, commit_message or _default_message(ckpt, use_ema, single_pass)
     return _push(write, repo_id, token=token, private=private, revision=revision)
 
 
-def _default_message(ckpt: Dict[str, Any], use_ema: bool) -> str:
+def _default_message(ckpt: Dict[str, Any], use_ema: bool, single_pass: bool = False) -> str:
     epoch = _epoch((ckpt.get('metrics') or {}).get('epoch', ckpt.get('epoch')))
-    return (f'Add {ckpt["arch"]} {"EMA " if use_ema else ""}weights'
+    return (f'Add {ckpt["arch"]} {"single-pass " if single_pass else ""}{"EMA " if use_ema else ""}weights'
             + (f' (epoch {epoch})' if epoch else '') + ' with hf_upload')
 
 
@@ -644,6 +755,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='training log for the card (default: summary.csv beside the checkpoint, if any); '
                         'a file named here must exist and be a train_fg.py summary.csv')
     p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
+    p.add_argument('--single-pass', action='store_true',
+                   help="publish the backbone and image-level head as a plain timm model of the backbone's own "
+                        'architecture (one backbone pass; loads without timm_fgfocus)')
     return p
 
 
@@ -670,17 +784,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.dry_run:
             folder, ckpt = save_checkpoint_for_hub(
                 args.checkpoint, args.dry_run, args.repo_id, use_ema=args.ema, summary_csv=args.summary,
-                revision=args.revision, license=args.license, overwrite=args.overwrite)
+                revision=args.revision, license=args.license, overwrite=args.overwrite, single_pass=args.single_pass)
             where = args.repo_id + (f'@{args.revision}' if args.revision else '')
             print(f'hf_upload: dry run, nothing pushed. {folder} holds what would be pushed to {where}:')
             for name in ('README.md', 'config.json', WEIGHTS_NAME):
                 print(f'  {name:<20} {_size((Path(folder) / name).stat().st_size):>10}')
-            print(f"hf_upload: load it with timm.create_model('local-dir:{folder}', pretrained=True)")
+            print(f"hf_upload: load it with timm.create_model('local-dir:{folder}', pretrained=True)"
+                  + (' (timm alone: a plain timm model)' if args.single_pass else ''))
             return 0
         token = _token(None)
         info = push_checkpoint_to_hub(
             args.checkpoint, args.repo_id, token=token, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, use_ema=args.ema, summary_csv=args.summary, license=args.license)
+            commit_message=args.commit_message, use_ema=args.ema, summary_csv=args.summary, license=args.license,
+            single_pass=args.single_pass)
         rev = f'@{args.revision}' if args.revision and args.revision != 'main' else ''
         print(f'hf_upload: pushed README.md, config.json, {WEIGHTS_NAME} to {args.repo_id}{rev} '
               f'(commit {getattr(info, "oid", "?")}): {getattr(info, "commit_url", "")}')

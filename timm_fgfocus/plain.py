@@ -178,8 +178,12 @@ def _example_input(model: nn.Module) -> Tensor:
         H, W = model.adapter.fixed_size
     else:
         H, W = model.pretrained_cfg.get('input_size', (3, 224, 224))[-2:]
-        if model.adapter.size_error(H, W):  # the crop size is a size the backbone runs (checked when built)
-            H = W = model.crop_size
+        if model.adapter.size_error(H, W):  # e.g. a patch-14 ViT at 128: the next multiple of its stride
+            s = model.adapter.stride
+            H, W = -(-H // s) * s, -(-W // s) * s
+        problem = model.adapter.size_error(H, W)
+        if problem:
+            raise PlainExportError(f'cannot check the plain model at the configured input size: {problem}')
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, model.in_chans, H, W, generator=g).to(ref.device, ref.dtype)
 

@@ -28,6 +28,11 @@ A ``train_fg --baseline`` checkpoint holds a plain timm classifier: the same lin
 its attention map made the way fgfocus makes its own (the max over all classes of its class activation
 maps, smoothed; :func:`timm_fgfocus.baseline.single_head_forward`).
 
+``--single-pass``: the single-pass model, the image-level head alone (one backbone pass, no
+regions), printed the same way; ``--save-regions`` draws the attention map computed from that one
+pass. It also takes a plain timm classifier (``--model local-dir:DIR`` of a folder written by
+``hf_upload --single-pass``), whose published weights digest is checked.
+
 An image whose forward pass gives NaN / inf (logits, boxes or scores) gets no output line: it
 is named on stderr like an unreadable image, and ``--json`` never prints ``NaN``.
 
@@ -246,7 +251,14 @@ def load_model(args) -> Tuple[torch.nn.Module, Optional[List[str]]]:
             raise PredictError(f'cannot create model {args.model!r}: {msg}') from None
         class_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
     if not hasattr(model, 'forward_structured'):
-        raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured)')
+        if not args.single_pass:
+            raise PredictError(f'{type(model).__name__} is not an fgfocus model (no forward_structured); a plain '
+                               f'timm classifier (e.g. published by hf_upload --single-pass) needs --single-pass')
+        from timm_fgfocus.integrity import WeightsIntegrityError, verify_published_weights
+        try:  # a plain timm model: timm's loader checks no digest
+            verify_published_weights(model.state_dict(), model.pretrained_cfg)
+        except WeightsIntegrityError as e:
+            raise PredictError(str(e)) from None
     return _to_device(model, args), _checked_names(class_names, args, model)
 
 
@@ -305,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --model NAME: load its pretrained weights (implied for hf-hub: / local-dir:)')
     p.add_argument('--num-classes', type=int, default=None, help='with --model: number of classes')
     p.add_argument('--use-ema', action='store_true', help='with --checkpoint: use its EMA weights')
+    p.add_argument('--single-pass', action='store_true',
+                   help='the image-level head only: one backbone pass, no regions (the single-pass model); '
+                        '--save-regions draws the attention map alone')
     p.add_argument('--class-names', metavar='FILE', help='class names, one per line (overrides the model\'s)')
     p.add_argument('--topk', type=int, default=5, help='classes to report per image (default 5)')
     p.add_argument('-b', '--batch-size', type=int, default=8, help='images per forward pass (default 8)')
@@ -320,21 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _predict_batch(model, batch, geoms, topk: int):
+def _predict_batch(model, batch, geoms, topk: int, single_pass: bool = False, with_attention: bool = True):
     """Run one batch; per image (finite, probs topk, boxes in original pixels, scores, valid, attention).
 
     ``finite`` is False when the image's logits, boxes or scores hold NaN / inf (weights that
-    overflow on this input, a broken device): such an image gets no prediction.
+    overflow on this input, a broken device): such an image gets no prediction. ``single_pass``: the
+    image-level head alone (:func:`timm_fgfocus.baseline.single_head_forward`): no boxes (``[0, 4]``), no scores, and the
+    attention map only ``with_attention``.
     """
     x = torch.stack(batch).to(next(model.parameters()).device)
     with torch.no_grad():
-        if model_kind(model) == 'fgfocus':
-            out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
-            logits, boxes, scores, valid, attention = out.logits, out.boxes, out.scores, out.valid, out.attention
-        else:  # a single-head model: no regions, its attention map from the same pass
-            logits, attention = single_head_forward(model, x, attention=True)
+        if single_pass or model_kind(model) != 'fgfocus':  # one head, its attention map from the same pass
+            logits, attention = single_head_forward(model, x, attention=with_attention)
             boxes, scores = logits.new_zeros(len(x), 0, 4), logits.new_zeros(len(x), 0)
             valid = torch.zeros(len(x), 0, dtype=torch.bool)
+        else:
+            out = model.forward_structured(x, num_crops=model.num_hybrid_regions)
+            logits, boxes, scores, valid, attention = out.logits, out.boxes, out.scores, out.valid, out.attention
     finite = (torch.isfinite(logits.float()).all(dim=-1) & torch.isfinite(boxes.float()).flatten(1).all(dim=1)
               & torch.isfinite(scores.float()).all(dim=-1)).cpu()
     probs = logits.float().softmax(dim=-1).cpu()
@@ -342,7 +359,7 @@ def _predict_batch(model, batch, geoms, topk: int):
     results = []
     for j, geom in enumerate(geoms):
         results.append((bool(finite[j]), top_p[j], top_i[j], geom.to_original(boxes[j]), scores[j].float().cpu(),
-                        valid[j].cpu(), attention[j].float().cpu()))
+                        valid[j].cpu(), None if attention is None else attention[j].float().cpu()))
     return results
 
 
@@ -370,7 +387,8 @@ class _Session:
     def __init__(self, args, model, class_names: Optional[List[str]], out_dir: Optional[Path], failures: list, bar):
         self.args, self.model, self.class_names, self.out_dir, self.bar = args, model, class_names, out_dir, bar
         self.failures = failures
-        self.num_hybrid = getattr(model, 'num_hybrid_regions', 0) if model_kind(model) == 'fgfocus' else 0
+        # the regions the prediction uses: l, none for the single pass or a single-head model
+        self.num_hybrid = 0 if args.single_pass or model_kind(model) != 'fgfocus' else model.num_hybrid_regions
         self.num_draw = self.num_hybrid if args.draw_regions is None else args.draw_regions
         self.used_names: set = set()
         self.thumbs: List = []
@@ -384,7 +402,8 @@ class _Session:
         """Classify a batch of ``(input, image, model input, geometry)`` and write what comes out."""
         if not pending:
             return
-        results = _predict_batch(self.model, [p[2] for p in pending], [p[3] for p in pending], self.args.topk)
+        results = _predict_batch(self.model, [p[2] for p in pending], [p[3] for p in pending], self.args.topk,
+                                 self.args.single_pass, with_attention=self.out_dir is not None)
         for (item, img, _, geom), (finite, top_p, top_i, boxes, scores, valid, attention) in zip(pending, results):
             if not finite:
                 self.failures.append((str(item.path), 'non-finite model output'))
@@ -444,6 +463,8 @@ def run(args) -> int:
         raise PredictError('--topk, --batch-size must be >= 1, --figure-size >= 16, --sheet-max >= 0')
     if args.model is None and (args.pretrained or args.num_classes is not None):
         raise PredictError('--pretrained and --num-classes go with --model (a checkpoint knows its own)')
+    if args.single_pass and args.draw_regions is not None:
+        raise PredictError('--draw-regions: --single-pass proposes no regions (it draws the attention map alone)')
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
     items, failures, any_folder = find_images(args.inputs)

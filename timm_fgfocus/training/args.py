@@ -22,6 +22,7 @@ import argparse
 import ast
 import copy
 import difflib
+import math
 import os
 import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -47,6 +48,10 @@ INVOCATION_ARGS = ('resume', 'output', 'overwrite', 'eval_only', 'checkpoint', '
                    'dist_backend', 'progress', 'config', 'threads', 'single_pass')
 
 
+# the temperature of --distill: the best of 1, 2 and 4 on the demo and coats data (docs/benchmarks.md)
+DEFAULT_DISTILL_TEMP = 2.0
+
+
 class Odd(str):
     """A check's answer for a value that is allowed but probably not meant: warned about, not refused."""
 
@@ -68,6 +73,11 @@ def at_least(low: float) -> Check:
 def greater_than(low: float) -> Check:
     """``v > low``."""
     return lambda v, args: None if v > low else f'must be > {low}'
+
+
+def finite(v: float, args) -> Optional[str]:
+    """Not inf or NaN (argparse's ``float`` reads both)."""
+    return None if math.isfinite(v) else 'must be a finite number'
 
 
 def in_range(low: float, high: float, high_open: bool = False) -> Check:
@@ -143,6 +153,12 @@ def _decay_rate(v: float, args) -> Optional[str]:
 def _warmup_epochs(v: int, args) -> Optional[str]:
     if args.epochs <= v:
         return Odd(f'not shorter than --epochs {args.epochs}: the run ends in warmup and the lr never reaches --lr')
+    return None
+
+
+def _distill(v: float, args) -> Optional[str]:
+    if v > 0 and args.hybrid_loss_weight == 0:
+        return Odd('distils the image-level head from the hybrid head, which --hybrid-loss-weight 0 leaves untrained')
     return None
 
 
@@ -437,6 +453,11 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument('--hybrid-loss-weight', type=float, default=1.0, check=at_least(0))
     g.add_argument('--image-loss-weight', type=float, default=1.0, check=at_least(0))
     g.add_argument('--region-loss-weight', type=float, default=1.0, check=at_least(0))
+    g.add_argument('--distill', type=float, default=0.0, metavar='WEIGHT', check=(at_least(0), finite, _distill),
+                   help='weight of the distillation term: the image-level head (the single-pass model) learns '
+                        "from the hybrid head's softened predictions (teacher detached); 0: off")
+    g.add_argument('--distill-temp', type=float, default=DEFAULT_DISTILL_TEMP, metavar='T',
+                   check=(greater_than(0), finite), help='temperature of the distillation term (with --distill)')
     g.add_argument('--eval-head', default='hybrid', choices=('hybrid', 'image'),
                    help="head whose top-1 picks best.pth ('image': the image-level-only ablation)")
     g.add_argument('--clip-grad', type=float, default=None, check=greater_than(0))

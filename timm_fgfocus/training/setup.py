@@ -210,7 +210,8 @@ def _loss_fn(args, baseline: bool) -> nn.Module:
     """The run's loss: fgfocus's three heads, or a ``--baseline``'s cross-entropy (its ``image`` term)."""
     if baseline:
         return BaselineLoss(args.smoothing)
-    return FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight)
+    return FgFocusLoss(args.smoothing, args.hybrid_loss_weight, args.image_loss_weight, args.region_loss_weight,
+                       distill_weight=args.distill, distill_temp=args.distill_temp)
 
 
 def _read_resume(args, progress: RunProgress) -> Optional[Dict[str, Any]]:
