@@ -358,7 +358,7 @@ def nothing_built(monkeypatch):
 
 @pytest.mark.parametrize('kwargs, expected', [
     (dict(nms_iu=0.3), 'nms_iu is not an argument of FgFocus; it takes backbone, backbone_args, num_classes, '
-                       'drop_rate, in_chans, global_pool, num_regions, num_hybrid_regions, region_scales, '
+                       'drop_rate, single_pass, in_chans, global_pool, num_regions, num_hybrid_regions, region_scales, '
                        'region_ratios, crop_size, nms_iou, smooth_sigma, attention_mode, region_score, '
                        'pre_nms_top_n, crop_sampling_ratio'),
     (dict(region_scales=0.25), 'region_scales=0.25 does not fit FgFocus(region_scales: Sequence[float])'),
