@@ -431,3 +431,98 @@ def test_ops_take_an_empty_batch():
         boxes, scores, valid = propose_regions(attn, (192, 192), 4, (0.3, 0.5), (1.0, 2.0), score_mode=mode)
         assert boxes.shape == (0, 4, 4) and scores.shape == (0, 4) and valid.shape == (0, 4)
     assert crop_and_zoom(torch.zeros(0, 3, 32, 32), torch.zeros(0, 2, 4), (8, 8)).shape == (0, 3, 8, 8)
+
+
+# --- defaults, dtypes, devices and messages ------------------------------------------------------
+
+def test_attention_map_smooths_with_sigma_1_by_default():
+    g = torch.Generator().manual_seed(20)
+    z = torch.randn(1, 3, 7, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    m = ref_gaussian(ref_cams(z[0].numpy(), w.numpy()).max(axis=0), 1.0)
+    np.testing.assert_allclose(attention_map(z, w)[0].numpy(), m, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('mode', ['max', 'predicted'])
+def test_attention_map_takes_weights_of_another_dtype_and_keeps_the_features_dtype(mode):
+    """float32 classifier weights with float64 (or bfloat16) features: the map has the features' dtype."""
+    g = torch.Generator().manual_seed(21)
+    z = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(5, 3, generator=g)
+    idx = torch.tensor([4, 1])
+    attn = attention_map(z, w, mode=mode, class_index=idx, sigma=0)
+    assert attn.dtype == torch.float64
+    cams = class_activation_maps(z, w)
+    assert cams.dtype == torch.float64
+    ref = cams.amax(1) if mode == 'max' else cams[torch.arange(2), idx]
+    torch.testing.assert_close(attn, ref)
+    assert attention_map(z.bfloat16(), w, mode=mode, class_index=idx, sigma=0).dtype == torch.bfloat16
+
+
+def test_attention_map_errors_name_what_is_missing():
+    z = torch.randn(2, 3, 4, 4)
+    w = torch.randn(5, 3)
+    for weight, index in [(w, None), (None, torch.tensor([0, 1])), (None, None)]:
+        with pytest.raises(ValueError, match=r"^attention mode 'predicted' needs the classifier weight and "
+                                             r"class_index$"):
+            attention_map(z, weight, mode='predicted', class_index=index)
+    with pytest.raises(ValueError, match=r"^attention mode 'max' needs the classifier weight$"):
+        attention_map(z, None, mode='max')
+    with pytest.raises(ValueError, match=r"^region score mode must be 'center' or 'mean', got 'median'$"):
+        region_scores(z[:, 0], region_anchors((4, 4), (32, 32), (0.5,)), (32, 32), 1, 'median')
+
+
+@pytest.mark.parametrize('shape', [(2, 9), (9, 2), (3, 12)])
+def test_smoothing_maps_thin_in_one_direction(shape):
+    """The radius is bounded by the shorter side (reflect padding needs pad < size on both axes)."""
+    m = torch.rand(1, *shape, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    np.testing.assert_allclose(smooth_attention(m, 1.5)[0].numpy(), ref_gaussian(m[0].numpy(), 1.5), atol=1e-12)
+
+
+def test_region_anchors_are_float32_whatever_the_default_dtype():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        a = region_anchors((3, 5), (48, 80), (0.5,))
+    finally:
+        torch.set_default_dtype(default)
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, region_anchors((3, 5), (48, 80), (0.5,)))
+
+
+def test_crop_and_zoom_takes_boxes_of_another_dtype():
+    g = torch.Generator().manual_seed(23)
+    img = torch.randn(2, 3, 24, 24, generator=g)
+    boxes = torch.tensor([[[1.5, 2.0, 20.0, 17.0]], [[3.0, 0.0, 24.0, 11.5]]], dtype=torch.float64)
+    out = crop_and_zoom(img, boxes, (5, 6))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, crop_and_zoom(img, boxes.float(), (5, 6)))
+    torch.testing.assert_close(crop_and_zoom(img, boxes.long(), (5, 6)), crop_and_zoom(img, boxes.long().float(), (5, 6)))
+
+
+def test_ops_keep_their_outputs_on_the_inputs_device():
+    """Every tensor an op makes is made on its input's device: the ops run on the meta device (no data), so a
+    tensor made on the default device instead shows on CPU as well as on a GPU."""
+    meta = torch.device('meta')
+    anchors = region_anchors((3, 4), (48, 64), (0.5,), (1.0, 2.0), device=meta)
+    assert anchors.device == meta and anchors.shape == (24, 4)
+    attn = attention_map(torch.empty(2, 5, 3, 4, device=meta), torch.empty(7, 5, device=meta))
+    assert attn.device == meta and attn.shape == (2, 3, 4)
+    for mode in ('center', 'mean'):
+        assert region_scores(attn, anchors, (48, 64), 2, mode).device == meta
+        boxes, scores, valid = propose_regions(attn, (48, 64), 3, (0.5,), (1.0, 2.0), score_mode=mode)
+        assert {boxes.device, scores.device, valid.device} == {meta} and boxes.shape == (2, 3, 4)
+    crops = crop_and_zoom(torch.empty(2, 3, 48, 64, device=meta), boxes, (8, 8), sampling_ratio=2)
+    assert crops.device == meta and crops.shape == (6, 3, 8, 8)
+
+
+def test_ops_emit_no_warnings():
+    """No deprecation or default-changed warnings from torch on every forward (grid_sample's align_corners,
+    meshgrid's indexing)."""
+    import warnings
+    g = torch.Generator().manual_seed(24)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        attn = attention_map(torch.randn(2, 4, 6, 6, generator=g), torch.randn(3, 4, generator=g))
+        boxes, _, _ = propose_regions(attn, (96, 96), 3, (0.4,), score_mode='mean')
+        crop_and_zoom(torch.randn(2, 3, 96, 96, generator=g), boxes, (8, 8))
