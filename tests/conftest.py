@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from train_utils import TINY, make_data
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 import timm
 from timm.utils import random_seed
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.baseline import (
     BaselineLoss, cam_source, classifier_name, create_baseline, plain_forward, set_cam_source,

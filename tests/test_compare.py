@@ -11,7 +11,7 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from timm_fgfocus import compare
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.evaluation import Predictions
 from timm_fgfocus.evaluation.outputs import EVAL_FORMAT, build_report
 from timm_fgfocus.metric_table import write_summary

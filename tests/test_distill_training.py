@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.loss import distill_loss
 from timm_fgfocus.training import RunHooks, train_one_epoch

@@ -2,7 +2,7 @@
 the plot take their tags and panels from the table, and a metric a run step adds reaches all of them."""
 import pytest
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.metric_table import (
     METRICS, PANELS, card_metrics, metric, panel_lines, read_summary, summary_columns, tag_of, write_summary,
 )

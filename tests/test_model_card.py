@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.hub import main as hf_upload
 from timm_fgfocus.model_card import read_evaluation, transformers_snippet

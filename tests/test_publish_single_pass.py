@@ -23,7 +23,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 from timm.models import save_for_hf
 from timm_fgfocus import predict as predict_mod
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
 from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.files import file_sha256

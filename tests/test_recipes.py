@@ -144,7 +144,7 @@ def test_every_recipe_passes_the_argument_checks_quietly(name, capsys):
     ('base: nosuch\n', "base: recipe 'nosuch' not found: give a YAML file path or one of the built-in recipes"),
 ])
 def test_broken_recipe_is_one_line_naming_the_file(text, expected, tmp_path, capsys):
-    from timm_fgfocus import train as train_mod
+    import train_fg as train_mod
     recipe = tmp_path / 'mine.yaml'
     recipe.write_text(text)
     with pytest.raises(SystemExit) as e:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from timm.data import create_transform
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.checkpoint import model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.evaluation import Predictions

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.checkpoint import atomic_save, load_checkpoint
 from timm_fgfocus.training import RunHooks, evaluate_epoch, train_one_epoch
 from train_utils import TINY, read_csv, run_error, snapshot
@@ -133,8 +133,8 @@ def copy_then_die(src, dst, length=0):  # atomic_copy (best.pth) is the only use
     dst.write(src.read(4096)); dst.flush()
     os.kill(os.getpid(), signal.SIGKILL)  # a kill in the middle of the copy: no cleanup runs
 shutil.copyfileobj = copy_then_die
-from timm_fgfocus import train
-train.main(sys.argv[1:])
+import train_fg
+train_fg.main(sys.argv[1:])
 '''
 
 

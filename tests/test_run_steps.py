@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.files import atomic_write
 from timm_fgfocus.training import RunHooks, train_one_epoch

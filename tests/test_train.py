@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import timm
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.training import loops
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint

@@ -16,7 +16,7 @@ from timm.data import create_dataset, create_transform
 from timm.data.loader import PrefetchLoader
 from timm.data.random_erasing import RandomErasing
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.demo_data import CLASSES

@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.fgfocus import FgFocus

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.metric_table import PANELS
 from timm_fgfocus.training import run_plot
 from train_utils import TINY, read_csv

@@ -13,7 +13,7 @@ from timm.data import Mixup
 from timm.layers import DropPath
 from timm.loss import SoftTargetCrossEntropy
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.loss import FgFocusLoss, fgfocus_loss_terms

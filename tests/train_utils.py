@@ -6,7 +6,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from timm_fgfocus import train as train_mod
+import train_fg as train_mod
 from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.training import RunHooks, train_one_epoch
 
