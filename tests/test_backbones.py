@@ -430,7 +430,7 @@ def test_hf_hub_id_as_backbone_offline_and_through_hf_upload(hf_cache, tmp_path)
     """``backbone='hf-hub:ORG/NAME'``: timm builds it from that repo's config.json and loads its weights,
     both from the offline cache; the choice survives hf_upload --dry-run and loading the folder back."""
     from huggingface_hub import constants
-    from timm_fgfocus.hub import main
+    from hf_upload import main
     repo = 'someone/tiny-convnext-birds'
     torch.manual_seed(12)
     own = timm.create_model('test_convnext', num_classes=7)
@@ -503,7 +503,7 @@ def test_registered_variant_tags_load_the_backbones_timm_weights_offline(variant
 
 @pytest.mark.parametrize('family_name', ['convnext', 'swin', 'dinov2_reg', 'eva02'])
 def test_hf_upload_dry_run_and_local_dir_round_trip(family_name, tmp_path):
-    from timm_fgfocus.hub import main
+    from hf_upload import main
     backbone, args, side, crop, *_ = FAMILIES[family_name]
     torch.manual_seed(6)
     m = build(family_name, num_regions=5).eval()

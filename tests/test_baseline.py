@@ -29,7 +29,7 @@ from timm_fgfocus.evaluation import build_report
 from timm_fgfocus.evaluation.collect import Predictions
 from timm_fgfocus.evaluation.cost import flops_per_image
 from timm_fgfocus.evaluation.tta import apply_view, tta_views
-from timm_fgfocus.hub import main as hub_main
+from hf_upload import main as hub_main
 from timm_fgfocus.loss import fgfocus_loss_terms
 from timm_fgfocus.ops import smooth_attention
 from timm_fgfocus.predict import main as predict_main

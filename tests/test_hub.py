@@ -23,7 +23,8 @@ import timm_fgfocus  # noqa: F401
 from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
 from timm_fgfocus.fgfocus import PretrainedWeightsError
 from timm_fgfocus.integrity import digest
-from timm_fgfocus.hub import HubUploadError, export_model_args, main, save_for_hub
+from hf_upload import main
+from timm_fgfocus.hub import HubUploadError, export_model_args, save_for_hub
 
 from hub_server import HubServer
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import train_fg as train_mod
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
-from timm_fgfocus.hub import main as hf_upload
+from hf_upload import main as hf_upload
 from timm_fgfocus.model_card import read_evaluation, transformers_snippet
 
 from evalkit import FAST, make_checkpoint

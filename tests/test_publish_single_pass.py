@@ -27,7 +27,7 @@ import train_fg as train_mod
 from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
 from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.files import file_sha256
-from timm_fgfocus.hub import main as hf_upload
+from hf_upload import main as hf_upload
 from timm_fgfocus.integrity import digest
 from timm_fgfocus.plain import plain_timm_model
 from timm_fgfocus.visualize import PANEL_GAP, REGION_COLORS

@@ -26,7 +26,7 @@ from timm_fgfocus.evaluation.localization import gt_known_loc, max_box_acc, part
 from timm_fgfocus.evaluation.outputs import build_report
 from timm_fgfocus.evaluation.where import GT_COLOR, FrameTruth, localize, truth_in_input
 from timm_fgfocus.ground_truth import GroundTruth
-from timm_fgfocus.hub import main as hf_upload
+from hf_upload import main as hf_upload
 from timm_fgfocus.training import RunHooks
 from timm_fgfocus.visualize import PANEL_GAP, SHEET_PAD, box_pixels
 

@@ -29,17 +29,15 @@ refused in one line before anything is written.
 The token comes from ``HF_TOKEN`` or ``hf auth login`` / ``huggingface-cli login``. It is never
 printed, logged or written: error messages are scrubbed of it and the written files are checked.
 
-Command line::
+The command line is ``hf_upload.py`` at the top of the repository (also the ``hf-upload`` command)::
 
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id timm-fgfocus/fgfocus_resnet50.cub200
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/NAME --dry-run /tmp/repo
     python -m hf_upload --checkpoint runs/cub200/best.pth --repo-id ORG/resnet50.cub200-single-pass --single-pass
 """
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,19 +48,21 @@ import torch
 import timm
 from timm.models import save_for_hf
 
-from .checkpoint import BASELINE_KEY, CheckpointError, model_from_checkpoint
+from .checkpoint import BASELINE_KEY, model_from_checkpoint
 from .errors import first_line
 from . import metric_table
 from .files import file_sha256, plain, write_text
-from .fgfocus import HF_ORG, variant_args, variant_cfg
+from .fgfocus import variant_args, variant_cfg
 from .integrity import WEIGHTS_DIGEST_KEY, describe_nonfinite, digest, nonfinite_tensors
-from .model_card import _epoch, baseline_model_card, model_card, read_evaluation
+from .model_card import _epoch, model_card, read_evaluation
+from .plain_cards import SinglePassSource, baseline_model_card, single_pass_card
 
 __all__ = [
     'HubUploadError', 'HubConfigError', 'save_for_hub', 'save_single_pass_for_hub', 'push_to_hub',
     'save_checkpoint_for_hub',
     'push_checkpoint_to_hub', 'export_model_args', 'model_card', 'read_summary', 'check_repo_id',
-    'check_checkpoint_file', 'check_local_dir', 'main', 'save_baseline_for_hub',
+    'check_checkpoint_file', 'check_local_dir', 'check_folder', 'hub_token', 'scrub', 'save_baseline_for_hub',
+    'WEIGHTS_NAME',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -120,7 +120,7 @@ def read_summary(path: Union[str, Path], required: bool = False) -> List[Dict[st
 
 # --- errors ---------------------------------------------------------------------------------------
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
+def scrub(text: str, secrets: Sequence[str]) -> str:
     for s in secrets:
         if s:
             text = text.replace(s, '***')
@@ -150,7 +150,7 @@ def check_repo_id(repo_id: str) -> None:
 _FOLDER_FILES = ('README.md', 'config.json', WEIGHTS_NAME)  # what save_for_hub writes, and all it writes
 
 
-def _check_folder(folder: Path, overwrite: bool) -> None:
+def check_folder(folder: Path, overwrite: bool) -> None:
     """``folder`` may be written: it is new, or an empty folder, or ``overwrite`` is set."""
     if folder.exists() and not folder.is_dir():
         raise HubUploadError(f'{folder} is a file, not a folder: name a new or empty folder for the repo files')
@@ -243,7 +243,7 @@ def save_for_hub(
     """
     save_directory = Path(save_directory)
     check_repo_id(repo_id)
-    _check_folder(save_directory, overwrite)
+    check_folder(save_directory, overwrite)
     arch = _published_arch(model, arch)
     license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
     model_config = _model_config(model, class_names, license)
@@ -285,7 +285,7 @@ def save_baseline_for_hub(
 
     ``config.json``: ``architecture`` the backbone's (``resnet50``), ``model_args`` that rebuild it,
     ``label_names``, the run's data config in ``pretrained_cfg``, the ``weights_digest``; the card says it
-    is the matched plain fine-tune of its fgfocus run (:func:`~timm_fgfocus.model_card.baseline_model_card`).
+    is the matched plain fine-tune of its fgfocus run (:func:`~timm_fgfocus.plain_cards.baseline_model_card`).
     ``timm.create_model('local-dir:DIR', pretrained=True)`` loads it with plain timm (checked after writing).
 
     Args:
@@ -298,7 +298,7 @@ def save_baseline_for_hub(
     """
     save_directory = Path(save_directory)
     check_repo_id(repo_id)
-    _check_folder(save_directory, overwrite)
+    check_folder(save_directory, overwrite)
     arch = timm.models.split_model_name_tag(ckpt['arch'])[0]
     license = license or 'apache-2.0'
     model_config = _model_config(model, ckpt.get('class_names'), license)
@@ -506,7 +506,7 @@ def save_single_pass_for_hub(
     (:func:`timm_fgfocus.plain.plain_timm_model`; ``resnet50`` for ``fgfocus_resnet50``):
     ``model.safetensors``, ``config.json`` (``architecture``, ``num_classes``, ``label_names``, the
     ``model_args`` that make timm pool as fgfocus does, the fgfocus model's preprocessing, the
-    ``weights_digest``) and a model card (:func:`timm_fgfocus.model_card.single_pass_card`). It loads with
+    ``weights_digest``) and a model card (:func:`timm_fgfocus.plain_cards.single_pass_card`). It loads with
     ``timm.create_model('hf-hub:ORG/NAME', pretrained=True)`` and transformers' pipeline, without this
     package. Written as :func:`save_for_hub` writes (staged, replacing nothing on an error).
 
@@ -522,11 +522,9 @@ def save_single_pass_for_hub(
         HubUploadError: as :func:`save_for_hub`, and a one-line refusal when the image path cannot be a
             plain timm model (before anything is written).
     """
-    from .model_card import SinglePassSource, single_pass_card
-
     save_directory = Path(save_directory)
     check_repo_id(repo_id)
-    _check_folder(save_directory, overwrite)
+    check_folder(save_directory, overwrite)
     arch = _published_arch(model, arch)
     plain_model, module = _plain_export(model)
     license = license or model.pretrained_cfg.get('license') or 'apache-2.0'
@@ -587,7 +585,7 @@ def save_checkpoint_for_hub(
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)  # the cheap checks first, before the checkpoint is read
     check_checkpoint_file(checkpoint)
-    _check_folder(Path(save_directory), overwrite)
+    check_folder(Path(save_directory), overwrite)
     summary = read_summary(summary_csv if summary_csv is not None else checkpoint.parent / 'summary.csv',
                            required=summary_csv is not None)
     model, ckpt = model_from_checkpoint(checkpoint, use_ema=use_ema)
@@ -610,7 +608,7 @@ def save_checkpoint_for_hub(
 
 # --- pushing --------------------------------------------------------------------------------------
 
-def _token(token: Optional[str]) -> str:
+def hub_token(token: Optional[str]) -> str:
     from huggingface_hub import get_token
     token = token or get_token()
     if not token:
@@ -634,7 +632,7 @@ def _hub_error(e: Exception, repo_id: str, endpoint: str, token: str) -> HubUplo
                'use a token with write access')
     else:
         msg = f'pushing to {repo_id} on {endpoint} failed: {type(e).__name__}: {first_line(e, 1000)}{detail}'
-    return HubUploadError(_scrub(msg, [token]))
+    return HubUploadError(scrub(msg, [token]))
 
 
 def _upload_folder(
@@ -665,7 +663,7 @@ def _check_no_secret(folder: Path, token: str) -> None:
 def _push(write: Callable[[Path], Tuple[Path, str]], repo_id: str, *, token: Optional[str], private: bool,
           revision: Optional[str]) -> Any:
     """``write(temporary folder)`` returns (the repo folder, the commit message); the folder is pushed."""
-    token = _token(token)
+    token = hub_token(token)
     with tempfile.TemporaryDirectory() as tmp:
         folder, message = write(Path(tmp))
         _check_no_secret(folder, token)
@@ -721,91 +719,3 @@ def _default_message(ckpt: Dict[str, Any], use_ema: bool, single_pass: bool = Fa
     epoch = _epoch((ckpt.get('metrics') or {}).get('epoch', ckpt.get('epoch')))
     return (f'Add {ckpt["arch"]} {"single-pass " if single_pass else ""}{"EMA " if use_ema else ""}weights'
             + (f' (epoch {epoch})' if epoch else '') + ' with hf_upload')
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-def _size(n: int) -> str:
-    for unit in ('B', 'kB', 'MB', 'GB'):
-        if n < 1000 or unit == 'GB':
-            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
-        n /= 1000
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='hf_upload',
-        description='Publish a train_fg.py checkpoint on the Hugging Face Hub in timm\'s layout '
-                    '(model.safetensors, config.json, README.md model card).')
-    p.add_argument('--checkpoint', required=True, help='checkpoint written by train_fg.py (best.pth / last.pth)')
-    p.add_argument('--repo-id', required=True, help=f'ORG/NAME, e.g. {HF_ORG}/fgfocus_resnet50.cub200')
-    p.add_argument('--private', action='store_true',
-                   help='create the repo private (an existing repo keeps its visibility)')
-    p.add_argument('--revision', '--branch', dest='revision', default=None,
-                   help='branch to push to (created if needed)')
-    p.add_argument('--commit-message', default=None)
-    p.add_argument('--dry-run', metavar='DIR', default=None,
-                   help='write the repo folder into DIR (new or empty) and list what would be pushed; no network, '
-                        'no token')
-    p.add_argument('--overwrite', action='store_true',
-                   help='with --dry-run: write into a folder that has files (README.md, config.json, '
-                        'model.safetensors are replaced, other files kept)')
-    p.add_argument('--ema', action='store_true', help="publish the checkpoint's EMA weights")
-    p.add_argument('--summary', default=None,
-                   help='training log for the card (default: summary.csv beside the checkpoint, if any); '
-                        'a file named here must exist and be a train_fg.py summary.csv')
-    p.add_argument('--license', default=None, help='license of the weights (default: apache-2.0)')
-    p.add_argument('--single-pass', action='store_true',
-                   help="publish the backbone and image-level head as a plain timm model of the backbone's own "
-                        'architecture (one backbone pass; loads without timm_fgfocus)')
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``hf_upload`` / ``python -m hf_upload``; returns the exit status (0 ok, 1 error, 2 usage: a bad
-    repo id, a ``--dry-run`` folder that is a file or not empty without ``--overwrite``, a missing or
-    unreadable ``--summary``)."""
-    args = _parser().parse_args(argv)
-    try:  # usage errors, before anything is read or written
-        check_repo_id(args.repo_id)
-        check_checkpoint_file(args.checkpoint)
-        if args.overwrite and not args.dry_run:
-            raise HubUploadError('--overwrite goes with --dry-run DIR (a push writes into a temporary folder)')
-        if args.dry_run:
-            _check_folder(Path(args.dry_run), args.overwrite)
-        if args.summary is not None:
-            read_summary(args.summary, required=True)
-    except HubUploadError as e:
-        print(f'hf_upload: {e}', file=sys.stderr)
-        return 2
-    import timm_fgfocus  # noqa: F401  registers the fgfocus models
-    token = None
-    try:
-        if args.dry_run:
-            folder, ckpt = save_checkpoint_for_hub(
-                args.checkpoint, args.dry_run, args.repo_id, use_ema=args.ema, summary_csv=args.summary,
-                revision=args.revision, license=args.license, overwrite=args.overwrite, single_pass=args.single_pass)
-            where = args.repo_id + (f'@{args.revision}' if args.revision else '')
-            print(f'hf_upload: dry run, nothing pushed. {folder} holds what would be pushed to {where}:')
-            for name in ('README.md', 'config.json', WEIGHTS_NAME):
-                print(f'  {name:<20} {_size((Path(folder) / name).stat().st_size):>10}')
-            print(f"hf_upload: load it with timm.create_model('local-dir:{folder}', pretrained=True)"
-                  + (' (timm alone: a plain timm model)' if args.single_pass else ''))
-            return 0
-        token = _token(None)
-        info = push_checkpoint_to_hub(
-            args.checkpoint, args.repo_id, token=token, private=args.private, revision=args.revision,
-            commit_message=args.commit_message, use_ema=args.ema, summary_csv=args.summary, license=args.license,
-            single_pass=args.single_pass)
-        rev = f'@{args.revision}' if args.revision and args.revision != 'main' else ''
-        print(f'hf_upload: pushed README.md, config.json, {WEIGHTS_NAME} to {args.repo_id}{rev} '
-              f'(commit {getattr(info, "oid", "?")}): {getattr(info, "commit_url", "")}')
-        print(f"hf_upload: load it with timm.create_model('hf-hub:{args.repo_id}{rev}', pretrained=True)")
-        return 0
-    except (HubUploadError, CheckpointError) as e:
-        print(f'hf_upload: {_scrub(str(e), [token or ""])}', file=sys.stderr)
-        return 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())
