@@ -141,6 +141,19 @@ def test_bad_arguments_are_one_line_errors(kwargs, needle):
                                distill_temp=kwargs['distill_temp'])
 
 
+
+def test_distill_loss_called_directly_checks_its_inputs():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    for temperature in (0.0, -1.0, float('nan'), True):
+        with pytest.raises(ValueError) as e:
+            loss_mod.distill_loss(s, t, temperature)
+        assert str(e.value) == f'distill_temp must be a finite number > 0, got {temperature!r}'
+    for student, teacher in ((s, t[:3]), (s[0], t[0]), (s[None], t[None])):
+        with pytest.raises(ValueError) as e:
+            loss_mod.distill_loss(student, teacher)
+        assert str(e.value) == ('distillation needs student and teacher logits of one shape [B, C], got '
+                                f'{tuple(student.shape)} and {tuple(teacher.shape)}')
+
 def test_distill_loss_compiles_fullgraph():
     hybrid, image, regions = _logits()
     loss_fn = FgFocusLoss(distill_weight=0.7, distill_temp=4.0)
