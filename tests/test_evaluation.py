@@ -133,8 +133,8 @@ def test_confusion_matrix_of_narrow_and_float_indices_and_its_messages():
 
 
 def test_worst_classes_keeps_one_image_classes_and_orders_perfect_classes_by_index():
-    # class 1 has one image (wrong); classes 2 and 3 are perfect with 3 and 1 images: no errors, index order
-    assert worst_classes(np.array([1, 0, 3, 1]), np.array([2, 1, 3, 1])) == [1, 0, 2, 3]
+    # class 1 has one image (wrong); classes 2 and 3 are perfect with 1 and 3 images: no errors, index order
+    assert worst_classes(np.array([1, 0, 1, 3]), np.array([2, 1, 1, 3])) == [1, 0, 2, 3]
 
 
 def test_most_confused_lists_ten_by_default():
@@ -165,6 +165,22 @@ def test_ece_of_one_image_and_of_none():
     assert expected_calibration_error(np.array([0.8]), np.array([True])) == pytest.approx(0.2)
     assert expected_calibration_error(np.zeros(0), np.zeros(0, bool)) == 0.0
 
+
+
+def test_metric_defaults_are_top1_and_15_bins():
+    target, topk = _random_predictions(40, 7, seed=2)
+    assert topk_accuracy(topk, target) == topk_accuracy(topk, target, 1) != topk_accuracy(topk, target, 2)
+    rng = np.random.default_rng(4)
+    conf, ok = rng.uniform(0, 1, 300), rng.uniform(0, 1, 300) < 0.5
+    assert len(reliability_bins(conf, ok).count) == 15
+    assert expected_calibration_error(conf, ok) == expected_calibration_error(conf, ok, 15) \
+        != expected_calibration_error(conf, ok, 16)
+
+
+def test_flat_metrics_of_no_images_are_zero():
+    empty = _fake(np.zeros(0, np.int64))
+    assert flat_metrics(empty) == {'eval_loss': 0.0, 'eval_top1': 0.0, 'eval_top5': 0.0, 'eval_top1_image': 0.0,
+                                   'eval_top5_image': 0.0, 'eval_samples': 0}
 
 def test_head_accuracies_against_topk_accuracy():
     target, topk = _random_predictions(50, 12, seed=9)
