@@ -197,6 +197,7 @@ def test_default_temperature_is_one():
     target = torch.tensor([0, 1, 2, 3])
     terms = FgFocusLoss(distill_weight=1.0).terms((hybrid, image, regions), target)
     assert terms['distill'].item() == pytest.approx(_reference(image, hybrid, 1.0), rel=1e-5)
+    assert loss_mod.distill_loss(image, hybrid).item() == pytest.approx(_reference(image, hybrid, 1.0), rel=1e-5)
 
 
 def test_malformed_outputs_and_targets_are_whole_one_line_errors():
