@@ -140,3 +140,19 @@ def test_writable_problem_names_the_os_reason(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     monkeypatch.setattr(tempfile, 'mkstemp', refuse)
     assert writable_problem(tmp_path) == 'Permission denied'
+
+
+def test_replace_folder_makes_missing_parents_and_a_failed_first_swap_leaves_nothing(tmp_path, monkeypatch):
+    folder = tmp_path / 'a' / 'b' / 'pub'
+    replace_folder(folder, lambda new: (new / 'x').write_text('x'))
+    assert os.listdir(folder) == ['x'] and os.listdir(folder.parent) == ['pub']
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self.name.startswith('.new.new-'):
+            raise OSError('rename refused')
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, 'rename', rename)
+    with pytest.raises(OSError, match='rename refused'):  # no earlier folder to put back
+        replace_folder(tmp_path / 'new', lambda new: (new / 'x').write_text('x'))
+    assert sorted(os.listdir(tmp_path)) == ['a']
