@@ -141,6 +141,83 @@ def test_bad_arguments_are_one_line_errors(kwargs, needle):
                                distill_temp=kwargs['distill_temp'])
 
 
+
+def test_distill_loss_called_directly_checks_its_inputs():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    for temperature in (0.0, -1.0, float('nan'), True):
+        with pytest.raises(ValueError) as e:
+            loss_mod.distill_loss(s, t, temperature)
+        assert str(e.value) == f'distill_temp must be a finite number > 0, got {temperature!r}'
+    for student, teacher in ((s, t[:3]), (s[0], t[0]), (s[None], t[None])):
+        with pytest.raises(ValueError) as e:
+            loss_mod.distill_loss(student, teacher)
+        assert str(e.value) == ('distillation needs student and teacher logits of one shape [B, C], got '
+                                f'{tuple(student.shape)} and {tuple(teacher.shape)}')
+
+
+def _ce_reference(logits, target, smoothing=0.0):
+    """mean_b of (1 - eps) * -log p_y + eps * mean_c -log p_c (soft targets: sum_c -t_c log p_c), float64."""
+    total = 0.0
+    for row, t in zip(logits.double().tolist(), target.tolist()):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        nll = [log_z - v for v in row]
+        if isinstance(t, list):
+            total += sum(tc * n for tc, n in zip(t, nll))
+        else:
+            total += (1 - smoothing) * nll[t] + smoothing * sum(nll) / len(nll)
+    return total / len(logits)
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.3])
+def test_every_term_against_the_float64_cross_entropy(smoothing):
+    """Label smoothing reaches all three terms; each region is labelled with its image's class."""
+    hybrid, image, regions = _logits()
+    target = torch.tensor([0, 5, 2, 2])
+    args = () if smoothing == 0.0 else (smoothing,)  # 0.0: the default
+    terms = fgfocus_loss_terms((hybrid, image, regions), target, *args)
+    assert terms['hybrid'].item() == pytest.approx(_ce_reference(hybrid, target, smoothing), rel=1e-5)
+    assert terms['image'].item() == pytest.approx(_ce_reference(image, target, smoothing), rel=1e-5)
+    assert terms['region'].item() == pytest.approx(
+        _ce_reference(regions, target.repeat_interleave(3), smoothing), rel=1e-5)
+    loss = FgFocusLoss(*args)((hybrid, image, regions), target)
+    assert loss.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-6)
+
+
+def test_soft_targets_are_used_as_given_whatever_the_smoothing():
+    hybrid, image, regions = _logits()
+    soft = torch.softmax(torch.randn(4, C, generator=torch.Generator().manual_seed(3)), dim=1)
+    for smoothing in (0.0, 0.4):
+        terms = fgfocus_loss_terms((hybrid, image, regions), soft, smoothing)
+        assert terms['hybrid'].item() == pytest.approx(_ce_reference(hybrid, soft), rel=1e-5)
+        assert terms['region'].item() == pytest.approx(_ce_reference(regions, soft.repeat_interleave(3, 0)), rel=1e-5)
+
+
+def test_default_temperature_is_one():
+    hybrid, image, regions = _logits()
+    target = torch.tensor([0, 1, 2, 3])
+    terms = FgFocusLoss(distill_weight=1.0).terms((hybrid, image, regions), target)
+    assert terms['distill'].item() == pytest.approx(_reference(image, hybrid, 1.0), rel=1e-5)
+    assert loss_mod.distill_loss(image, hybrid).item() == pytest.approx(_reference(image, hybrid, 1.0), rel=1e-5)
+
+
+def test_malformed_outputs_and_targets_are_whole_one_line_errors():
+    hybrid, image, regions = _logits()
+    cases = [
+        ((hybrid[:3], torch.tensor([0, 1, 2])),  # an eval-mode output of 3 images is no (hybrid, image, region)
+         'FgFocusLoss needs the train-mode output (hybrid, image, region logits) or a FgFocusOutput; '
+         'got a single tensor: call model.train() or use model.forward_structured(x)'),
+        (((hybrid, image, regions[:5]), torch.tensor([0, 1, 2, 3])),
+         f'region logits (5, {C}) do not hold a whole number of regions per image for a batch of 4'),
+        (((hybrid, image, regions), torch.zeros(4, C + 1)),
+         f'soft targets (4, {C + 1}) do not match the {C} classes of the logits'),
+        (((hybrid, image, regions), torch.zeros(4, C, 1)),
+         f'targets must be class indices [B] or soft targets [B, C], got (4, {C}, 1)'),
+    ]
+    for (output, target), message in cases:
+        with pytest.raises(ValueError) as e:
+            fgfocus_loss_terms(output, target)
+        assert str(e.value) == message
+
 def test_distill_loss_compiles_fullgraph():
     hybrid, image, regions = _logits()
     loss_fn = FgFocusLoss(distill_weight=0.7, distill_temp=4.0)

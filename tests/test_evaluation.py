@@ -12,8 +12,8 @@ from timm_fgfocus.evaluation.collect import (
     EvalContext, collect_predictions, head_names, merge_predictions, to_model_input,
 )
 from timm_fgfocus.evaluation.metrics import (
-    confusion_matrix, expected_calibration_error, most_confused, per_class_accuracy, reliability_bins,
-    flat_metrics, topk_accuracy, worst_classes,
+    confusion_matrix, expected_calibration_error, head_accuracies, most_confused, per_class_accuracy,
+    reliability_bins, flat_metrics, topk_accuracy, worst_classes,
 )
 from timm_fgfocus.evaluation.pictures import (
     confusion_figure, confusion_view, example_figure, mistakes_grid, reliability_figure, select_mistakes,
@@ -115,6 +115,83 @@ def test_ece_against_a_loop():
             total += len(members) / 500 * abs(acc - mean)
     assert expected_calibration_error(conf, ok, 15) == pytest.approx(total)
 
+
+
+def test_confusion_matrix_of_narrow_and_float_indices_and_its_messages():
+    """Indices in a narrow integer type (int16: 250 * 300 overflows it) or read back as whole floats count
+    like int64; each error names the array that is out of range."""
+    target = np.array([250, 299, 0, 250], np.int16)
+    pred = np.array([299, 299, 1, 250], np.int16)
+    cm = confusion_matrix(pred, target, 300)
+    assert cm.shape == (300, 300) and cm.sum() == 4
+    assert cm[250, 299] == cm[299, 299] == cm[0, 1] == cm[250, 250] == 1
+    assert confusion_matrix(pred.astype(np.float64), target.astype(np.float32), 300).tolist() == cm.tolist()
+    with pytest.raises(ValueError, match=r'^pred holds class indices outside \[0, 3\)$'):
+        confusion_matrix(np.array([3]), np.array([0]), 3)
+    with pytest.raises(ValueError, match=r'^target holds class indices outside \[0, 3\)$'):
+        confusion_matrix(np.array([0]), np.array([-1]), 3)
+
+
+def test_worst_classes_keeps_one_image_classes_and_orders_perfect_classes_by_index():
+    # class 1 has one image (wrong); classes 2 and 3 are perfect with 1 and 3 images: no errors, index order
+    assert worst_classes(np.array([1, 0, 1, 3]), np.array([2, 1, 1, 3])) == [1, 0, 2, 3]
+
+
+def test_most_confused_lists_ten_by_default():
+    cm = np.ones((4, 4), int)  # 12 confused cells of one image each
+    assert [tuple(p)[:2] for p in most_confused(cm)] == [(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3), (2, 0),
+                                                         (2, 1), (2, 3), (3, 0)]
+
+
+def test_reliability_bins_edges_one_bin_float32_and_messages():
+    bins = reliability_bins(np.array([0.2, 0.7]), np.array([True, False]), 1)
+    assert bins.edges.tolist() == [0.0, 1.0] and bins.count.tolist() == [2]
+    assert bins.accuracy.tolist() == [0.5] and bins.confidence[0] == pytest.approx(0.45)
+    assert reliability_bins(np.array([0.5]), np.array([True]), 4).edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # softmax confidences arrive as float32: float32(0.2) is just above 0.2, so in (0.2, 0.4] like in float64
+    conf32 = np.array([0.2, 0.4, 0.6], np.float32)
+    expected = [int(np.ceil(float(c) * 5)) - 1 for c in conf32]
+    assert reliability_bins(conf32, np.ones(3, bool), 5).count.tolist() == np.bincount(expected, minlength=5).tolist()
+    with pytest.raises(ValueError, match=r'^num_bins must be >= 1, got 0$'):
+        reliability_bins(np.array([0.5]), np.array([True]), 0)
+    with pytest.raises(ValueError, match=r'^confidence and correct must both be \[N\], got \(2,\) and \(3,\)$'):
+        reliability_bins(np.array([0.5, 0.5]), np.ones(3, bool))
+    with pytest.raises(ValueError, match=r'^confidence must be in \[0, 1\]$'):
+        reliability_bins(np.array([-0.1]), np.array([True]))
+
+
+def test_ece_of_one_image_and_of_none():
+    assert expected_calibration_error(np.array([0.8]), np.array([False])) == pytest.approx(0.8)
+    assert expected_calibration_error(np.array([0.8]), np.array([True])) == pytest.approx(0.2)
+    assert expected_calibration_error(np.zeros(0), np.zeros(0, bool)) == 0.0
+
+
+
+def test_metric_defaults_are_top1_and_15_bins():
+    target, topk = _random_predictions(40, 7, seed=2)
+    assert topk_accuracy(topk, target) == topk_accuracy(topk, target, 1) != topk_accuracy(topk, target, 2)
+    rng = np.random.default_rng(4)
+    conf, ok = rng.uniform(0, 1, 300), rng.uniform(0, 1, 300) < 0.5
+    assert len(reliability_bins(conf, ok).count) == 15
+    assert expected_calibration_error(conf, ok) == expected_calibration_error(conf, ok, 15) \
+        != expected_calibration_error(conf, ok, 16)
+
+
+def test_flat_metrics_of_no_images_are_zero():
+    empty = _fake(np.zeros(0, np.int64))
+    assert flat_metrics(empty) == {'eval_loss': 0.0, 'eval_top1': 0.0, 'eval_top5': 0.0, 'eval_top1_image': 0.0,
+                                   'eval_top5_image': 0.0, 'eval_samples': 0}
+
+def test_head_accuracies_against_topk_accuracy():
+    target, topk = _random_predictions(50, 12, seed=9)
+    wide = np.concatenate([topk, np.full((50, 3), -1)], axis=1)  # 8 columns: top-5 must read only 5
+    wide[:, 5] = target
+    acc = head_accuracies({'hybrid': wide, 'image': np.roll(wide, 1, axis=0)}, target)
+    for head, idx in (('hybrid', wide), ('image', np.roll(wide, 1, axis=0))):
+        top1 = 100 * np.mean(idx[:, 0] == target)
+        top5 = 100 * np.mean([t in row[:5] for t, row in zip(target, idx)])
+        assert acc[head] == {'top1': pytest.approx(top1), 'top5': pytest.approx(top5)}
+    assert acc['hybrid']['top5'] < 100.0 and acc['hybrid']['top5'] != acc['hybrid']['top1']
 
 # --- TTA ------------------------------------------------------------------------------------------
 
