@@ -408,6 +408,15 @@ _CHILD = textwrap.dedent('''
 ''')
 
 
+def test_hf_upload_single_pass_of_a_baseline_is_refused_before_writing(baseline_run, tmp_path, capsys):
+    folder = tmp_path / 'hub'
+    assert hub_main(['--checkpoint', str(baseline_run / 'best.pth'), '--repo-id', 'me/finches-baseline',
+                     '--dry-run', str(folder), '--single-pass']) == 1
+    err = capsys.readouterr().err.strip()
+    assert '\n' not in err and '--baseline checkpoint' in err and 'leave out --single-pass' in err
+    assert not folder.exists() or not any(folder.iterdir())
+
+
 def test_hf_upload_publishes_a_plain_timm_model(baseline_run, tmp_path):
     folder = tmp_path / 'hub'
     assert hub_main(['--checkpoint', str(baseline_run / 'best.pth'), '--repo-id', 'me/finches-baseline',

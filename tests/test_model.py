@@ -438,7 +438,7 @@ def test_reduced_precision_model_keeps_its_dtype():
     torch.testing.assert_close(y.float(), ref, atol=0.15, rtol=0.1)
 
 
-# --- boundaries found by breaking the code (issue 14) --------------------------------------------
+# --- boundaries: each case fails when a comparison at its threshold is changed ---------------------
 
 @pytest.mark.parametrize('sigma', [0.0, 0.6, 2.0])
 def test_class_agnostic_attention_uses_smooth_sigma(sigma):

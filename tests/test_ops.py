@@ -353,7 +353,7 @@ def test_ops_make_no_python_loop_over_images():
             assert torch.equal(x[b:b + 1], y)
 
 
-# --- boundaries found by breaking the code (issue 14) --------------------------------------------
+# --- boundaries: each case fails when a comparison at its threshold is changed ---------------------
 
 def test_paper_geometry_regions_three_cells_apart_overlap_exactly_at_the_threshold_and_are_kept():
     """160 px regions on a 448 px input, peaks 3 cells (96 px) apart: IoU = 64 / 256 = 0.25 exactly
