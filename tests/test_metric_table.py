@@ -93,3 +93,68 @@ def test_loggers_skip_the_epoch_and_booleans(tmp_path):
     loggers._opened, loggers.tensorboard = True, Writer()
     loggers.log_epoch(3, {'epoch': 3, 'lr': 0.5, 'flag': True, 'name': 'x', 'eval_top1': 7})
     assert sorted(logged) == [('eval/top1', 7.0, 3), ('lr/heads', 0.5, 3)]
+
+
+def test_read_summary_round_trips_what_write_summary_wrote(tmp_path):
+    rows = [{'epoch': 1, 'note': 'line one\nline two', 'eval_top1': 50.0}, {'epoch': 2, 'eval_top1': 75.5}]
+    write_summary(tmp_path / 'summary.csv', rows)
+    back = read_summary(tmp_path / 'summary.csv', required=True)
+    assert back == [{'epoch': '1', 'eval_top1': '50', 'note': 'line one\nline two'},
+                    {'epoch': '2', 'eval_top1': '75.5', 'note': ''}]
+
+
+def test_read_summary_drops_rows_without_an_epoch(tmp_path):
+    (tmp_path / 'summary.csv').write_text('epoch,eval_top1\n1,50\n,60\n2,70\n')
+    assert [r['epoch'] for r in read_summary(tmp_path / 'summary.csv')] == ['1', '2']
+
+
+def test_read_summary_of_a_missing_file(tmp_path):
+    assert read_summary(tmp_path / 'none.csv') == []
+    with pytest.raises(ValueError) as e:
+        read_summary(tmp_path / 'none.csv', required=True)
+    assert str(e.value) == f'training log {tmp_path / "none.csv"} does not exist'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('step,loss\n1,2\n', 'is not a train_fg.py summary.csv: no "epoch" column (columns: step, loss)'),
+    ('', 'is not a train_fg.py summary.csv: no "epoch" column (columns: none)'),
+    ('epoch,loss\n1,2\nx1,3\n', "line 3: epoch 'x1' is not a whole number"),
+    ('epoch,loss\n1.5,2\n', "line 2: epoch '1.5' is not a whole number"),
+])
+def test_read_summary_names_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / 'summary.csv'
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        read_summary(path)
+    assert str(e.value).startswith(f'training log {path}') and str(e.value).endswith(message), str(e.value)
+
+
+def test_read_summary_of_a_file_that_is_not_text(tmp_path):
+    path = tmp_path / 'summary.csv'
+    path.write_bytes(b'\xff\xfe\x00epoch\x00')
+    with pytest.raises(ValueError, match=r'is not a readable CSV file') as e:
+        read_summary(path)
+    assert str(path) in str(e.value)
+
+
+def test_metric_of_a_table_key_is_its_row_and_of_a_new_key_a_plain_one():
+    assert metric(METRICS[0].key) is METRICS[0]
+    new = metric('eval_my_score')
+    assert new.key == 'eval_my_score' and new.tag == tag_of('eval_my_score') and new.panels == ()
+
+
+def test_panel_lines_are_the_rows_drawn_in_that_panel_only():
+    for panel in PANELS:
+        assert panel_lines(panel) == [m for m in METRICS if panel in m.panels]
+        assert all(panel in m.panels for m in panel_lines(panel))
+    assert panel_lines('no such panel') == []
+
+
+def test_read_summary_messages_shorten_long_values(tmp_path):
+    path = tmp_path / 'summary.csv'
+    path.write_text('a,b,c,d,e,f,g\n1,2,3,4,5,6,7\n')
+    with pytest.raises(ValueError, match=r'\(columns: a, b, c, d, e\)$'):
+        read_summary(path)
+    path.write_text('epoch\n' + 'x' * 30 + '\n')
+    with pytest.raises(ValueError, match="epoch '" + 'x' * 20 + "' is not"):
+        read_summary(path)
