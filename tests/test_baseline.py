@@ -40,7 +40,7 @@ from timm_fgfocus.visualize import save_region_sheet
 
 from evalkit import FAST, make_checkpoint
 from single_pass_kit import perturb_
-from train_utils import TINY, LoaderStub, killed_in_epoch, read_csv, run_error
+from train_utils import LoaderStub, TINY, assert_same_weights, killed_in_epoch, read_csv, run_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,9 +206,7 @@ def test_baseline_resume_is_exact(data, tmp_path):
     for a, b in zip(full, part):
         for key in ('lr', 'lr_backbone', 'train_loss', 'eval_loss', 'eval_top1'):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), key
-    sd_full, sd_part = (load_checkpoint(tmp_path / d / 'last.pth')['state_dict'] for d in ('full', 'part'))
-    for k in sd_full:
-        torch.testing.assert_close(sd_full[k], sd_part[k], rtol=1e-4, atol=1e-5)
+    assert_same_weights(tmp_path / 'full' / 'last.pth', tmp_path / 'part' / 'last.pth')
 
 
 def test_resume_of_the_other_kind_is_one_line(data, trained, tmp_path, capsys):

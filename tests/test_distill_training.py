@@ -15,7 +15,7 @@ from timm_fgfocus.loss import distill_loss
 from timm_fgfocus.training import RunHooks, train_one_epoch
 from timm_fgfocus.training.args import DEFAULT_DISTILL_TEMP
 
-from train_utils import TINY, killed_in_epoch, read_csv, run_error
+from train_utils import TINY, assert_same_weights, killed_in_epoch, read_csv, run_error
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 REPO = Path(__file__).resolve().parents[1]
@@ -126,10 +126,7 @@ def test_exact_resume_with_distillation(data, tmp_path, capsys):
         for col in ('train_loss', 'train_loss_distill', 'eval_loss'):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4), col
         assert float(a['eval_top1_image']) == pytest.approx(float(b['eval_top1_image']), abs=1e-3)
-    sd_full = load_checkpoint(full / 'last.pth')['state_dict']
-    sd_part = load_checkpoint(part / 'last.pth')['state_dict']
-    for k in sd_full:
-        torch.testing.assert_close(sd_full[k], sd_part[k], rtol=1e-4, atol=1e-5)
+    assert_same_weights(full / 'last.pth', part / 'last.pth')
 
 
 @pytest.mark.slow

@@ -12,11 +12,10 @@ import yaml
 import timm
 import train_fg as train_mod
 from timm_fgfocus import training
-from timm_fgfocus.training import loops
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
 from timm_fgfocus.demo_data import CLASSES, generate_demo_data
 from timm_fgfocus.recipes import RecipeError, load_recipe
-from train_utils import TINY, killed_in_epoch, read_csv, run_error, snapshot
+from train_utils import TINY, assert_same_weights, killed_in_epoch, read_csv, run_error, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,10 +133,7 @@ def test_train_checkpoints_and_exact_resume(data, tmp_path, monkeypatch, capsys)
         assert float(a['train_loss']) == pytest.approx(float(b['train_loss']), rel=1e-4)
         assert float(a['eval_top1']) == pytest.approx(float(b['eval_top1']), abs=1e-3)
         assert float(a['eval_loss']) == pytest.approx(float(b['eval_loss']), rel=1e-4)
-    sd_full = load_checkpoint(full / 'last.pth')['state_dict']
-    sd_part = load_checkpoint(part / 'last.pth')['state_dict']
-    for k in sd_full:
-        torch.testing.assert_close(sd_full[k], sd_part[k], rtol=1e-4, atol=1e-5)
+    assert_same_weights(full / 'last.pth', part / 'last.pth')
 
 
 @pytest.mark.slow

@@ -436,3 +436,18 @@ def test_create_fg_model_tells_a_bad_build_from_a_missing_download(monkeypatch, 
     msg = str(e.value)
     assert 'cannot build fgfocus_resnet18' in msg and 'resnet_nope' in msg and 'Unknown model' in msg
     assert 'pretrained weights' not in msg
+
+
+@pytest.mark.parametrize('flags,expected', [
+    ([], (True, 1, 1)),                                          # the recipe: channels-last, one loader process
+    (['--no-channels-last'], (False, 1, 1)),                     # a recipe's on switch can be turned off
+    (['--workers', '0', '--threads', '2'], (True, 0, 2)),
+])
+def test_demo_recipe_speed_settings_and_their_overrides(flags, expected):
+    args = training.parse_args(['--config', 'demo'] + flags)
+    assert (args.channels_last, args.workers, args.threads) == expected
+
+
+def test_channels_last_is_off_by_default_and_on_with_the_flag():
+    assert training.parse_args([]).channels_last is False
+    assert training.parse_args(['--channels-last']).channels_last is True

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 
 import train_fg as train_mod
-from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.fgfocus import FgFocus
 from timm_fgfocus.loss import FgFocusLoss, fgfocus_loss_terms
 from timm_fgfocus.evaluation import EvalContext, evaluate_model
 from timm_fgfocus.training import RunHooks, train_one_epoch
-from train_utils import TINY, read_csv
+from train_utils import TINY, assert_same_weights, read_csv
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -136,7 +135,4 @@ def test_resume_continues_at_the_next_epoch_with_its_lr_and_data(data, tmp_path,
     for a, b in zip(full, part):
         for col in ('lr', 'lr_backbone', 'train_loss', 'eval_loss'):
             assert float(a[col]) == pytest.approx(float(b[col]), rel=1e-4), col
-    sd_full = load_checkpoint(tmp_path / 'full' / 'last.pth')['state_dict']
-    sd_part = load_checkpoint(tmp_path / 'part' / 'last.pth')['state_dict']
-    for k in sd_full:
-        torch.testing.assert_close(sd_full[k], sd_part[k], rtol=1e-4, atol=1e-5)
+    assert_same_weights(tmp_path / 'full' / 'last.pth', tmp_path / 'part' / 'last.pth')

@@ -5,13 +5,17 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
+import torch
 
 import train_fg as train_mod
+from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.demo_data import generate_demo_data
 from timm_fgfocus.training import RunHooks, train_one_epoch
 
-# a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops
-TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-progress', '--threads', '1',
+# a tiny model at 64 px: 2 regions of 32 px zoomed to 32 px crops (NCHW in the main process: the demo recipe's
+# loader process and channels-last have their own tests)
+TINY = ['--config', 'demo', '--input-size', '3', '64', '64', '-b', '6', '--workers', '0', '--no-channels-last',
+        '--no-progress', '--threads', '1',
         '--model-kwargs', 'num_regions=2', 'num_hybrid_regions=1', 'crop_size=32', 'region_scales=[0.5]']
 
 
@@ -38,6 +42,14 @@ def read_csv(path) -> List[Dict[str, str]]:
     """The rows of a CSV file with a header (summary.csv, eval/per_class.csv, ...) as dicts of strings."""
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
+
+
+def assert_same_weights(a, b) -> None:
+    """The checkpoints ``a`` and ``b`` hold the same tensors under the same names (to float tolerance)."""
+    sd_a, sd_b = (load_checkpoint(p)['state_dict'] for p in (a, b))
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        torch.testing.assert_close(sd_a[k], sd_b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def snapshot(folder) -> Dict[str, bytes]:

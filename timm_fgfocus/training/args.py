@@ -408,7 +408,9 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help='default: the number of class folders')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=_MergeKwargs, metavar='KEY=VALUE',
                    check=_model_kwargs, help='create_model kwargs, e.g. crop_size=112 num_regions=4')
-    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
+                   help='channels-last memory format (timm\'s flag); the demo recipe turns it on, '
+                        '--no-channels-last turns it off')
     g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND')
     g.add_argument('--drop-path', type=float, default=None, metavar='PCT', check=in_range(0, 1, high_open=True),
                    help="the backbone's stochastic depth rate (its drop_path_rate)")
