@@ -265,3 +265,45 @@ def test_loaded_pool_size_is_the_feature_map_at_the_input_size_trained_with(tmp_
     folder = save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/fgfocus_test.x', class_names=['a', 'b', 'c'])
     config = json.loads((folder / 'config.json').read_text())
     assert config['pretrained_cfg']['input_size'] == [3, 224, 224] and config['pretrained_cfg']['pool_size'] == [7, 7]
+
+
+# --- model_from_checkpoint: which weights, which arguments, which errors ------------------------------
+
+def test_model_from_checkpoint_loads_the_raw_or_the_ema_weights(tmp_path):
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(), path)
+    raw, ckpt = model_from_checkpoint(path)
+    ema, _ = model_from_checkpoint(path, use_ema=True)
+    for k, v in raw.state_dict().items():
+        torch.testing.assert_close(v, ckpt['state_dict'][k])
+        torch.testing.assert_close(ema.state_dict()[k], ckpt['state_dict_ema'][k])
+    w = 'fc.weight'
+    torch.testing.assert_close(ema.state_dict()[w], raw.state_dict()[w] * 0.5)  # the EMA copy here is half the raw one
+    assert not raw.training and not ema.training
+
+
+def test_model_from_checkpoint_without_ema_weights_says_so(tmp_path):
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(ema=False), path)
+    with pytest.raises(CheckpointError, match=rf'^checkpoint {re.escape(str(path))} has no EMA weights '
+                                              r'\(trained without --model-ema\)$'):
+        model_from_checkpoint(path, use_ema=True)
+
+
+def test_model_from_checkpoint_override_args_replace_the_recorded_ones(tmp_path):
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(), path)
+    model, _ = model_from_checkpoint(path, smooth_sigma=0.25, nms_iou=0.5)
+    assert (model.smooth_sigma, model.nms_iou) == (0.25, 0.5)
+    default, _ = model_from_checkpoint(path)
+    assert (default.smooth_sigma, default.nms_iou) != (0.25, 0.5)
+
+
+def test_model_from_checkpoint_that_cannot_be_built_is_one_line(tmp_path):
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(), path)
+    with pytest.raises(CheckpointError) as e:
+        model_from_checkpoint(path, nms_iou=2.0)
+    msg = str(e.value)
+    assert msg.startswith(f"checkpoint {path}: cannot build fgfocus_test with {{'num_classes': 3, 'nms_iou': 2.0}}: ")
+    assert 'nms_iou must be in (0, 1], got 2.0' in msg and '\n' not in msg
