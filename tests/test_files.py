@@ -156,3 +156,28 @@ def test_replace_folder_makes_missing_parents_and_a_failed_first_swap_leaves_not
     with pytest.raises(OSError, match='rename refused'):  # no earlier folder to put back
         replace_folder(tmp_path / 'new', lambda new: (new / 'x').write_text('x'))
     assert sorted(os.listdir(tmp_path)) == ['a']
+
+
+def test_writable_problem_probes_the_folder_itself_with_a_hidden_named_file(tmp_path, monkeypatch):
+    import tempfile
+    made = []
+    real = tempfile.mkstemp
+
+    def recording(*a, **kw):
+        fd, path = real(*a, **kw)
+        made.append(Path(path))
+        return fd, path
+    monkeypatch.setattr(tempfile, 'mkstemp', recording)
+    assert writable_problem(tmp_path / 'new' / 'sub') is None
+    # in the nearest existing folder (not the system temp dir), hidden, named for what it is, and removed
+    assert len(made) == 1 and made[0].parent == tmp_path and made[0].name.startswith('.write-check.')
+    assert not made[0].exists()
+
+
+def test_writable_problem_without_an_os_reason_gives_the_error_text(tmp_path, monkeypatch):
+    import tempfile
+
+    def fail(*a, **kw):
+        raise OSError('the device went away')
+    monkeypatch.setattr(tempfile, 'mkstemp', fail)
+    assert writable_problem(tmp_path) == 'the device went away'
