@@ -328,25 +328,6 @@ def test_timm_layer_decay_gives_per_layer_lrs(family_name):
 
 # --- pretrained weights of the backbone, offline --------------------------------------------------
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An offline Hugging Face cache the real client reads: ``put(repo, tensors)`` seeds one repo."""
-    from huggingface_hub import constants
-    cache = tmp_path / 'hf-cache'
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-
-    def put(repo_id, tensors, filename='model.safetensors'):
-        folder = cache / f'models--{repo_id.replace("/", "--")}'
-        commit = '0' * 40
-        (folder / 'refs').mkdir(parents=True, exist_ok=True)
-        (folder / 'refs' / 'main').write_text(commit)
-        snap = folder / 'snapshots' / commit
-        snap.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(snap / filename))
-    return put
-
 
 def _backbone_weights(family, num_classes=NUM_CLASSES, seed=4, **kwargs):
     backbone, args, *_ = FAMILIES[family]

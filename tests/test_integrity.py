@@ -10,9 +10,6 @@ from timm_fgfocus.integrity import (
     WEIGHTS_DIGEST_KEY, WeightsIntegrityError, _config_file, describe_nonfinite, digest, published_digest,
     verify_published_weights)
 
-COMMIT = 'a' * 40
-
-
 def _weights():
     return {'fc.weight': torch.arange(6.).reshape(2, 3), 'fc.bias': torch.zeros(2)}
 
@@ -23,27 +20,6 @@ def _folder(tmp_path, config):
     text = config if isinstance(config, str) else json.dumps(config)
     (folder / 'config.json').write_text(text, encoding='utf-8')
     return folder
-
-
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache folder used by huggingface_hub's cache lookups."""
-    import huggingface_hub.constants
-    cache = tmp_path / 'hub-cache'
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
-    return cache
-
-
-def _cached(cache, repo_id, config, ref='main'):
-    """config.json of ``repo_id`` in the cache layout huggingface_hub writes (refs/REF -> snapshots/COMMIT)."""
-    repo = cache / ('models--' + repo_id.replace('/', '--'))
-    (repo / 'refs').mkdir(parents=True)
-    (repo / 'refs' / ref).write_text(COMMIT)
-    snap = repo / 'snapshots' / COMMIT
-    snap.mkdir(parents=True)
-    (snap / 'config.json').write_text(json.dumps(config))
-    return snap / 'config.json'
 
 
 # where the config.json is
@@ -66,20 +42,19 @@ def test_no_config_file_without_a_local_dir_folder_or_hub_id(cfg, tmp_path, monk
     assert _config_file(cfg) is None
 
 
-def test_config_file_of_a_hub_id_is_found_in_the_cache_without_a_request(hub_cache, monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    path = _cached(hub_cache, 'org/model', {WEIGHTS_DIGEST_KEY: 'x'})
+def test_config_file_of_a_hub_id_is_found_in_the_cache_without_a_request(hf_cache):
+    path = hf_cache.put_text('org/model', 'config.json', json.dumps({WEIGHTS_DIGEST_KEY: 'x'}))
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': 'org/model'}) == path
 
 
-def test_config_file_of_a_hub_id_at_a_revision(hub_cache):
-    path = _cached(hub_cache, 'org/model', {}, ref='v1')
+def test_config_file_of_a_hub_id_at_a_revision(hf_cache):
+    path = hf_cache.put_text('org/model', 'config.json', '{}', ref='v1')
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': 'org/model@v1'}) == path
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': 'org/model'}) is None  # main is not cached
 
 
 @pytest.mark.parametrize('hub_id', ['org/not-cached', 'not a valid/repo id//'])
-def test_no_config_file_for_a_hub_id_not_in_the_cache_or_not_an_id(hub_id, hub_cache):
+def test_no_config_file_for_a_hub_id_not_in_the_cache_or_not_an_id(hub_id, hf_cache):
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': hub_id}) is None
 
 
@@ -154,11 +129,7 @@ def test_describe_nonfinite(bad, expected):
     assert describe_nonfinite(bad) == expected
 
 
-def test_no_config_file_when_the_cache_records_that_the_repo_has_none(hub_cache):
+def test_no_config_file_when_the_cache_records_that_the_repo_has_none(hf_cache):
     # huggingface_hub then answers with a marker object, not a path
-    repo = hub_cache / 'models--org--bare'
-    (repo / 'refs').mkdir(parents=True)
-    (repo / 'refs' / 'main').write_text(COMMIT)
-    (repo / '.no_exist' / COMMIT).mkdir(parents=True)
-    (repo / '.no_exist' / COMMIT / 'config.json').touch()
+    hf_cache.put_missing('org/bare', 'config.json')
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': 'org/bare'}) is None
