@@ -292,14 +292,14 @@ def test_usual_values_warn_nothing(flags, capsys):
 
 def test_odd_recipe_value_names_the_recipe(tmp_path, capsys):
     recipe = tmp_path / 'mine.yaml'
-    recipe.write_text('base: demo\nwarmup_epochs: 8\n')
+    recipe.write_text('base: demo\nwarmup_epochs: 6\n')
     training.parse_args(['--config', str(recipe)])
-    assert f'warning: --warmup-epochs 8 (from recipe {recipe}): not shorter than --epochs 8' in capsys.readouterr().err
+    assert f'warning: --warmup-epochs 6 (from recipe {recipe}): not shorter than --epochs 6' in capsys.readouterr().err
 
 
 # flags -> the parsed values they give (types included)
 GOOD_VALUES = [
-    ([], dict(lr=0.02, batch_size=32, dataset='', opt='momentum', sched='step', epochs=8)),
+    ([], dict(lr=0.02, batch_size=16, dataset='', opt='momentum', sched='step', epochs=6)),
     (['--dataset', 'folder'], dict(dataset='folder', val_split='val')),
     (['--dataset', 'imagefolder'], dict(dataset='imagefolder')),
     (['--dataset', 'cub200'], dict(dataset='cub200', val_split='test')),
@@ -397,7 +397,7 @@ def test_help_shows_the_defaults_of_the_recipe_in_effect(capsys):
     assert '--epochs EPOCHS default: 100' in paper and '--input-size C H W default: [3, 448, 448]' in paper
     demo = help_text(['--config', 'demo'])
     assert '--no-pretrained trains from scratch (default: False)' in demo
-    assert '--epochs EPOCHS default: 8' in demo
+    assert '--epochs EPOCHS default: 6' in demo
     assert '--lr LR base lr (heads); the backbone gets lr * backbone_lr_scale (default: 0.02)' in demo
 
 

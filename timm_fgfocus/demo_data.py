@@ -217,7 +217,7 @@ def _write_data_set(root: Path, render: Callable[[int, np.random.Generator], Tup
     return root
 
 
-def generate_demo_data(root, train_per_class: int = 150, val_per_class: int = 50, num_classes: int = 6,
+def generate_demo_data(root, train_per_class: int = 100, val_per_class: int = 50, num_classes: int = 6,
                        image_size: int = 128, wing_units: int = 10, seed: int = 0) -> Path:
     """Write the data set to ``root`` (created; it must not hold files). Returns ``root``."""
     root = Path(root)
@@ -236,7 +236,7 @@ def ensure_demo_data(root, **params: Any) -> Path:
     marker = root / MARKER
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        want = dict(train_per_class=150, val_per_class=50, num_classes=6, image_size=128, wing_units=10, seed=0)
+        want = dict(train_per_class=100, val_per_class=50, num_classes=6, image_size=128, wing_units=10, seed=0)
         want.update(params)
         if all(saved.get(k) == v for k, v in want.items()):
             if not (root / BOX_FILE).is_file():  # a demo folder without its box file: written from the marker
