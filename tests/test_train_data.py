@@ -196,6 +196,73 @@ def test_persistent_workers_replay_an_epoch_exactly(data):
     assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(first, second))
 
 
+def _workers(loader):
+    return list(getattr(loader, 'loader', loader)._iterator._workers)
+
+
+@pytest.mark.parametrize('wrap', [False, True])
+def test_close_loader_ends_the_persistent_workers_and_the_loader_still_works(data, wrap):
+    args = loader_args(workers=1)
+    cfg = data_config(64, 1.0)
+    _, eval_tf = build_transforms(args, cfg)
+    loader = loaders.train_loader(make_ds(data), eval_tf, args, torch.device('cpu'), cfg)
+    if wrap:  # the CUDA path's PrefetchLoader wraps the DataLoader
+        loader = PrefetchLoader(loader, mean=MEAN, std=STD, device=torch.device('cpu'))
+    first = [y.clone() for _, y in loader]
+    workers = _workers(loader)
+    assert workers and all(w.is_alive() for w in workers)  # persistent: still there between epochs
+    loaders.close_loader(loader)
+    assert not any(w.is_alive() for w in workers)
+    assert getattr(loader, 'loader', loader)._iterator is None
+    again = [y for _, y in loader]  # the next epoch starts new workers: same epoch, same order
+    assert len(again) == len(first) and all(torch.equal(a, b) for a, b in zip(again, first))
+    loaders.close_loader(loader)
+    loaders.close_loader(loaders.eval_loader(make_ds(data, 'val', eval_tf), loader_args(workers=0),
+                                             torch.device('cpu'), cfg))  # no workers: nothing to end
+
+
+def test_a_finished_run_has_ended_its_loader_workers(data, tmp_path):
+    """The workers end when train() returns, not when the garbage collector frees the loaders
+    (torch then waits 5 s per worker, measured inside the next run of --compare)."""
+    seen = {}
+
+    def spy(run, epoch):
+        metrics = train_one_epoch(run, epoch)
+        seen['workers'] = _workers(run.loader)
+        seen['run'] = run  # keeps the loaders alive: only train() itself can end their workers
+        return metrics
+
+    def spy_eval(run, epoch):
+        metrics = loops.evaluate_epoch(run, epoch)
+        seen['val_workers'] = _workers(run.val_loader)
+        return metrics
+    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--workers', '1', '--no-eval-report',
+                           '--output', str(tmp_path / 'o')], hooks=RunHooks(train_epoch=spy, evaluate=spy_eval))
+    assert seen['workers'] and seen['val_workers']
+    assert not any(w.is_alive() for w in seen['workers'] + seen['val_workers'])
+
+
+def test_eval_only_ends_its_loader_workers(data, trained, tmp_path, monkeypatch):
+    from timm_fgfocus.training import runner
+    made = []
+
+    def spy(*a, **kw):
+        made.append(loaders.eval_loader(*a, **kw))
+        return made[-1]
+    seen = []
+    real_evaluate = runner._evaluate_checkpoint
+
+    def evaluate(model, loader, *a, **kw):
+        out = real_evaluate(model, loader, *a, **kw)
+        seen.extend(_workers(loader))
+        return out
+    monkeypatch.setattr(runner, 'eval_loader', spy)
+    monkeypatch.setattr(runner, '_evaluate_checkpoint', evaluate)
+    train_mod.main(['--eval-only', '--checkpoint', str(trained / 'best.pth'), '--data-dir', str(data), '--workers', '1',
+                    '--no-eval-report', '--threads', '1'])
+    assert made and seen and not any(w.is_alive() for w in seen)
+
+
 def test_loaders_leave_the_global_rng_alone(data):
     """Starting an epoch draws no number from torch's global RNG (drop path and mixup draw from it:
     a draw in the first epoch of a process only would shift a resumed run's)."""

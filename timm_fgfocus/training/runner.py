@@ -23,7 +23,7 @@ from ..evaluation import eval_context, evaluate_model, evaluate_run, report_best
 from ..files import atomic_copy, plain, write_text
 from ..metric_table import write_summary
 from .data import DATA_CONFIG_KEYS, checkpoint_data_cfg, create_datasets, resolve_run_data_config
-from .loaders import eval_loader, set_epoch, use_prefetcher
+from .loaders import close_loader, eval_loader, set_epoch, use_prefetcher
 from .loggers import EpochLoggers
 from .loops import evaluate_epoch, seed_epoch, train_one_epoch
 from .model import arch_name, group_lrs
@@ -88,11 +88,16 @@ def train(args, device, hooks: Optional[RunHooks] = None) -> Dict[str, Any]:
         TrainInterrupted: on Ctrl-C, saying which checkpoint holds the last complete epoch (if any).
     """
     progress = RunProgress()
+    run = None
     try:
         run = prepare_run(args, device, progress)
         return _run_epochs(run, hooks or RunHooks())
     except KeyboardInterrupt:
         raise TrainInterrupted(f'interrupted; {progress.kept()}') from None
+    finally:
+        if run is not None:  # the workers end here, not whenever the garbage collector frees the loaders
+            close_loader(run.loader)
+            close_loader(run.val_loader)
 
 
 def _banner(run: TrainRun) -> str:
@@ -231,8 +236,11 @@ def run_eval_only(args, device) -> Dict[str, Any]:
         print(f'warning: class names of {args.checkpoint} differ from the class folders of {args.data_dir}',
               file=sys.stderr)
     loader = eval_loader(val, args, device, data_config, prefetch)
-    metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
-                                   data_config, ckpt, ground_truth)
+    try:
+        metrics = _evaluate_checkpoint(model, loader, val, list(ckpt.get('class_names') or classes), args, device,
+                                       data_config, ckpt, ground_truth)
+    finally:
+        close_loader(loader)
     if args.rank == 0:
         if model_kind(model) == 'fgfocus':  # the line --eval-only has always printed
             print(f'eval {args.checkpoint}: top1 {metrics["eval_top1"]:.2f} top5 {metrics["eval_top5"]:.2f} (hybrid)  '
