@@ -307,3 +307,93 @@ def test_model_from_checkpoint_that_cannot_be_built_is_one_line(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"checkpoint {path}: cannot build fgfocus_test with {{'num_classes': 3, 'nms_iou': 2.0}}: ")
     assert 'nms_iou must be in (0, 1], got 2.0' in msg and '\n' not in msg
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, cfg=None):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 3)
+        if cfg is not None:
+            self.pretrained_cfg = cfg
+
+
+def test_checkpoint_dict_entries():
+    cfg = {'input_size': (3, 64, 64), 'mean': (0.5, 0.4, 0.3), 'std': (0.2, 0.2, 0.2), 'crop_pct': 0.9,
+           'crop_mode': 'center', 'interpolation': 'bicubic', 'num_classes': 3,
+           'url': 'https://example/w.pth', 'hf_hub_id': 'timm/x', 'license': 'mit'}  # not data settings: left out
+    model, args, names = _Tiny(cfg), {'num_classes': 3}, ('a', 'b', 'c')
+    ckpt = checkpoint_dict(model, 'tiny', args, names, epoch=2)
+    assert ckpt['format'] == 'timm_fgfocus.checkpoint' and ckpt['version'] == 1 and ckpt['arch'] == 'tiny'
+    assert ckpt['model_args'] == args and ckpt['model_args'] is not args  # a copy: the caller's dict may change
+    assert ckpt['class_names'] == ['a', 'b', 'c'] and type(ckpt['class_names']) is list
+    assert ckpt['pretrained_cfg'] == {'input_size': [3, 64, 64], 'mean': [0.5, 0.4, 0.3], 'std': [0.2, 0.2, 0.2],
+                                      'crop_pct': 0.9, 'crop_mode': 'center', 'interpolation': 'bicubic',
+                                      'num_classes': 3}
+    assert ckpt['epoch'] == 2 and set(ckpt) == {'format', 'version', 'arch', 'model_args', 'class_names',
+                                                'pretrained_cfg', 'state_dict', 'epoch'}
+    assert ckpt['state_dict'].keys() == model.state_dict().keys()
+    assert all(torch.equal(ckpt['state_dict'][k], v) for k, v in model.state_dict().items())
+
+
+def test_checkpoint_dict_without_a_pretrained_cfg_or_class_names():
+    for model in (_Tiny(), _Tiny(cfg=None), _Tiny(cfg={})):
+        ckpt = checkpoint_dict(model, 'tiny', {})
+        assert ckpt['pretrained_cfg'] == {} and ckpt['class_names'] is None
+    # a caller's own entry replaces the model's (training records the run's data config this way)
+    assert checkpoint_dict(_Tiny({'crop_pct': 0.9}), 'tiny', {}, pretrained_cfg={'crop_pct': 1.0})['pretrained_cfg'] == {
+        'crop_pct': 1.0}
+
+
+class _Foreign:
+    """Not a type torch's weights_only loader accepts."""
+
+
+def _bad_file(tmp_path, what):
+    path = tmp_path / f'{what}.pth'
+    good = checkpoint_dict(_Tiny(), 'tiny', {})
+    if what == 'truncated':
+        atomic_save(good, path)
+        path.write_bytes(path.read_bytes()[:100])
+    elif what == 'pickled object':
+        torch.save({**good, 'extra': _Foreign()}, path)
+    elif what == 'a list':
+        torch.save([1, 2], path)
+    elif what == 'foreign dict':
+        torch.save({'model': {}}, path)
+    elif what.startswith('no '):
+        torch.save({k: v for k, v in good.items() if k != what[3:]}, path)
+    elif what == 'state_dict list':
+        torch.save({**good, 'state_dict': [1.0]}, path)
+    return path
+
+
+@pytest.mark.parametrize('what,message', [
+    ('missing', 'checkpoint {} does not exist'),
+    ('truncated', 'checkpoint {} cannot be read (truncated or not a torch file): '),
+    ('pickled object', 'checkpoint {} cannot be read (truncated or not a torch file): it holds a '  # weights_only
+     'test_checkpoint._Foreign object, which loading with weights_only=True refuses: checkpoints hold tensors, '
+     'numbers, strings and containers only'),
+    ('a list', "{} is not a timm_fgfocus checkpoint (no format='timm_fgfocus.checkpoint' entry)"),
+    ('foreign dict', "{} is not a timm_fgfocus checkpoint (no format='timm_fgfocus.checkpoint' entry)"),
+    ('no arch', "checkpoint {} has no 'arch' entry"),
+    ('no model_args', "checkpoint {} has no 'model_args' entry"),
+    ('no state_dict', "checkpoint {} has no 'state_dict' entry"),
+    ('state_dict list', 'checkpoint {}: its state_dict is a list, not a dict'),
+])
+def test_load_checkpoint_errors_name_the_file_and_the_problem(tmp_path, what, message):
+    path = _bad_file(tmp_path, what)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(message.format(path)) and '\n' not in str(e.value)
+
+
+def test_load_checkpoint_maps_the_tensors_with_map_location(tmp_path):
+    path = tmp_path / 'c.pth'
+    atomic_save(checkpoint_dict(_Tiny(), 'tiny', {}), path)
+    seen = []
+
+    def to_cpu(storage, location):
+        seen.append(location)
+        return storage
+    ckpt = load_checkpoint(path, map_location=to_cpu)
+    assert seen and set(seen) == {'cpu'} and ckpt['state_dict']['fc.weight'].shape == (3, 2)

@@ -42,6 +42,7 @@ diverged) is an error naming the tensor. Checkpoints written before the digests 
 checkpoint edited and saved again with plain ``torch.save`` must be re-saved with :func:`atomic_save`
 to be resealed.
 """
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -127,6 +128,17 @@ def verify_checkpoint(ckpt: Dict[str, Any], path: PathLike) -> None:
                 f'train with a lower --lr')
 
 
+def _load_error(e: Exception) -> str:
+    """``torch.load``'s error in one line: for an object ``weights_only=True`` refuses, the refused name
+    (torch's own text is a page of advice, ending in loading with ``weights_only=False``)."""
+    text = str(e)
+    refused = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    if refused:
+        return (f'it holds a {refused.group(1)} object, which loading with weights_only=True refuses: '
+                f'checkpoints hold tensors, numbers, strings and containers only')
+    return first_line(e)
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cpu') -> Dict[str, Any]:
     """Read a checkpoint written by :func:`atomic_save` (``weights_only=True``).
 
@@ -140,7 +152,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = 'cp
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f'checkpoint {path} cannot be read (truncated or not a torch file): {e}') from None
+        raise CheckpointError(f'checkpoint {path} cannot be read (truncated or not a torch file): '
+                              f'{_load_error(e)}') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f'{path} is not a timm_fgfocus checkpoint (no format={CHECKPOINT_FORMAT!r} entry)')
     for key in ('arch', 'model_args', 'state_dict'):
