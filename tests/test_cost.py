@@ -108,3 +108,64 @@ def test_bad_sizes_are_one_line():
         flops_per_image(nn.Identity(), (224, 224))
     with pytest.raises(ValueError, match='repeats must be >= 1'):
         forward_seconds_per_image(nn.Identity(), torch.zeros(1, 3, 4, 4), repeats=0)
+
+
+class _Recorder(nn.Module):
+    """Records each forward's input, the torch thread count it ran on and whether in inference mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs, self.threads, self.inference = [], [], []
+
+    def forward(self, x):
+        self.inputs.append(x)
+        self.threads.append(torch.get_num_threads())
+        self.inference.append(torch.is_inference_mode_enabled())
+        return x
+
+
+class _FakeTimer:
+    """torch.utils.benchmark.Timer's interface with preset times: the division and the median are checked
+    exactly, and every run is counted."""
+    made = []
+
+    def __init__(self, stmt, globals, num_threads=1):
+        self.run, self.num_threads = globals['run'], num_threads
+        self.times = iter([0.9, 0.1, 0.3, 0.2, 0.6, 0.5, 0.4, 0.8, 0.7, 1.0, 1.1])
+        _FakeTimer.made.append(self)
+
+    def timeit(self, number):
+        for _ in range(number):
+            self.run()
+        return type('Measurement', (), {'raw_times': [next(self.times)]})()
+
+
+def test_forward_seconds_times_each_run_once_after_the_warmup_and_divides_the_median_by_the_batch(monkeypatch):
+    from timm_fgfocus.evaluation import cost
+    monkeypatch.setattr(cost, 'Timer', _FakeTimer)
+    _FakeTimer.made.clear()
+    model, x = _Recorder(), torch.zeros(5, 3, 2, 2)
+    seconds = forward_seconds_per_image(model, x)  # defaults: 2 warmup runs, 10 timed ones
+    assert seconds == pytest.approx(0.55 / 5)  # median of the first 10 preset times, per image of the 5
+    assert len(model.inputs) == 12 and all(i is x for i in model.inputs) and all(model.inference)
+    assert _FakeTimer.made[0].num_threads == torch.get_num_threads()
+    assert forward_seconds_per_image(model, x, repeats=1, warmup=0) == pytest.approx(0.9 / 5)  # the smallest valid
+    assert len(model.inputs) == 13
+
+
+@pytest.mark.parametrize('repeats,warmup', [(0, 2), (-1, 0), (3, -1)])
+def test_forward_seconds_refuses_no_timed_run_or_a_negative_warmup(repeats, warmup):
+    with pytest.raises(ValueError, match=rf'^repeats must be >= 1 and warmup >= 0, got repeats={repeats}, '
+                                         rf'warmup={warmup}$'):
+        forward_seconds_per_image(_Recorder(), torch.zeros(1, 3, 4, 4), repeats=repeats, warmup=warmup)
+
+
+def test_forward_seconds_times_on_torchs_threads():
+    """Timer runs on one thread unless told: the forward must see the thread count the caller set."""
+    model, before = _Recorder(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        forward_seconds_per_image(model, torch.zeros(1, 3, 4, 4), repeats=1, warmup=0)
+    finally:
+        torch.set_num_threads(before)
+    assert model.threads and set(model.threads) == {2}  # Timer's own warm-up runs included

@@ -1,6 +1,7 @@
 """Localization metrics against slow, obviously correct references: contours by flood fill, IoU by hand,
 loops over thresholds, images and boxes."""
 import re
+from types import SimpleNamespace
 from collections import deque
 
 import numpy as np
@@ -13,8 +14,8 @@ from timm.data import create_transform
 from timm_fgfocus.evaluation import contours, localization
 from timm_fgfocus.evaluation.contours import contour_boxes
 from timm_fgfocus.evaluation.localization import (
-    MAP_THRESHOLDS, best_box_iou, boxes_to_input, boxes_to_original, gt_known_loc, largest_component_box, map_boxes,
-    max_box_acc, max_box_acc_from_ious, normalize_score_maps, part_share, points_to_input, region_hits,
+    MAP_THRESHOLDS, best_box_iou, boxes_to_input, boxes_to_original, clip_boxes, gt_known_loc, largest_component_box,
+    map_boxes, max_box_acc, max_box_acc_from_ious, normalize_score_maps, part_share, points_to_input, region_hits,
 )
 from timm_fgfocus.predict import input_geometry
 
@@ -477,3 +478,49 @@ def test_region_hits_agree_in_both_frames():
 def test_map_boxes_of_one_map():
     boxes = map_boxes(ring_map(), 0.3).astype(int).tolist()
     assert sorted(boxes[:2]) == [[3, 3, 17, 17], [9, 9, 12, 11]] and boxes[2] == [5, 5, 15, 15]
+
+
+# a hand-made geometry with different x and y scales (timm's eval transforms scale both alike, so a swapped
+# axis would pass the transform tests above): input = original * (0.5, 0.25) - (3, 7), input 40 x 20 px
+SKEWED = SimpleNamespace(scale=(0.5, 0.25), offset=(3.0, 7.0), input_size=(40, 20), original_size=(90, 100))
+
+
+def test_frames_of_a_geometry_with_different_x_and_y_scales():
+    boxes, keep = boxes_to_input(np.array([[10, 40, 50, 80]]), SKEWED)
+    np.testing.assert_allclose(boxes, [[2, 3, 22, 13]])
+    assert keep.tolist() == [True]
+    np.testing.assert_allclose(boxes_to_original(np.array([2, 3, 22, 13]), SKEWED), [10, 40, 50, 80])
+    points = points_to_input(np.array([[10, 40, 1], [50, 80, 2]]), SKEWED)
+    np.testing.assert_allclose(points, [[2, 3, 1], [22, 13, 2]])
+
+
+def test_boxes_to_original_clips_to_the_image_unless_told_not_to():
+    box = np.array([[-10, -10, 60, 30]])  # input pixels -> original (-14, -12, 126, 148) in a 90 x 100 image
+    np.testing.assert_allclose(boxes_to_original(box, SKEWED, clip=False), [[-14, -12, 126, 148]])
+    np.testing.assert_allclose(boxes_to_original(box, SKEWED), [[0, 0, 90, 100]])
+    np.testing.assert_allclose(boxes_to_original(box, SKEWED, clip=True), [[0, 0, 90, 100]])
+
+
+def test_clip_boxes_keeps_only_boxes_with_an_area():
+    boxes = np.array([[5, 5, 5, 9], [5, 5, 9, 5], [5, 5, 6, 6], [-4, 2, -1, 8], [2, 18, 8, 25]])
+    out, keep = clip_boxes(boxes, (40, 20))
+    assert keep.tolist() == [False, False, True, False, True]
+    np.testing.assert_allclose(out[[2, 4]], [[5, 5, 6, 6], [2, 18, 8, 20]])
+
+
+@pytest.mark.parametrize('x,y,visible', [
+    (6, 28, 1), (86, 28, 1), (20, 28, 1), (20, 108, 1),  # on the input's edges x = 0, x = W, y = 0, y = H: seen
+    (5, 40, 0), (87, 40, 0), (20, 27, 0), (20, 109, 0),  # half an input pixel or more outside: cut away
+])
+def test_points_on_the_input_edge_stay_visible(x, y, visible):
+    p = points_to_input(np.array([[x, y, 1.0]]), SKEWED)
+    assert p[0, 2] == visible
+
+
+def test_part_share_of_images_without_a_visible_part_is_nan_and_its_contains_is_boolean():
+    regions = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 10]]], float)
+    res = part_share(regions, np.ones((2, 1), bool), [np.array([[5, 5, 0]]), np.zeros((0, 3))])
+    assert np.isnan(res.share) and (res.num_regions, res.num_images, res.num_without_parts) == (0, 0, 2)
+    assert res.contains.dtype == bool and res.contains.shape == (2, 1)
+    with pytest.raises(ValueError, match=r'^parts: got 1 entries for 2 images$'):
+        part_share(regions, np.ones((2, 1), bool), [np.array([[5, 5, 1]])])
