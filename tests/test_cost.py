@@ -169,3 +169,25 @@ def test_forward_seconds_times_on_torchs_threads():
     finally:
         torch.set_num_threads(before)
     assert model.threads and set(model.threads) == {2}  # Timer's own warm-up runs included
+
+
+def test_example_input_is_seeded_noise_on_the_models_device_and_float_dtype():
+    from timm_fgfocus.evaluation.cost import _example_input
+    expected = torch.randn((2, 3, 4, 5), generator=torch.Generator().manual_seed(0))
+    x = _example_input(nn.Identity(), (3, 4, 5), 2)  # no parameters: CPU, float32
+    assert x.device.type == 'cpu' and x.dtype == torch.float32 and torch.equal(x, expected)
+    x = _example_input(nn.Conv2d(3, 1, 1).double(), (3, 4, 5), 2)
+    assert x.dtype == torch.float64 and torch.equal(x, expected.double())
+    x = _example_input(nn.Conv2d(3, 1, 1, device='meta', dtype=torch.float16), (3, 4, 5), 2)
+    assert x.device.type == 'meta' and x.dtype == torch.float16 and x.shape == (2, 3, 4, 5)
+
+
+def test_flops_of_a_one_pixel_input_and_per_image_as_an_integer():
+    conv = nn.Conv2d(3, 4, 1, bias=False)
+    assert flops_per_image(conv, (3, 1, 1)) == 2 * 3 * 4  # the smallest valid input
+    per_image = flops_per_image(conv, (3, 2, 2), batch_size=3)
+    assert per_image == 2 * 3 * 4 * 4 and type(per_image) is int
+    with pytest.raises(ValueError, match=r'^batch_size must be >= 1, got 0$'):
+        flops_per_image(conv, (3, 2, 2), batch_size=0)
+    with pytest.raises(ValueError, match=r'^input_size must be \(C, H, W\) with positive sides, got \(3, 0, 2\)$'):
+        flops_per_image(conv, (3, 0, 2))

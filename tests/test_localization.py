@@ -524,3 +524,11 @@ def test_part_share_of_images_without_a_visible_part_is_nan_and_its_contains_is_
     assert res.contains.dtype == bool and res.contains.shape == (2, 1)
     with pytest.raises(ValueError, match=r'^parts: got 1 entries for 2 images$'):
         part_share(regions, np.ones((2, 1), bool), [np.array([[5, 5, 1]])])
+
+
+def test_region_hits_without_any_box_are_nan_and_per_image_flags_are_boolean():
+    regions = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 10]]], float)
+    res = region_hits(regions, np.ones((2, 1), bool), [np.zeros((0, 4)), np.zeros((0, 4))])
+    assert np.isnan(res.hit1) and np.isnan(res.hitl) and (res.num_images, res.num_without_boxes) == (0, 2)
+    res = region_hits(regions, np.ones((2, 1), bool), [np.array([[2, 2, 4, 4]]), np.zeros((0, 4))])
+    assert res.rank1.dtype == bool and res.any.dtype == bool and res.rank1.tolist() == [True, False]
