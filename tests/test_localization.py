@@ -532,3 +532,64 @@ def test_region_hits_without_any_box_are_nan_and_per_image_flags_are_boolean():
     assert np.isnan(res.hit1) and np.isnan(res.hitl) and (res.num_images, res.num_without_boxes) == (0, 2)
     res = region_hits(regions, np.ones((2, 1), bool), [np.array([[2, 2, 4, 4]]), np.zeros((0, 4))])
     assert res.rank1.dtype == bool and res.any.dtype == bool and res.rank1.tolist() == [True, False]
+
+
+def ref_gt_known(maps, gt, frame, threshold, iou_threshold=0.5):
+    """GT-known localization by loops: each map on its own resized to the frame and normalised, its largest
+    component, the best IoU over the image's boxes."""
+    correct = []
+    for m, boxes in zip(maps, gt):
+        box = largest_component_box(normalize_score_maps(m[None], frame)[0], threshold)
+        if len(boxes):
+            correct.append(box is not None and max(ref_iou(box, g) for g in boxes) >= iou_threshold)
+    return (100.0 * np.mean(correct) if correct else float('nan')), len(correct), len(gt) - len(correct)
+
+
+@pytest.mark.parametrize('chunk_pixels', [None, 1])
+def test_gt_known_loc_matches_loops_in_a_larger_frame_at_another_threshold(monkeypatch, chunk_pixels):
+    """Maps of 6 x 8 scored in a 24 x 18 frame at threshold 0.5; images with two boxes (a random one and the
+    map's own box), one random box, or none; chunks of one map (the chunking must not mix images up)."""
+    if chunk_pixels is not None:
+        monkeypatch.setattr(localization, '_CHUNK_PIXELS', chunk_pixels)
+    maps, frame = smooth_maps(9, 3, (6, 8), 11) * 0.5, (24, 18)
+    for i in range(9):  # a peak at a different place in each map: each has its own box
+        maps[i, 1 + i % 4, 1 + (3 * i) % 6] += 1.0
+    rng = np.random.default_rng(12)
+    gt = []
+    for i, m in enumerate(maps):
+        xy = rng.uniform(0, 12, (1, 2))
+        random_box = np.concatenate([xy, xy + rng.uniform(3, 6, (1, 2))], axis=1)
+        own = largest_component_box(normalize_score_maps(m[None], frame)[0], 0.5)[None]
+        gt.append([np.concatenate([random_box, own]), random_box, np.zeros((0, 4))][i % 3])
+    for threshold in (0.2, 0.5):
+        res = gt_known_loc(maps, gt, frame, threshold=threshold)
+        accuracy, scored, without = ref_gt_known(maps, gt, frame, threshold)
+        assert (res.accuracy, res.num_images, res.num_without_boxes) == (pytest.approx(accuracy), scored, without)
+        assert res.correct.dtype == bool
+    assert 0 < res.accuracy < 100  # some right and some wrong: the comparison is not vacuous
+    none = gt_known_loc(maps[:2], [np.zeros((0, 4))] * 2, frame)
+    assert np.isnan(none.accuracy) and (none.num_images, none.num_without_boxes) == (0, 2)
+
+
+def test_largest_component_box_leaves_out_the_pixels_at_the_threshold():
+    m = np.zeros((6, 6))
+    m[1:3, 1:3], m[3:6, 3:6] = 0.5, 0.2  # the larger block sits exactly at the threshold
+    assert largest_component_box(m, 0.2).tolist() == [1, 1, 3, 3]
+
+
+@pytest.mark.parametrize('regions,valid,message', [
+    (np.zeros((2, 4)), np.ones((2, 1), bool), r'regions must be float\[N, l, 4\] with l >= 1, got shape \(2, 4\)'),
+    (np.zeros((2, 2, 3)), np.ones((2, 2), bool), r'regions must be float\[N, l, 4\] with l >= 1, got shape \(2, 2, 3\)'),
+    (np.zeros((2, 0, 4)), np.ones((2, 0), bool), r'regions must be float\[N, l, 4\] with l >= 1, got shape \(2, 0, 4\)'),
+    (np.zeros((2, 3, 4)), np.ones((2, 2), bool), r'valid must be bool\[N, l\] = \(2, 3\), got shape \(2, 2\)'),
+])
+def test_region_and_valid_shapes_are_checked(regions, valid, message):
+    with pytest.raises(ValueError, match=f'^{message}$'):
+        region_hits(regions, valid, [np.zeros((0, 4))] * 2)
+
+
+def test_a_centre_on_a_regions_left_or_top_edge_is_inside():
+    regions = np.array([[[10, 20, 30, 40]], [[10, 20, 30, 40]], [[10, 20, 30, 40]]], float)
+    gt = [np.array([[8, 28, 12, 32]]), np.array([[18, 18, 22, 22]]), np.array([[6, 28, 12, 32]])]  # x=10, y=20, x=9
+    res = region_hits(regions, np.ones((3, 1), bool), gt)
+    assert res.rank1.tolist() == [True, True, False]
