@@ -593,3 +593,40 @@ def test_a_centre_on_a_regions_left_or_top_edge_is_inside():
     gt = [np.array([[8, 28, 12, 32]]), np.array([[18, 18, 22, 22]]), np.array([[6, 28, 12, 32]])]  # x=10, y=20, x=9
     res = region_hits(regions, np.ones((3, 1), bool), gt)
     assert res.rank1.tolist() == [True, True, False]
+
+
+def test_paired_box_iou_is_the_diagonal_of_torchvisions_box_iou():
+    """Against ``torchvision.ops.box_iou`` (all pairs; its diagonal is the aligned pairs), on boxes that overlap,
+    miss each other in x, in y or both, overlap by less than a pixel, are smaller than a pixel or have no area
+    (0 there, where torchvision divides 0 by 0)."""
+    from torchvision.ops import box_iou
+    rng = np.random.default_rng(21)
+    xy = rng.uniform(0, 30, (200, 2))
+    a = np.concatenate([xy, xy + rng.uniform(0.2, 12, (200, 2))], axis=1)
+    b = a + np.concatenate([np.tile(rng.uniform(-15, 15, (200, 2)), 2)], axis=1)  # shifted copies
+    b[:20] = a[:20] + np.array([0.1, -0.05, 0.1, -0.05])  # sub-pixel shifts
+    b[20:30] = a[20:30] + np.array([30, 1, 30, 1])  # apart in x only
+    b[30:40] = a[30:40] + np.array([40, 40, 40, 40])  # apart in both
+    a[40:45, 2:] = a[40:45, :2]  # no area
+    b[40:45] = a[40:45]
+    a[45:50] = b[45:50] = [[1, 2, 1.5, 2.5]] * 5  # identical boxes of a quarter pixel
+    want = np.nan_to_num(torch.diagonal(box_iou(torch.from_numpy(a), torch.from_numpy(b))).numpy(), nan=0.0)
+    got = localization.paired_box_iou(a, b)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert (got[20:45] == 0).all() and (got[45:50] == 1).all() and 0 < got[:20].min()
+
+
+def test_max_box_acc_from_ious_fields_and_shapes():
+    best = np.array([[0.8, 0.6, 0.2], [0.4, 0.55, 0.75], [np.nan, np.nan, np.nan]])
+    res = max_box_acc_from_ious(best, np.array([0.1, 0.5, 0.9]), (0.5, 0.7))
+    np.testing.assert_allclose(res.curve, [[50, 100, 50], [50, 0, 50]])
+    assert res.accuracy.tolist() == [100, 50] and res.best_threshold.tolist() == [0.5, 0.1] and res.v2 == 75
+    assert res.map_thresholds.tolist() == [0.1, 0.5, 0.9] and res.iou_thresholds.tolist() == [0.5, 0.7]
+    assert (res.num_images, res.num_without_boxes, res.num_blank_maps) == (2, 1, 0)
+    none = max_box_acc_from_ious(best[2:], np.array([0.1, 0.5, 0.9]), (0.5, 0.7), num_blank_maps=3)
+    assert none.curve.shape == (2, 3) and np.isnan(none.curve).all() and np.isnan(none.v2)
+    assert none.best_threshold.shape == (2,) and np.isnan(none.best_threshold).all() and none.num_blank_maps == 3
+    for bad in (best[:, :2], best[0]):
+        with pytest.raises(ValueError, match=rf'^best_iou must be float\[N, T\] with T = 3 map thresholds, got '
+                                             rf'{re.escape(str(bad.shape))}$'):
+            max_box_acc_from_ious(bad, np.array([0.1, 0.5, 0.9]))
