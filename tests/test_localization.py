@@ -1,8 +1,8 @@
 """Localization metrics against slow, obviously correct references: contours by flood fill, IoU by hand,
 loops over thresholds, images and boxes."""
 import re
-from types import SimpleNamespace
 from collections import deque
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -630,3 +630,40 @@ def test_max_box_acc_from_ious_fields_and_shapes():
         with pytest.raises(ValueError, match=rf'^best_iou must be float\[N, T\] with T = 3 map thresholds, got '
                                              rf'{re.escape(str(bad.shape))}$'):
             max_box_acc_from_ious(bad, np.array([0.1, 0.5, 0.9]))
+
+
+# --- contour helpers, each against a direct computation ----------------------------------------
+
+@pytest.mark.parametrize('shape', [(2, 5, 7), (1, 1, 6), (1, 4, 1)])
+def test_neighbourhood_max_is_scipys_maximum_filter(shape):
+    a = np.random.default_rng(sum(shape)).integers(0, 1000, shape)
+    eight = ndimage.maximum_filter(a, footprint=np.ones((1, 3, 3), bool), mode='nearest')
+    four = ndimage.maximum_filter(a, footprint=ndimage.generate_binary_structure(2, 1)[None], mode='nearest')
+    np.testing.assert_array_equal(contours._neighbourhood_max(a, 8), eight)
+    np.testing.assert_array_equal(contours._neighbourhood_max(a, 4), four)
+
+
+@pytest.mark.parametrize('dy,dx', [(dy, dx) for dy in (-2, -1, 0, 1) for dx in (-1, 0, 2)])
+def test_shifted_pairs_every_pixel_with_its_neighbour(dy, dx):
+    a = np.arange(2 * 4 * 5).reshape(2, 4, 5)
+    here, there = contours._shifted(a, dy, dx)
+    got = sorted(zip(a[here].ravel().tolist(), a[there].ravel().tolist()))
+    want = sorted((int(a[n, y, x]), int(a[n, y + dy, x + dx])) for n in range(2) for y in range(4) for x in range(5)
+                  if 0 <= y + dy < 4 and 0 <= x + dx < 5)
+    assert got == want
+
+
+def test_order_keys_sort_by_level_then_score_then_position():
+    """Level first whatever the score (scores outside [0, 1] clipped, 1.0 included), then the score down to
+    differences of 1e-6, then the flat index; every key distinct."""
+    scores = np.array([[[1.0, 0.500001, 1.0, 1.5],
+                        [-0.5, 0.0, 0.9, 0.5]]])
+    level = np.array([[[1, 1, 0, 0],
+                       [2, 2, 1, 1]]])
+    keys = contours._order_keys(scores, level, num_levels=3).ravel()
+    assert len(set(keys.tolist())) == 8
+    order = np.argsort(keys).tolist()  # flat indices, lowest key first
+    # level 0: the 1.0 and the 1.5 (clipped to 1.0: a tie, broken by position); level 1: 0.5, 0.500001 (placed
+    # before it), 0.9, 1.0 (placed before the level-0 pixels); level 2: -0.5 (clipped to 0.0: a tie, broken by
+    # position), 0.0
+    assert order == [2, 3, 7, 1, 6, 0, 4, 5]
