@@ -667,3 +667,17 @@ def test_order_keys_sort_by_level_then_score_then_position():
     # before it), 0.9, 1.0 (placed before the level-0 pixels); level 2: -0.5 (clipped to 0.0: a tie, broken by
     # position), 0.0
     assert order == [2, 3, 7, 1, 6, 0, 4, 5]
+
+
+def test_contour_boxes_of_components_one_pixel_thick_on_the_top_row_and_left_column():
+    """A line along the top row, one down the left column and single pixels in corners (their boxes' far sides
+    are row or column 0 plus one) against flood fill, at every threshold."""
+    m = np.zeros((12, 12))
+    m[0, 3:9] = 0.9
+    m[4:10, 0] = 0.6
+    m[11, 11] = 0.5
+    m[0, 11] = 0.3
+    found = contour_boxes(m[None], THRESHOLDS)
+    for k, t in enumerate(THRESHOLDS):
+        assert box_set(found, 0, k) == sorted(ref_contour_boxes(m, t)), f'threshold {t}'
+    assert box_set(found, 0, 4) == [(0, 4, 1, 10), (3, 0, 9, 1), (11, 11, 12, 12)]  # at 0.45: all but the 0.3 pixel
