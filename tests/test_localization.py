@@ -681,3 +681,13 @@ def test_contour_boxes_of_components_one_pixel_thick_on_the_top_row_and_left_col
     for k, t in enumerate(THRESHOLDS):
         assert box_set(found, 0, k) == sorted(ref_contour_boxes(m, t)), f'threshold {t}'
     assert box_set(found, 0, 4) == [(0, 4, 1, 10), (3, 0, 9, 1), (11, 11, 12, 12)]  # at 0.45: all but the 0.3 pixel
+
+
+@pytest.mark.parametrize('frame', [(0, 5), (5, 0), (-1, -1)])
+def test_a_frame_without_pixels_is_refused(frame):
+    with pytest.raises(ValueError, match=rf'^frame_size must be \(W, H\) with W, H >= 1, got {re.escape(str(frame))}$'):
+        normalize_score_maps(np.ones((1, 4, 4)), frame)
+
+
+def test_a_one_pixel_frame_is_a_frame():
+    assert normalize_score_maps(np.arange(16.0).reshape(1, 4, 4), (1, 1)).shape == (1, 1, 1)
