@@ -24,6 +24,7 @@ whole body shows. A region zoomed from it sees a uniformly dark or light part of
 cannot tell the class; the whole-image view can, so there zooming should help little and a plain
 fine-tune of the same backbone may do as well or better. Its ``boxes.csv`` holds the body's box.
 """
+import inspect
 import json
 import os
 import shutil
@@ -236,7 +237,8 @@ def ensure_demo_data(root, **params: Any) -> Path:
     marker = root / MARKER
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        want = dict(train_per_class=100, val_per_class=50, num_classes=6, image_size=128, wing_units=10, seed=0)
+        want = {k: p.default for k, p in inspect.signature(generate_demo_data).parameters.items()
+                if p.default is not p.empty}  # the generator's own defaults, not a copy of them
         want.update(params)
         if all(saved.get(k) == v for k, v in want.items()):
             if not (root / BOX_FILE).is_file():  # a demo folder without its box file: written from the marker
