@@ -683,6 +683,24 @@ def test_contour_boxes_of_components_one_pixel_thick_on_the_top_row_and_left_col
     assert box_set(found, 0, 4) == [(0, 4, 1, 10), (3, 0, 9, 1), (11, 11, 12, 12)]  # at 0.45: all but the 0.3 pixel
 
 
+def test_contour_boxes_join_regions_that_touch_only_at_the_lowest_level():
+    """Two peaks joined by a bridge just above the lowest threshold are one component there, and two pockets of a
+    ring's hole joined by a corridor just under the highest threshold are one hole there: the regions of the
+    steepest ascent meet only at the lowest level of each pass (a level-1 touch that no random map had)."""
+    m = np.zeros((14, 24))
+    m[2:5, 1:4] = m[2:5, 8:11] = 1.0
+    m[3, 4:8] = 0.02                    # the bridge: level 1 of the outer pass
+    m[6:13, 12:23] = 1.0
+    m[8:11, 14:16] = m[8:11, 19:21] = 0.0
+    m[9, 16:19] = 0.2                   # the corridor: level 1 of the hole pass (T - level)
+    thresholds = np.array([0.01, 0.5])
+    found = contour_boxes(m[None], thresholds)
+    for k, t in enumerate(thresholds):
+        assert box_set(found, 0, k) == sorted(ref_contour_boxes(m, t)), f'threshold {t}'
+    assert box_set(found, 0, 0) == [(1, 2, 11, 5), (12, 6, 23, 13), (13, 7, 17, 12), (18, 7, 22, 12)]
+    assert box_set(found, 0, 1) == [(1, 2, 4, 5), (8, 2, 11, 5), (12, 6, 23, 13), (13, 7, 22, 12)]
+
+
 @pytest.mark.parametrize('frame', [(0, 5), (5, 0), (-1, -1)])
 def test_a_frame_without_pixels_is_refused(frame):
     with pytest.raises(ValueError, match=rf'^frame_size must be \(W, H\) with W, H >= 1, got {re.escape(str(frame))}$'):
