@@ -1,5 +1,5 @@
-"""train_fg's data path on timm.data: transforms, loaders (prefetcher, persistent workers, per-epoch
-seeding), and the data sources (image folders, CSV/TSV tables, hfds/ parquet, wds/ shards)."""
+"""train_fg's data path on timm.data: transforms and the data sources (image folders, CSV/TSV tables,
+hfds/ parquet, wds/ shards). The loaders are tested in test_loaders.py."""
 import json
 import os
 import subprocess
@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from timm.data import create_dataset, create_transform
-from timm.data.loader import PrefetchLoader
+from timm.data import create_transform
 from timm.data.random_erasing import RandomErasing
 
 import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.demo_data import CLASSES
-from timm_fgfocus.training import RunHooks, loaders, loops, train_one_epoch
+from timm_fgfocus.training import loops
 from timm_fgfocus.training.transforms import build_transforms
 from train_utils import TINY, run_error
 
@@ -128,189 +127,6 @@ def test_augmentation_flag_errors(capsys):
     assert '--layer-decay' in run_error(['--layer-decay', '0'], capsys)
     assert '--cutmix-minmax' in run_error(['--cutmix-minmax', '0.8', '0.2'], capsys)
     assert 'rrc' in run_error(['--train-interpolation', 'random'], capsys)
-
-
-# --- loaders ----------------------------------------------------------------------------------
-
-def loader_args(**kw):
-    args = training.parse_args(TINY + ['--seed', '7'])
-    args.distributed, args.rank, args.world_size = False, 0, 1
-    for k, v in kw.items():
-        setattr(args, k, v)
-    return args
-
-
-def make_ds(data, split='train', transform=None):
-    base = create_dataset('', root=str(Path(data) / split), split=split, search_split=False)
-    return training.data.RobustImageDataset(base, transform)
-
-
-def test_prefetcher_only_on_cuda():
-    args = loader_args()
-    assert not loaders.use_prefetcher(args, torch.device('cpu'))
-    assert loaders.use_prefetcher(args, torch.device('cuda'))
-    args.no_prefetcher = True
-    assert not loaders.use_prefetcher(args, torch.device('cuda'))
-
-
-def test_prefetcher_path_gives_the_same_batches(data):
-    """uint8 batches normalised by timm's PrefetchLoader equal the float path's (on CPU here)."""
-    args = loader_args(aa='rand-m9-mstd0.5-inc1')
-    cfg = data_config(64, 1.0)
-    batches = {}
-    for prefetch in (False, True):
-        train_tf, eval_tf = build_transforms(args, cfg, use_prefetcher=prefetch)
-        tl = loaders.train_loader(make_ds(data), train_tf, args, torch.device('cpu'), cfg, prefetch)
-        vl = loaders.eval_loader(make_ds(data, 'val', eval_tf), args, torch.device('cpu'), cfg, prefetch)
-        assert isinstance(tl, PrefetchLoader) == prefetch and isinstance(vl, PrefetchLoader) == prefetch
-        loaders.set_epoch(tl, 1)
-        loops.seed_epoch(args.seed, 1, 0)
-        batches[prefetch] = [b for b in tl] + [b for b in vl]
-    assert len(batches[True]) == len(batches[False]) == 3 + 2
-    for (x0, y0), (x1, y1) in zip(batches[False], batches[True]):
-        assert x1.dtype == torch.float32 and torch.equal(y0, y1)
-        torch.testing.assert_close(x1, x0, rtol=0, atol=1e-5)
-
-
-def epoch_batches(loader, epoch, seed):
-    loaders.set_epoch(loader, epoch)
-    loops.seed_epoch(seed, epoch, 0)
-    return [(x.clone(), y.clone()) for x, y in loader]
-
-
-def test_persistent_workers_replay_an_epoch_exactly(data):
-    """Epoch 1 from workers that already ran epoch 0 equals epoch 1 from fresh workers (a resumed
-    run): timm's loader seeds workers once, train_fg reseeds them per epoch."""
-    args = loader_args(workers=2, aa='rand-m9-mstd0.5-inc1', reprob=0.5, remode='pixel', hflip=0.5)
-    cfg = data_config(64, 0.8)
-    train_tf, _ = build_transforms(args, cfg)
-    cpu = torch.device('cpu')
-    a = loaders.train_loader(make_ds(data), train_tf, args, cpu, cfg)
-    assert a.persistent_workers and a.num_workers == 2
-    first = epoch_batches(a, 0, args.seed)
-    second = epoch_batches(a, 1, args.seed)
-    b = loaders.train_loader(make_ds(data), train_tf, args, cpu, cfg)
-    resumed = epoch_batches(b, 1, args.seed)
-    for (x, y), (xr, yr) in zip(second, resumed):
-        assert torch.equal(y, yr) and torch.equal(x, xr)
-    assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(first, second))
-
-
-def _workers(loader):
-    return list(getattr(loader, 'loader', loader)._iterator._workers)
-
-
-@pytest.mark.parametrize('wrap', [False, True])
-def test_close_loader_ends_the_persistent_workers_and_the_loader_still_works(data, wrap):
-    args = loader_args(workers=1)
-    cfg = data_config(64, 1.0)
-    _, eval_tf = build_transforms(args, cfg)
-    loader = loaders.train_loader(make_ds(data), eval_tf, args, torch.device('cpu'), cfg)
-    if wrap:  # the CUDA path's PrefetchLoader wraps the DataLoader
-        loader = PrefetchLoader(loader, mean=MEAN, std=STD, device=torch.device('cpu'))
-    first = [y.clone() for _, y in loader]
-    workers = _workers(loader)
-    assert workers and all(w.is_alive() for w in workers)  # persistent: still there between epochs
-    loaders.close_loader(loader)
-    assert not any(w.is_alive() for w in workers)
-    assert getattr(loader, 'loader', loader)._iterator is None
-    again = [y for _, y in loader]  # the next epoch starts new workers: same epoch, same order
-    assert len(again) == len(first) and all(torch.equal(a, b) for a, b in zip(again, first))
-    loaders.close_loader(loader)
-    loaders.close_loader(loaders.eval_loader(make_ds(data, 'val', eval_tf), loader_args(workers=0),
-                                             torch.device('cpu'), cfg))  # no workers: nothing to end
-
-
-def test_a_finished_run_has_ended_its_loader_workers(data, tmp_path):
-    """The workers end when train() returns, not when the garbage collector frees the loaders
-    (torch then waits 5 s per worker, measured inside the next run of --compare)."""
-    seen = {}
-
-    def spy(run, epoch):
-        metrics = train_one_epoch(run, epoch)
-        seen['workers'] = _workers(run.loader)
-        seen['run'] = run  # keeps the loaders alive: only train() itself can end their workers
-        return metrics
-
-    def spy_eval(run, epoch):
-        metrics = loops.evaluate_epoch(run, epoch)
-        seen['val_workers'] = _workers(run.val_loader)
-        return metrics
-    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--workers', '1', '--no-eval-report',
-                           '--output', str(tmp_path / 'o')], hooks=RunHooks(train_epoch=spy, evaluate=spy_eval))
-    assert seen['workers'] and seen['val_workers']
-    assert not any(w.is_alive() for w in seen['workers'] + seen['val_workers'])
-
-
-def test_eval_only_ends_its_loader_workers(data, trained, tmp_path, monkeypatch):
-    from timm_fgfocus.training import runner
-    made = []
-
-    def spy(*a, **kw):
-        made.append(loaders.eval_loader(*a, **kw))
-        return made[-1]
-    seen = []
-    real_evaluate = runner._evaluate_checkpoint
-
-    def evaluate(model, loader, *a, **kw):
-        out = real_evaluate(model, loader, *a, **kw)
-        seen.extend(_workers(loader))
-        return out
-    monkeypatch.setattr(runner, 'eval_loader', spy)
-    monkeypatch.setattr(runner, '_evaluate_checkpoint', evaluate)
-    train_mod.main(['--eval-only', '--checkpoint', str(trained / 'best.pth'), '--data-dir', str(data), '--workers', '1',
-                    '--no-eval-report', '--threads', '1'])
-    assert made and seen and not any(w.is_alive() for w in seen)
-
-
-def test_loaders_leave_the_global_rng_alone(data):
-    """Starting an epoch draws no number from torch's global RNG (drop path and mixup draw from it:
-    a draw in the first epoch of a process only would shift a resumed run's)."""
-    args = loader_args()
-    cfg = data_config(64, 1.0)
-    _, eval_tf = build_transforms(args, cfg)
-    cpu = torch.device('cpu')
-    tl = loaders.train_loader(make_ds(data), eval_tf, args, cpu, cfg)  # a transform without random draws
-    vl = loaders.eval_loader(make_ds(data, 'val', eval_tf), args, cpu, cfg)
-    torch.manual_seed(5)
-    state = torch.get_rng_state()
-    loaders.set_epoch(tl, 3)
-    assert tl.sampler.epoch == 3 and tl.dataset.transform.epoch.value == 3  # order and worker seeds follow
-    assert len(list(tl)) == 3 and len(list(vl)) == 2
-    assert torch.equal(torch.get_rng_state(), state)
-
-
-def test_train_order_is_the_seeded_permutation(data):
-    """The train order of an epoch is torch.randperm seeded with seed + epoch, in one process too;
-    under DDP the ranks split it without overlap."""
-    ds = make_ds(data)
-    args = loader_args(seed=11)
-    sampler = loaders.train_sampler(ds, args)
-    for epoch in (0, 3):
-        sampler.set_epoch(epoch)
-        assert list(sampler) == torch.randperm(len(ds), generator=torch.Generator().manual_seed(11 + epoch)).tolist()
-    parts = []
-    for rank in (0, 1):
-        s = loaders.train_sampler(ds, loader_args(seed=11, distributed=True, rank=rank, world_size=2))
-        s.set_epoch(2)
-        parts.append(list(s))
-    assert len(parts[0]) == len(parts[1]) == 9 and not set(parts[0]) & set(parts[1])
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-def test_cuda_runs_the_prefetcher(data, tmp_path, monkeypatch):
-    """On CUDA the train and val loaders are timm's PrefetchLoader and batches arrive on the GPU."""
-    seen = []
-
-    def spy(run, epoch):
-        seen.append(run.loader)
-        return train_one_epoch(run, epoch)
-    train_mod.main(TINY + ['--data-dir', str(data), '--epochs', '1', '--output', str(tmp_path / 'o'), '--device', 'cuda',
-                           '--reprob', '0.5'], hooks=RunHooks(train_epoch=spy))
-    assert isinstance(seen[0], PrefetchLoader) and seen[0].random_erasing is not None
-    x, _ = next(iter(seen[0]))
-    assert x.is_cuda and x.dtype == torch.float32
 
 
 # --- sources: CSV / TSV --------------------------------------------------------------------------
