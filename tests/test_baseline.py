@@ -437,6 +437,18 @@ def test_hf_upload_publishes_a_plain_timm_model(baseline_run, tmp_path):
     assert list(got['cfg']['mean']) == pytest.approx(list(ckpt['pretrained_cfg']['mean']))
 
 
+def test_published_baseline_keeps_its_backbone_weights_licence(baseline_run, tmp_path):
+    """A plain fine-tune of torchvision's ResNet-50 (BSD-3-Clause) is not published as Apache-2.0; --license wins."""
+    from timm_fgfocus.hub import save_baseline_for_hub
+    model, _ = model_from_checkpoint(baseline_run / 'best.pth')
+    ckpt = load_checkpoint(baseline_run / 'best.pth')
+    model.pretrained_cfg = dict(model.pretrained_cfg, license='bsd-3-clause')
+    for license, want in ((None, 'bsd-3-clause'), ('mit', 'mit')):
+        folder = save_baseline_for_hub(model, ckpt, tmp_path / str(license), 'me/b', license=license)
+        front = (folder / 'README.md').read_text().split('---')[1]
+        assert f'license: {want}' in front.splitlines()
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def _baseline_check(**values):

@@ -39,6 +39,26 @@ def test_all_variants_registered_with_default_cfgs():
         assert cfg.classifier == ('hybrid_fc', 'fc', 'region_fc')
 
 
+@pytest.mark.parametrize('name', [n for n in timm.list_pretrained('fgfocus_*') if not n.startswith('fgfocus_test')])
+def test_each_weight_tag_is_its_backbones_pretraining_at_the_papers_size(name):
+    """A tag names the backbone's own timm weights (repo, normalisation, licence); the input is the paper's 448
+    crop of a 512 resize, and pool_size is the backbone's feature map at that input."""
+    variant, tag = name.split('.')
+    backbone = fgfocus.variant_args[variant]['backbone']
+    cfg, own = timm.get_pretrained_cfg(name), timm.get_pretrained_cfg(f'{backbone}.{tag}')
+    assert cfg.hf_hub_id == f'timm/{backbone}.{tag}'
+    assert (cfg.mean, cfg.std, cfg.license) == (own.mean, own.std, own.license)
+    assert cfg.input_size == (3, 448, 448) and cfg.crop_pct == 448 / 512 and cfg.num_classes == 1000
+    assert cfg.interpolation in ('bilinear', 'bicubic') and cfg.crop_mode == 'center'
+    model = timm.create_model(name, device='meta')
+    assert model.num_classes == 1000 and model.pretrained_cfg['hf_hub_id'] == cfg.hf_hub_id
+    assert tuple(model.adapter.feat_size(448, 448)) == cfg.pool_size
+    if cfg.min_input_size is not None:  # transformers: the crop size, which their patch grid runs
+        assert cfg.min_input_size == (3, model.crop_size, model.crop_size)
+        assert model.adapter.size_error(model.crop_size, model.crop_size) is None
+    assert cfg.paper_ids == 'doi:10.1109/ICIP.2019.8803165'
+
+
 @pytest.mark.parametrize('name', VARIANTS)
 def test_default_cfg_names_exist_in_state_dict(name):
     model = timm.create_model(name, num_classes=5)

@@ -631,8 +631,8 @@ def _cfg(backbone_hub_id: str = '', first_conv: str = 'backbone.conv1', **kwargs
 _VIT = dict(first_conv='backbone.patch_embed.proj', interpolation='bicubic', min_input_size=(3, 224, 224))
 default_cfgs = generate_default_cfgs({
     'fgfocus_resnet50.a1_in1k': _cfg('timm/resnet50.a1_in1k'),
-    # torchvision's original ResNet-50 weights, the backbone the paper and NTS-Net fine-tune
-    'fgfocus_resnet50.tv_in1k': _cfg('timm/resnet50.tv_in1k'),
+    # torchvision's original ResNet-50 weights, the backbone the paper and NTS-Net fine-tune (torchvision's licence)
+    'fgfocus_resnet50.tv_in1k': _cfg('timm/resnet50.tv_in1k', license='bsd-3-clause'),
     'fgfocus_resnet101.a1h_in1k': _cfg('timm/resnet101.a1h_in1k'),
     'fgfocus_resnet18.a1_in1k': _cfg('timm/resnet18.a1_in1k'),
     'fgfocus_efficientnet_b0.ra_in1k': _cfg('timm/efficientnet_b0.ra_in1k', first_conv='backbone.conv_stem'),

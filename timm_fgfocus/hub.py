@@ -300,7 +300,7 @@ def save_baseline_for_hub(
     check_repo_id(repo_id)
     check_folder(save_directory, overwrite)
     arch = timm.models.split_model_name_tag(ckpt['arch'])[0]
-    license = license or 'apache-2.0'
+    license = license or model.pretrained_cfg.get('license') or 'apache-2.0'  # the backbone weights' licence
     model_config = _model_config(model, ckpt.get('class_names'), license)
     export_args = {k: v for k, v in ckpt['model_args'].items() if k not in ('drop_rate', 'drop_path_rate')}
     card_args = dict(baseline=ckpt[BASELINE_KEY], metrics=ckpt.get('metrics'), train_args=ckpt.get('args'),
