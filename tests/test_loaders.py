@@ -258,6 +258,20 @@ def test_workers_reseed_from_seed_epoch_rank_and_worker_at_each_epoch(rank):
             assert row == pytest.approx(want[k % 2][k // 2], rel=1e-6), f'epoch {epoch} batch {k}'
 
 
+def test_a_worker_reseeds_at_its_first_item_of_each_epoch_only(monkeypatch):
+    """The same, called directly as a worker would call it (mutation testing sees only the main process)."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(loaders, 'get_worker_info', lambda: SimpleNamespace(id=1))
+    transform = loaders.EpochSeededTransform(draw, seed=5, rank=2)
+    for epoch in (2, 4):
+        transform.epoch.value = epoch
+        random.seed(0), torch.manual_seed(0), np.random.seed(0)  # whatever the RNGs held: reseeded
+        got = [transform(None)[:3] for _ in range(3)]
+        want = [row[:3] for row in expected_draws(5, epoch, 2, 1, 3)]
+        assert got == pytest.approx(want, rel=1e-6), f'epoch {epoch}'
+    assert repr(transform) == f'EpochSeededTransform({draw!r})'
+
+
 def test_the_main_process_is_not_reseeded():
     """With --workers 0 the transform draws from the RNGs as seed_epoch left them."""
     args = loader_args(workers=0, batch_size=1, seed=5)
