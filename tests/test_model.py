@@ -519,3 +519,88 @@ def test_empty_batch_gives_empty_outputs_of_the_right_shapes(mode):
     out = vit.forward_structured(x)
     assert out.logits.shape == (0, 3) and out.attention.shape == (0, 8, 8)
     assert m.eval()(torch.zeros(0, 3, 96, 160)).shape == (0, 7)
+
+
+# --- the model's own methods, each option (mutation-testing survivors) ------------------------------
+
+def test_reset_classifier_with_a_pooling_builds_the_model_that_pooling_builds():
+    """reset_classifier(n, 'max') gives the model built with global_pool='max' (same weights, same output);
+    a bad class count is refused naming num_classes."""
+    x = x128(2, seed=4)
+    built = timm.create_model('fgfocus_test', num_classes=3, global_pool='max').eval()
+    reset = timm.create_model('fgfocus_test', num_classes=5).eval()
+    reset.reset_classifier(3, 'max')
+    assert reset.cfg == built.cfg and reset.global_pool.pool_type == 'max'
+    reset.load_state_dict(built.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(reset(x), built(x))
+        feats = reset.forward_features(x)
+        torch.testing.assert_close(reset.forward_head(feats, pre_logits=True)[:, :reset.backbone_num_features],
+                                   feats.image_features.amax(dim=(2, 3)))
+    with pytest.raises(ValueError, match=r'^num_classes must be an integer >= 0, got -1$'):
+        reset.reset_classifier(-1)
+
+
+@pytest.mark.parametrize('scales,ratios,num_regions,cells', [
+    ((0.5,), (1.0,), 4, 2),          # 2 x 2 cells x 1 anchor = 4 exactly
+    ((0.5,), (1.0,), 5, 3),
+    ((0.3, 0.5), (1.0, 2.0), 6, 2),  # 4 anchors per cell: one cell is too few for 6
+    ((0.3, 0.5), (1.0, 2.0), 4, 1),
+])
+def test_min_input_size_is_the_smallest_side_with_enough_candidates(scales, ratios, num_regions, cells):
+    """The square side min_input_size() names runs; one pixel less is refused with a message naming that side."""
+    m = timm.create_model('fgfocus_test', num_classes=3, region_scales=scales, region_ratios=ratios,
+                          num_regions=num_regions, num_hybrid_regions=1, pre_nms_top_n=None).eval()
+    side = m.min_input_size()
+    assert side == cells * m.feature_stride == cells * 32
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, side, side)).shape == (1, 3)
+        with pytest.raises(ValueError, match=rf'use inputs of at least {side}x{side} pixels'):
+            m(torch.randn(1, 3, side - 1, side - 1))
+
+
+def test_pre_nms_top_n_reaches_the_proposals():
+    """The model's boxes are propose_regions' with the model's pre_nms_top_n, which here differ from
+    those without a limit (NMS then fills the m regions from further down the list)."""
+    from timm_fgfocus.ops import propose_regions
+    torch.manual_seed(0)
+    kw = dict(num_regions=6, num_hybrid_regions=2, nms_iou=0.05, region_scales=(0.3,), region_ratios=(1.0,))
+    m = timm.create_model('fgfocus_test', num_classes=3, pre_nms_top_n=6, **kw).eval()
+    with torch.no_grad():
+        out = m.forward_structured(x128(1, seed=2))
+    args = (out.attention, (128, 128), 6, m.region_scales, m.region_ratios, m.nms_iou, m.region_score)
+    limited, unlimited = propose_regions(*args, pre_nms_top_n=6), propose_regions(*args)
+    assert torch.equal(out.boxes, limited[0]) and torch.equal(out.valid, limited[2])
+    assert not torch.equal(limited[2], unlimited[2])
+
+
+def test_forward_features_crops_m_regions_in_train_mode_and_l_in_eval(tiny):
+    x = x128(2)
+    with torch.no_grad():
+        assert tiny.eval().forward_features(x).region_features.shape == (2, tiny.num_hybrid_regions, tiny.backbone_num_features)
+        tiny.train()
+        try:
+            assert tiny.forward_features(x).region_features.shape == (2, tiny.num_regions, tiny.backbone_num_features)
+        finally:
+            tiny.eval()
+        feats = tiny.forward_features(x)
+        hybrid = tiny.forward_head(feats, pre_logits=True)
+    assert hybrid.shape == (2, tiny.num_features) and torch.equal(tiny.hybrid_fc(hybrid), tiny.forward_head(feats))
+
+
+@pytest.mark.parametrize('num_crops', [3, 7, 0])
+def test_num_crops_outside_l_to_m_is_refused_naming_both(tiny, num_crops):
+    with pytest.raises(ValueError, match=rf'^num_crops must be in \[l=4, m=6\], got {num_crops}$'):
+        tiny.forward_structured(x128(1), num_crops=num_crops)
+
+
+@pytest.mark.parametrize('variant,crop_size', [('fgfocus_test', 64), ('fgfocus_test.untrained', 64),
+                                               ('fgfocus_resnet50.tv_in1k', 224), ('not_a_variant', 224)])
+def test_variant_cfg_reads_the_variant_without_its_tag(variant, crop_size):
+    cfg = fgfocus.variant_cfg(variant)
+    assert cfg == FgFocusCfg(crop_size=crop_size)
+
+
+def test_model_args_problem_reads_past_timms_build_kwargs():
+    assert fgfocus.model_args_problem('fgfocus_test', {'pretrained_cfg_overlay': {}, 'nms_iu': 0.3}).startswith(
+        'nms_iu is not an argument of FgFocus')
