@@ -49,6 +49,8 @@ def test_prefetcher_only_on_cuda():
     assert loaders.use_prefetcher(args, torch.device('cuda'))
     args.no_prefetcher = True
     assert not loaders.use_prefetcher(args, torch.device('cuda'))
+    from types import SimpleNamespace
+    assert loaders.use_prefetcher(SimpleNamespace(), torch.device('cuda'))  # args without the flag (predict, eval)
 
 
 def test_prefetcher_path_gives_the_same_batches(data):
@@ -109,6 +111,8 @@ def test_close_loader_ends_the_persistent_workers_and_the_loader_still_works(dat
     first = [y.clone() for _, y in loader]
     workers = _workers(loader)
     assert workers and all(w.is_alive() for w in workers)  # persistent: still there between epochs
+    held = getattr(loader, 'loader', loader)._iterator  # as a reference cycle would hold it: no __del__ to end them
+    assert held is not None
     loaders.close_loader(loader)
     assert not any(w.is_alive() for w in workers)
     assert getattr(loader, 'loader', loader)._iterator is None
@@ -316,7 +320,9 @@ def test_eval_loader_splits_the_val_set_exactly_across_ranks(rank):
     indices = [int(i) for batch, _ in loader for i in batch]
     assert indices == list(range(rank, 8, 3)) and len(loader.dataset) == len(indices)
     assert not loader.drop_last and loader.batch_size == 2
-    whole = loaders.eval_loader(Draws(8), loader_args(batch_size=3), torch.device('cpu'))
+    ds = Draws(8)
+    whole = loaders.eval_loader(ds, loader_args(batch_size=3), torch.device('cpu'))
+    assert whole.dataset is ds  # one process: the data set itself (its transform, its classes)
     assert [int(i) for batch, _ in whole for i in batch] == list(range(8))
 
 
