@@ -1,5 +1,6 @@
 """The FgFocus model: timm integration, the forward contract, gradients, errors."""
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -604,3 +605,44 @@ def test_variant_cfg_reads_the_variant_without_its_tag(variant, crop_size):
 def test_model_args_problem_reads_past_timms_build_kwargs():
     assert fgfocus.model_args_problem('fgfocus_test', {'pretrained_cfg_overlay': {}, 'nms_iu': 0.3}).startswith(
         'nms_iu is not an argument of FgFocus')
+
+
+@pytest.mark.parametrize('size', [(32, 192), (192, 32)])
+def test_one_row_or_column_of_cells_with_exactly_m_candidates_runs(size):
+    """A 1x6 attention map holds exactly the 6 candidates of 6 regions: accepted, boxes inside the image."""
+    m = timm.create_model('fgfocus_test', num_classes=3).eval()
+    with torch.no_grad():
+        out = m.forward_structured(torch.randn(1, 3, *size))
+    assert out.attention.shape == (1, size[0] // 32, size[1] // 32) and bool(out.valid[:, 0])
+    assert float(out.boxes[..., 2].max()) <= size[1] and float(out.boxes[..., 3].max()) <= size[0]
+
+
+def test_an_empty_batch_keeps_the_feature_map_of_a_non_square_input(tiny):
+    with torch.no_grad():
+        feats = tiny.forward_features(torch.zeros(0, 3, 128, 192))
+    assert feats.image_features.shape == (0, tiny.backbone_num_features, 4, 6)
+
+
+def test_input_that_is_not_a_tensor_is_named():
+    import numpy as np
+    m = timm.create_model('fgfocus_test', num_classes=3)
+    with pytest.raises(ValueError, match=r'^fgfocus input must be a Tensor\[B, 3, H, W\], got ndarray$'):
+        m(np.zeros((1, 3, 128, 128), np.float32))
+
+
+@pytest.mark.parametrize('shape', [(2, 96), (2, 95, 4, 4)])
+def test_a_backbone_without_a_spatial_map_of_its_width_is_named(shape, monkeypatch):
+    m = timm.create_model('fgfocus_test', num_classes=3).eval()
+    monkeypatch.setattr(type(m.adapter), 'feature_map', lambda self, backbone, x: torch.zeros(shape))
+    with pytest.raises(ValueError, match=rf"^backbone 'test_resnet' gave features of shape {re.escape(str(shape))}, "
+                                         r'not a spatial map \[B, 96, h, w\]: fgfocus cannot use it$'):
+        m.forward_image(x128(2))
+
+
+def test_a_crop_size_the_backbone_cannot_run_is_refused_on_assignment():
+    m = timm.create_model('fgfocus_test', backbone='test_vit', num_classes=3)
+    with pytest.raises(ValueError, match=r'^crop_size=70: test_vit cannot run 70x70 inputs .*nearest sides it runs'):
+        m.crop_size = 70
+    assert m.crop_size == 64
+    m.crop_size = 80
+    assert m.cfg.crop_size == 80
