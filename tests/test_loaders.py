@@ -274,6 +274,16 @@ def test_a_worker_reseeds_at_its_first_item_of_each_epoch_only(monkeypatch):
         want = [row[:3] for row in expected_draws(5, epoch, 2, 1, 3)]
         assert got == pytest.approx(want, rel=1e-6), f'epoch {epoch}'
     assert repr(transform) == f'EpochSeededTransform({draw!r})'
+    single = loaders.EpochSeededTransform(draw, seed=5)  # one process: rank 0
+    single.epoch.value = 2
+    assert single(None)[:3] == pytest.approx(expected_draws(5, 2, 0, 1, 1)[0][:3], rel=1e-6)
+
+
+def test_set_epoch_on_a_data_set_without_a_transform():
+    ds = torch.utils.data.TensorDataset(torch.arange(6))
+    loader = loaders.eval_loader(ds, loader_args(batch_size=2), torch.device('cpu'))
+    loaders.set_epoch(loader, 3)
+    assert [int(v) for (batch,) in loader for v in batch] == list(range(6))
 
 
 def test_the_main_process_is_not_reseeded():
