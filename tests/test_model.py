@@ -646,3 +646,27 @@ def test_a_crop_size_the_backbone_cannot_run_is_refused_on_assignment():
     assert m.crop_size == 64
     m.crop_size = 80
     assert m.cfg.crop_size == 80
+
+
+def test_model_traits_and_attributes_timm_reads():
+    """timm's loader adapts the input conv named by the model's traits (another in_chans); FgFocus() alone is the
+    paper's ResNet-50 on 1000 classes; drop_rate and grad_checkpointing are timm's attributes."""
+    from timm.models import get_model_traits
+    for backbone, first in (('test_resnet', 'backbone.conv1.0'), ('test_vit', 'backbone.patch_embed.proj')):
+        m = timm.create_model('fgfocus_test', backbone=backbone, num_classes=3, drop_rate=0.25)
+        traits = get_model_traits(m)
+        assert traits['first_conv'] == first == 'backbone.' + m.backbone.pretrained_cfg['first_conv']
+        assert traits['fixed_input_size'] is False
+        assert m.drop_rate == m.head_drop.p == 0.25 and m.grad_checkpointing is False
+    paper = fgfocus.FgFocus(device='meta')
+    assert paper.backbone_name == 'resnet50' and paper.num_classes == 1000 and paper.backbone_num_features == 2048
+
+
+def test_no_classes_gives_features_from_every_head():
+    """num_classes=0: the image, region and hybrid heads are identities (timm's convention for features)."""
+    m = timm.create_model('fgfocus_test', num_classes=0).eval()
+    with torch.no_grad():
+        out = m.forward_structured(x128(2))
+    n = m.backbone_num_features
+    assert out.image_logits.shape == (2, n) and out.region_logits.shape == (2, 6, n)
+    assert out.logits.shape == (2, m.num_features)
