@@ -167,3 +167,38 @@ def test_first_run_without_network_is_one_line_with_the_whole_hint(no_network, d
         '(a timm checkpoint of the backbone, .pth or .safetensors), or train from scratch with --no-pretrained')
     assert 'Retrying' not in caplog.text and elapsed < 30, elapsed
     assert not (tmp_path / 'o').exists()
+
+
+# --- names, tags and where weights come from: the messages -----------------------------------------
+
+def test_backbone_name_problem_names_close_models_tags_or_nothing():
+    from timm_fgfocus.backbones import backbone_name_problem
+    message = backbone_name_problem('resnt50')
+    assert message.startswith("backbone='resnt50' is not a timm model (did you mean ") and message.endswith('?)')
+    close = message[message.index('mean ') + 5:-2].split(', ')
+    assert 'resnet50' in close and len(close) == 3 and all(timm.is_model(n) for n in close)
+    assert backbone_name_problem('zzqqxx') == "backbone='zzqqxx' is not a timm model"
+    tags = [n.split('.', 1)[1] for n in timm.list_pretrained('resnet18.*')]
+    message = backbone_name_problem('resnet18.no_such_tag')
+    head = "backbone='resnet18.no_such_tag': resnet18 has no weight tag 'no_such_tag'; its tags: "
+    assert len(tags) > 1 and message.startswith(head) and sorted(message[len(head):].split(', ')) == sorted(tags)
+    for fine in ('resnet18', f'resnet18.{tags[-1]}', 'hf-hub:someone/anything', 'local-dir:/nowhere'):
+        assert backbone_name_problem(fine) is None, fine  # Hub and folder names are timm's to resolve
+
+
+def test_weights_source_names_the_repo_folder_or_file(tmp_path):
+    from timm_fgfocus.pretrained import weights_source
+    (tmp_path / 'pytorch_model.bin').write_bytes(b'')
+    assert weights_source({'source': 'local-dir', 'file': str(tmp_path)}) == f'local-dir:{tmp_path} (file pytorch_model.bin)'
+    (tmp_path / 'model.safetensors').write_bytes(b'')  # timm's loader prefers safetensors
+    assert weights_source({'source': 'local-dir', 'file': str(tmp_path)}) == f'local-dir:{tmp_path} (file model.safetensors)'
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert weights_source({'source': 'local-dir', 'file': str(empty)}) == (
+        f'local-dir:{empty} (file none of model.safetensors, pytorch_model.bin, pytorch_model.pth, model.pth)')
+    assert weights_source({'state_dict': {}, 'file': 'x.pth'}) == "the pretrained_cfg's state_dict"
+    assert weights_source({'file': 'w/x.pth', 'hf_hub_id': 'a/b'}) == 'file w/x.pth'
+    assert weights_source({'hf_hub_id': 'a/b', 'url': 'http://u'}) == 'hf-hub:a/b (file model.safetensors)'
+    assert weights_source({'hf_hub_id': 'a/b', 'hf_hub_filename': 'open_clip.bin'}) == 'hf-hub:a/b (file open_clip.bin)'
+    assert weights_source({'url': 'http://u/w.pth'}) == 'url http://u/w.pth'
+    assert weights_source({}) == 'nowhere (the pretrained cfg names no weights)'
