@@ -241,6 +241,16 @@ def test_a_size_the_backbone_cannot_run_names_the_nearest_that_it_can():
                             'by patch size (16).); nearest sides it runs: height 96 or 112, width 96 or 112')
 
 
+def test_nearest_sides_at_the_edges_of_the_search(monkeypatch):
+    """The side itself when it runs; the larger side just above (79 -> 64 or 80); only the larger one when no
+    smaller side runs (10 -> 16); a plain statement when nothing within a stride runs."""
+    adapter = timm.create_model('fgfocus_test', backbone='test_vit', num_classes=3, device='meta').adapter
+    assert adapter.stride == 16
+    assert [adapter._nearest_sides(s) for s in (64, 79, 65, 10)] == ['64', '64 or 80', '64 or 80', '16']
+    monkeypatch.setattr(type(adapter), 'run_size', lambda self, h, w: 'cannot')
+    assert adapter._nearest_sides(70) == 'none within 16 px of 70'
+
+
 def test_trying_a_size_is_invisible_to_hooks_and_flop_counters(monkeypatch):
     """A size is tried on a meta-device copy, set apart from the caller's dispatch modes and hooks."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -532,6 +542,7 @@ def test_fixed_size_backbone_takes_only_its_size():
     m = timm.create_model('fgfocus_test', backbone='beit_base_patch16_224', backbone_args=args, crop_size=64,
                           num_classes=3).eval()
     assert m.adapter.fixed_size == (64, 64) and m.min_input_size() == 64
+    assert timm.models.get_model_traits(m)['fixed_input_size'] is True  # timm's trait for one input size
     with torch.no_grad():
         assert m(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     with pytest.raises(ValueError, match=r'input 128x128: beit_base_patch16_224 takes only 64x64 inputs'):

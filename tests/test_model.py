@@ -670,3 +670,28 @@ def test_no_classes_gives_features_from_every_head():
     n = m.backbone_num_features
     assert out.image_logits.shape == (2, n) and out.region_logits.shape == (2, 6, n)
     assert out.logits.shape == (2, m.num_features)
+
+
+def test_crops_are_sampled_with_the_models_ratio_and_no_hybrid_region_crops_nothing():
+    """The region features are the backbone's pooled map of crop_and_zoom's crops at crop_sampling_ratio; with
+    l = 0 the eval pass crops nothing and the hybrid feature is the image feature alone."""
+    torch.manual_seed(0)
+    m = timm.create_model('fgfocus_test', num_classes=3, crop_sampling_ratio=3).eval()
+    x = x128(1, seed=6)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        crops = crop_and_zoom(x, feats.boxes[:, :4], (64, 64), 3)
+        want = m.global_pool(m.adapter.feature_map(m.backbone, crops)).reshape(1, 4, -1)
+        other = m.global_pool(m.adapter.feature_map(m.backbone, crop_and_zoom(x, feats.boxes[:, :4], (64, 64), 1)))
+    torch.testing.assert_close(feats.region_features, want)
+    assert not torch.allclose(want.reshape(4, -1), other)
+    none = timm.create_model('fgfocus_test', num_classes=3, num_hybrid_regions=0).eval()
+    with torch.no_grad():
+        feats = none.forward_features(x128(2))
+        assert feats.region_features.shape == (2, 0, none.backbone_num_features)
+        assert none(x128(2)).shape == (2, 3) and none.num_features == none.backbone_num_features
+
+
+def test_an_unknown_weight_tag_names_the_variant_and_its_tags():
+    with pytest.raises(ValueError, match=r"^fgfocus_test\.nope: fgfocus_test has no weight tag 'nope'; its tags: untrained$"):
+        timm.create_model('fgfocus_test', pretrained_cfg='nope')
