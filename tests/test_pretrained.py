@@ -202,3 +202,26 @@ def test_weights_source_names_the_repo_folder_or_file(tmp_path):
     assert weights_source({'hf_hub_id': 'a/b', 'hf_hub_filename': 'open_clip.bin'}) == 'hf-hub:a/b (file open_clip.bin)'
     assert weights_source({'url': 'http://u/w.pth'}) == 'url http://u/w.pth'
     assert weights_source({}) == 'nowhere (the pretrained cfg names no weights)'
+
+
+def test_check_weights_fit_exempts_only_new_heads_and_the_adapted_input_conv():
+    """Heads may be missing only when num_classes differs from the weights' cfg; the input conv may have another
+    shape; anything else missing is an error naming the architecture, the source and the model_args."""
+    from timm_fgfocus.pretrained import check_weights_fit
+    new = timm.create_model('fgfocus_test', num_classes=3)  # the cfg's weights have 10 classes
+    assert new.pretrained_cfg['num_classes'] == 10 and new.pretrained_cfg['classifier'] == ('hybrid_fc', 'fc', 'region_fc')
+    sd = {k: v for k, v in new.state_dict().items() if not k.startswith(('hybrid_fc.', 'fc.', 'region_fc.'))}
+    sd['backbone.conv1.0.weight'] = sd['backbone.conv1.0.weight'][:, :1]  # an input conv of another in_chans
+    check_weights_fit(sd, new)
+    same = timm.create_model('fgfocus_test', num_classes=10)
+    with pytest.raises(PretrainedWeightsError, match=r'^fgfocus_test: the weights in .* do not fit the model built: '
+                                                      r'6 tensors missing \((hybrid_)?fc\.'):
+        check_weights_fit(sd, same)
+    del sd['backbone.bn1.weight']
+    new.pretrained_model_args = {'in_chans': 3}
+    with pytest.raises(PretrainedWeightsError) as e:
+        check_weights_fit(sd, new)
+    assert str(e.value).startswith("fgfocus_test: the weights in nowhere (the pretrained cfg names no weights) do not "
+                                   "fit the model built with model_args {'in_chans': 3}: 1 tensors missing "
+                                   "(backbone.bn1.weight)")
+    assert str(e.value).endswith('nothing was loaded.')
