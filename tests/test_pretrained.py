@@ -225,3 +225,17 @@ def test_check_weights_fit_exempts_only_new_heads_and_the_adapted_input_conv():
                                    "fit the model built with model_args {'in_chans': 3}: 1 tensors missing "
                                    "(backbone.bn1.weight)")
     assert str(e.value).endswith('nothing was loaded.')
+
+
+def test_checkpoint_filter_fn_unwraps_state_dict_and_model_entries():
+    """Training checkpoints of other code bases wrap the tensors in 'state_dict' or 'model': the same mapping."""
+    from timm_fgfocus.fgfocus import checkpoint_filter_fn
+    from timm_fgfocus.pretrained import _names
+    m = timm.create_model('fgfocus_test', num_classes=3)
+    plain = timm.create_model('test_resnet', num_classes=7).state_dict()  # a plain backbone checkpoint
+    want = checkpoint_filter_fn(plain, m)
+    assert 'backbone.conv1.0.weight' in want and not any(k.startswith('backbone.fc.') for k in want)
+    for key in ('state_dict', 'model'):
+        got = checkpoint_filter_fn({key: plain}, m)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert _names(None) == () and _names('fc') == ('fc',) and _names(['a', 'b']) == ('a', 'b')
