@@ -303,6 +303,7 @@ def test_bad_input_raises_value_error_naming_it(tiny, x, match):
     (dict(global_pool='token'), "global_pool must be 'avg', 'max' or 'avgmax' .* got 'token'"),
     (dict(region_scales=(0.0,)), 'region_scales must be non-empty, each in'),
     (dict(region_scales=()), 'region_scales must be non-empty, each in'),
+    (dict(region_scales=(0.5, 1.5)), r'region_scales must be non-empty, each in \(0, 1\], got \(0.5, 1.5\)'),
     (dict(region_ratios=(0.0,)), 'region_ratios must be non-empty and positive'),
     (dict(smooth_sigma=-1.0), 'smooth_sigma must be >= 0'),
     (dict(pre_nms_top_n=5), r'pre_nms_top_n \(5\) must be >= num_regions \(6\)'),
@@ -695,3 +696,11 @@ def test_crops_are_sampled_with_the_models_ratio_and_no_hybrid_region_crops_noth
 def test_an_unknown_weight_tag_names_the_variant_and_its_tags():
     with pytest.raises(ValueError, match=r"^fgfocus_test\.nope: fgfocus_test has no weight tag 'nope'; its tags: untrained$"):
         timm.create_model('fgfocus_test', pretrained_cfg='nope')
+
+
+def test_cfg_sequences_become_tuples_of_floats():
+    """Lists from YAML or --model-kwargs become tuples of floats: the cfg compares, hashes and prints the same."""
+    cfg = FgFocusCfg(region_scales=[1, 0.5], region_ratios=[1, 2])
+    assert cfg.region_scales == (1.0, 0.5) and cfg.region_ratios == (1.0, 2.0)
+    assert all(type(v) is float for v in cfg.region_scales + cfg.region_ratios)
+    assert hash(cfg) == hash(FgFocusCfg(region_scales=(1.0, 0.5), region_ratios=(1.0, 2.0)))
