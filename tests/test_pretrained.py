@@ -239,3 +239,52 @@ def test_checkpoint_filter_fn_unwraps_state_dict_and_model_entries():
         got = checkpoint_filter_fn({key: plain}, m)
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert _names(None) == () and _names('fc') == ('fc',) and _names(['a', 'b']) == ('a', 'b')
+
+
+def test_hub_unreachable_asks_once_and_only_for_hub_weights(monkeypatch):
+    """One HEAD request, for the safetensors file first, at the cfg's revision; none for weights from a folder,
+    a file or a state_dict, or already in the cache; a connection error is its one-line reason."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+    from timm_fgfocus.pretrained import hub_unreachable
+    asked, cached = [], set()
+    outcome = {'error': ConnectionError('connection refused\nretry later')}
+
+    def metadata(url):
+        asked.append(url)
+        if outcome['error'] is not None:
+            raise outcome['error']
+    monkeypatch.setattr(huggingface_hub, 'get_hf_file_metadata', metadata)
+    monkeypatch.setattr(huggingface_hub, 'try_to_load_from_cache',
+                        lambda repo, name, cache_dir=None, revision=None: '/c/' + name if (repo, name) in cached else None)
+    for cfg in ({}, {'hf_hub_id': 'a/b', 'source': 'local-dir'}, {'hf_hub_id': 'a/b', 'file': 'w.pth'},
+                {'hf_hub_id': 'a/b', 'state_dict': {}}, {'url': 'http://127.0.0.1/w.pth'}):
+        assert hub_unreachable(cfg) is None, cfg
+    assert asked == []
+    assert hub_unreachable({'hf_hub_id': 'a/b@v2'}) == 'ConnectionError: connection refused'
+    assert asked == [huggingface_hub.hf_hub_url('a/b', 'model.safetensors', revision='v2')]
+    answered = HfHubHTTPError.__new__(HfHubHTTPError)  # the Hub answered (its constructor wants an HTTP response)
+    Exception.__init__(answered, '404 not found')
+    outcome['error'] = answered  # timm's loader then reports what is missing
+    assert hub_unreachable({'hf_hub_id': 'a/b', 'hf_hub_filename': 'open_clip.bin'}) is None
+    assert asked[-1] == huggingface_hub.hf_hub_url('a/b', 'open_clip.bin')
+    cached.add(('a/c', 'pytorch_model.bin'))
+    outcome['error'] = ConnectionError('offline')
+    assert hub_unreachable({'hf_hub_id': 'a/c'}) is None and len(asked) == 2  # in the cache: nothing asked
+
+
+@pytest.mark.parametrize('num_classes', [7, 3, 0])
+def test_a_plain_classifier_becomes_the_image_head_only_when_it_fits(num_classes):
+    """The backbone's own classifier (7 classes) becomes fc for 7 classes; for 3 the fresh fc stays, for 0 there
+    is no fc; the region and hybrid heads are always the model's own."""
+    from timm_fgfocus.fgfocus import checkpoint_filter_fn
+    torch.manual_seed(0)
+    m = timm.create_model('fgfocus_test', num_classes=num_classes)
+    plain = timm.create_model('test_resnet', num_classes=7).state_dict()
+    out = checkpoint_filter_fn(plain, m)
+    own = m.state_dict()
+    heads = {k for k in own if k.startswith(('fc.', 'region_fc.', 'hybrid_fc.'))}
+    assert set(out) == {'backbone.' + k for k in plain if not k.startswith('fc.')} | heads
+    for k in heads:
+        want = plain[k] if num_classes == 7 and k.startswith('fc.') else own[k]
+        assert torch.equal(out[k], want), k
