@@ -704,3 +704,22 @@ def test_cfg_sequences_become_tuples_of_floats():
     assert cfg.region_scales == (1.0, 0.5) and cfg.region_ratios == (1.0, 2.0)
     assert all(type(v) is float for v in cfg.region_scales + cfg.region_ratios)
     assert hash(cfg) == hash(FgFocusCfg(region_scales=(1.0, 0.5), region_ratios=(1.0, 2.0)))
+
+
+def test_fits_reads_the_type_hints_as_yaml_and_literal_eval_give_values():
+    import inspect
+    from typing import Any, Dict, Optional, Sequence, Tuple
+    fits = fgfocus._fits
+    assert fits(object(), Any) and fits(object(), inspect.Parameter.empty) and fits('x', torch.device)
+    assert fits([1, 2.5], Sequence[float]) and fits((1,), Sequence[float]) and not fits(['a'], Sequence[float])
+    assert not fits(0.5, Sequence[float]) and fits([], Sequence[float])
+    assert fits((1, 2), Tuple[int, ...]) and not fits((1, 'a'), Tuple[int, ...]) and fits([1, 'a'], list)
+    assert fits({}, Dict[str, Any]) and fits({'a': 1}, dict) and not fits([], Dict[str, Any])
+    assert fits(None, Optional[int]) and fits(3, Optional[int]) and not fits(True, Optional[int])
+    m = timm.create_model('fgfocus_test', num_classes=3)
+    for bad in (True, 2.0, '3', -1):
+        with pytest.raises(ValueError, match=rf'^num_classes must be an integer >= 0, got {re.escape(repr(bad))}$'):
+            m.reset_classifier(bad)
+    with pytest.raises(TypeError, match=r'^bogus is not an argument of FgFocus; its hyper-parameters are in_chans, '
+                                        r'global_pool, num_regions, '):
+        FgFocusCfg().replace(bogus=1)
