@@ -288,3 +288,12 @@ def test_a_plain_classifier_becomes_the_image_head_only_when_it_fits(num_classes
     for k in heads:
         want = plain[k] if num_classes == 7 and k.startswith('fc.') else own[k]
         assert torch.equal(out[k], want), k
+
+
+def test_an_unreadable_weights_file_is_one_line_naming_variant_and_file(tmp_path):
+    bad = tmp_path / 'weights.safetensors'
+    bad.write_bytes(b'not safetensors at all')
+    with pytest.raises(PretrainedWeightsError) as e:
+        timm.create_model('fgfocus_test', pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
+    message = str(e.value)
+    assert message.startswith(f'fgfocus_test: cannot load pretrained weights from file {bad}: ') and '\n' not in message
