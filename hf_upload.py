@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--summary', default=None,
                    help='training log for the card (default: summary.csv beside the checkpoint, if any); '
                         'a file named here must exist and be a train_fg.py summary.csv')
-    p.add_argument('--license', default=None, help='license of the weights (default: the backbone weights\' own, else apache-2.0)')
+    p.add_argument('--license', default=None,
+                   help="license of the weights (default: the backbone weights' own, else apache-2.0)")
     p.add_argument('--single-pass', action='store_true',
                    help="publish the backbone and image-level head as a plain timm model of the backbone's own "
                         'architecture (one backbone pass; loads without timm_fgfocus)')
