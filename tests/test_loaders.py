@@ -16,16 +16,9 @@ import train_fg as train_mod
 from timm_fgfocus import training
 from timm_fgfocus.training import RunHooks, loaders, loops, train_one_epoch
 from timm_fgfocus.training.transforms import build_transforms
-from train_utils import TINY
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from train_utils import MEAN, STD, TINY, data_config
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-def data_config(size=448, crop_pct=0.7466, interpolation='bilinear', channels=3):
-    return {'input_size': (channels, size, size), 'crop_pct': crop_pct, 'interpolation': interpolation,
-            'mean': MEAN, 'std': STD, 'crop_mode': 'squash'}
 
 
 # --- loaders ----------------------------------------------------------------------------------

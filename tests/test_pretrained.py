@@ -9,7 +9,10 @@ import torch
 
 import timm
 import timm_fgfocus  # noqa: F401  registers the models
-from timm_fgfocus.pretrained import PretrainedWeightsError, weights_mismatch
+from timm_fgfocus.backbones import backbone_name_problem
+from timm_fgfocus.fgfocus import checkpoint_filter_fn
+from timm_fgfocus.pretrained import (PretrainedWeightsError, _names, check_weights_fit, hub_unreachable, weights_mismatch,
+                                     weights_source)
 from timm_fgfocus.training import TrainError
 from timm_fgfocus.training.model import check_model_kwargs, load_initial_weights
 from train_utils import TINY, run_error
@@ -172,7 +175,6 @@ def test_first_run_without_network_is_one_line_with_the_whole_hint(no_network, d
 # --- names, tags and where weights come from: the messages -----------------------------------------
 
 def test_backbone_name_problem_names_close_models_tags_or_nothing():
-    from timm_fgfocus.backbones import backbone_name_problem
     message = backbone_name_problem('resnt50')
     assert message.startswith("backbone='resnt50' is not a timm model (did you mean ") and message.endswith('?)')
     close = message[message.index('mean ') + 5:-2].split(', ')
@@ -187,7 +189,6 @@ def test_backbone_name_problem_names_close_models_tags_or_nothing():
 
 
 def test_weights_source_names_the_repo_folder_or_file(tmp_path):
-    from timm_fgfocus.pretrained import weights_source
     (tmp_path / 'pytorch_model.bin').write_bytes(b'')
     assert weights_source({'source': 'local-dir', 'file': str(tmp_path)}) == f'local-dir:{tmp_path} (file pytorch_model.bin)'
     (tmp_path / 'model.safetensors').write_bytes(b'')  # timm's loader prefers safetensors
@@ -207,7 +208,6 @@ def test_weights_source_names_the_repo_folder_or_file(tmp_path):
 def test_check_weights_fit_exempts_only_new_heads_and_the_adapted_input_conv():
     """Heads may be missing only when num_classes differs from the weights' cfg; the input conv may have another
     shape; anything else missing is an error naming the architecture, the source and the model_args."""
-    from timm_fgfocus.pretrained import check_weights_fit
     new = timm.create_model('fgfocus_test', num_classes=3)  # the cfg's weights have 10 classes
     assert new.pretrained_cfg['num_classes'] == 10 and new.pretrained_cfg['classifier'] == ('hybrid_fc', 'fc', 'region_fc')
     sd = {k: v for k, v in new.state_dict().items() if not k.startswith(('hybrid_fc.', 'fc.', 'region_fc.'))}
@@ -229,8 +229,6 @@ def test_check_weights_fit_exempts_only_new_heads_and_the_adapted_input_conv():
 
 def test_checkpoint_filter_fn_unwraps_state_dict_and_model_entries():
     """Training checkpoints of other code bases wrap the tensors in 'state_dict' or 'model': the same mapping."""
-    from timm_fgfocus.fgfocus import checkpoint_filter_fn
-    from timm_fgfocus.pretrained import _names
     m = timm.create_model('fgfocus_test', num_classes=3)
     plain = timm.create_model('test_resnet', num_classes=7).state_dict()  # a plain backbone checkpoint
     want = checkpoint_filter_fn(plain, m)
@@ -246,7 +244,6 @@ def test_hub_unreachable_asks_once_and_only_for_hub_weights(monkeypatch):
     a file or a state_dict, or already in the cache; a connection error is its one-line reason."""
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError
-    from timm_fgfocus.pretrained import hub_unreachable
     asked, cached = [], set()
     outcome = {'error': ConnectionError('connection refused\nretry later')}
 
@@ -277,7 +274,6 @@ def test_hub_unreachable_asks_once_and_only_for_hub_weights(monkeypatch):
 def test_a_plain_classifier_becomes_the_image_head_only_when_it_fits(num_classes):
     """The backbone's own classifier (7 classes) becomes fc for 7 classes; for 3 the fresh fc stays, for 0 there
     is no fc; the region and hybrid heads are always the model's own."""
-    from timm_fgfocus.fgfocus import checkpoint_filter_fn
     torch.manual_seed(0)
     m = timm.create_model('fgfocus_test', num_classes=num_classes)
     plain = timm.create_model('test_resnet', num_classes=7).state_dict()

@@ -21,11 +21,9 @@ from timm_fgfocus.checkpoint import load_checkpoint
 from timm_fgfocus.demo_data import CLASSES
 from timm_fgfocus.training import loops
 from timm_fgfocus.training.transforms import build_transforms
-from train_utils import TINY, run_error
+from train_utils import MEAN, STD, TINY, data_config, run_error
 
 REPO = Path(__file__).resolve().parents[1]
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
@@ -33,11 +31,6 @@ def photo(w=50, h=37, seed=0):
     """A non-square RGB image with texture (crops and flips change it)."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).resize((w * 10, h * 10))
-
-
-def data_config(size=448, crop_pct=0.7466, interpolation='bilinear'):
-    return {'input_size': (3, size, size), 'crop_pct': crop_pct, 'interpolation': interpolation,
-            'mean': MEAN, 'std': STD, 'crop_mode': 'squash'}
 
 
 # --- transforms -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as MEAN, IMAGENET_DEFAULT_STD as STD
 
 import train_fg as train_mod
 from timm_fgfocus.checkpoint import load_checkpoint
@@ -88,3 +89,9 @@ def killed_in_epoch(epoch: int) -> RunHooks:
         finally:
             run.loader = loader
     return RunHooks(train_epoch=train_epoch)
+
+
+def data_config(size=448, crop_pct=0.7466, interpolation='bilinear', channels=3) -> Dict:
+    """A run's data config as train_fg resolves it (the paper's crop by default, ImageNet normalisation)."""
+    return {'input_size': (channels, size, size), 'crop_pct': crop_pct, 'interpolation': interpolation,
+            'mean': MEAN, 'std': STD, 'crop_mode': 'squash'}
