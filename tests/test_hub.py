@@ -24,7 +24,7 @@ from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_che
 from timm_fgfocus.fgfocus import PretrainedWeightsError
 from timm_fgfocus.integrity import digest
 from hf_upload import main
-from timm_fgfocus.hub import HubUploadError, export_model_args, save_for_hub
+from timm_fgfocus.hub import HubUploadError, export_model_args, push_to_hub, save_for_hub
 
 from hub_server import HubServer
 
@@ -517,6 +517,29 @@ def test_save_for_hub_api_is_safe_too(tmp_path):
     with pytest.raises(HubUploadError, match='not a valid Hub repo id'):
         save_for_hub(model, tmp_path / 'new', 'timm-fgfocus/na me')
     assert not (tmp_path / 'new').exists()
+
+
+def test_push_to_hub_api_pushes_what_save_for_hub_writes(hub_env, tmp_path, monkeypatch):
+    monkeypatch.delenv('HF_TOKEN')  # the token given as an argument, nothing else
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    repo, classes = 'timm-fgfocus/api-push', ['a', 'b', 'c']
+    with pytest.raises(HubUploadError, match='no Hugging Face token found'):
+        push_to_hub(model, repo, class_names=classes)
+    assert repo not in hub_env.repos
+    info = push_to_hub(model, repo, token=TOKEN, private=True, revision='dev', class_names=classes)
+    assert info.commit_message == 'Add fgfocus_test weights (hf_upload)'
+    assert hub_env.repos[repo].private and 'model.safetensors' not in hub_env.files(repo)  # only on the branch
+    local = save_for_hub(model, tmp_path / 'local', repo, class_names=classes, revision='dev')
+    pushed = {k: v for k, v in hub_env.files(repo, 'dev').items() if k != '.gitattributes'}  # the new repo's own
+    assert sorted(pushed) == ['README.md', 'config.json', 'model.safetensors']
+    assert all(pushed[name] == (local / name).read_bytes() for name in pushed)
+    assert json.loads(pushed['config.json'])['label_names'] == classes
+    info = push_to_hub(model, repo, token=TOKEN, commit_message='second')
+    on_main = save_for_hub(model, tmp_path / 'main', repo)
+    assert info.commit_message == 'second'
+    assert all(hub_env.files(repo)[p.name] == p.read_bytes() for p in on_main.iterdir())
+    assert hub_env.repos[repo].private  # an existing repo keeps its visibility
 
 
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
