@@ -255,6 +255,49 @@ def test_rejected_token_is_one_clear_line_and_never_shown(hub_env, run_dir, monk
     assert 'timm-fgfocus/rejected' not in hub_env.repos
 
 
+class _HubHttpError(Exception):
+    """What huggingface_hub raises: an HTTP response with a status code, and the server's message."""
+
+    def __init__(self, text, status=None, server_message=None):
+        super().__init__(text)
+        self.response = None if status is None else type('Response', (), {'status_code': status})()
+        self.server_message = server_message
+
+
+@pytest.mark.parametrize('error,expected', [
+    (_HubHttpError('401 Client Error', 401),
+     'the Hugging Face token was rejected by http://hub (401 Unauthorized); set a valid HF_TOKEN or run '
+     '`hf auth login` again'),
+    (_HubHttpError('401 Client Error', 401, server_message='  Invalid credentials\nin Authorization header'),
+     'the Hugging Face token was rejected by http://hub (401 Unauthorized: Invalid credentials); set a valid '
+     'HF_TOKEN or run `hf auth login` again'),
+    (_HubHttpError('403 Client Error', 403, server_message='You are not a member of org'),
+     'the Hugging Face token may not write to org/name (403 Forbidden: You are not a member of org); use a token '
+     'with write access'),
+    (_HubHttpError('403 Client Error', 403),
+     'the Hugging Face token may not write to org/name (403 Forbidden); use a token with write access'),
+    (_HubHttpError('\n500 Server Error: Internal\nmore', 500, server_message='\n'),
+     'pushing to org/name on http://hub failed: _HubHttpError: 500 Server Error: Internal'),
+    (_HubHttpError('500 Server Error', 500, server_message='disk full\nsecond line'),
+     'pushing to org/name on http://hub failed: _HubHttpError: 500 Server Error: disk full'),
+    (ConnectionError('Connection refused'), 'pushing to org/name on http://hub failed: ConnectionError: '
+                                            'Connection refused'),
+    (TimeoutError(), 'pushing to org/name on http://hub failed: TimeoutError: TimeoutError'),
+])
+def test_hub_errors_are_one_line_by_status(error, expected):
+    from timm_fgfocus.hub import _hub_error
+    out = _hub_error(error, 'org/name', 'http://hub', TOKEN)
+    assert isinstance(out, HubUploadError) and str(out) == expected
+
+
+def test_hub_error_never_shows_the_token():
+    from timm_fgfocus.hub import _hub_error
+    for status in (401, 403, 500):
+        out = str(_hub_error(_HubHttpError(f'bad header Bearer {TOKEN}', status, server_message=f'token {TOKEN}'),
+                             'org/name', 'http://hub', TOKEN))
+        assert TOKEN not in out and ': token ***' in out, out  # the server's message kept, the token masked
+
+
 # --- loading --------------------------------------------------------------------------------------
 
 def test_offline_from_preseeded_cache(published, hub_env, run_dir, monkeypatch):
