@@ -3,6 +3,7 @@ cfg a model describes its data by, and failing fast without network."""
 import logging
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import timm
 import timm_fgfocus  # noqa: F401  registers the models
 from timm_fgfocus.backbones import backbone_name_problem
 from timm_fgfocus.fgfocus import checkpoint_filter_fn
-from timm_fgfocus.pretrained import (PretrainedWeightsError, _names, check_weights_fit, hub_unreachable, weights_mismatch,
-                                     weights_source)
+from timm_fgfocus.pretrained import (PretrainedWeightsError, _names, backbone_weights_cfg, check_weights_fit,
+                                     hub_unreachable, weight_tag_problem, weights_mismatch, weights_source)
 from timm_fgfocus.training import TrainError
 from timm_fgfocus.training.model import check_model_kwargs, load_initial_weights
 from train_utils import TINY, run_error
@@ -34,6 +35,13 @@ def test_weights_mismatch_names_the_first_missing_unexpected_and_reshaped_tensor
     exempt, any_shape = ['c', 'd', 'e', 'x', 'head.weight'], ['b', 'stem.weight']
     assert weights_mismatch(own, theirs, exempt=exempt, any_shape=any_shape) == ''
     assert weights_mismatch(own, dict(own)) == ''
+
+
+def test_weights_mismatch_shows_three_names_by_default_and_a_value_without_a_shape_as_empty():
+    own = {k: torch.zeros(2) for k in 'abcdef'}
+    theirs = {'e': 7, 'f': torch.zeros(2)}  # a stray int where a tensor belongs (a hand-edited checkpoint)
+    assert weights_mismatch(own, theirs) == (
+        '4 tensors missing (a, b, c, ...); 1 tensors with other shapes (file vs model: e [] vs [2])')
 
 
 def test_initial_weights_that_do_not_fit_are_one_line_and_load_nothing(tmp_path):
@@ -87,6 +95,39 @@ def test_unknown_weight_tag_of_a_variant_or_backbone_lists_the_tags():
         tags = msg.split('its tags: ')[1].split(', ')
         assert sorted(tags) == _tags(arch) and tags[0] == timm.get_pretrained_cfg(arch).tag
     assert 'tv_in1k' in _tags('resnet18')
+
+
+
+def test_a_model_without_weight_tags_says_none():
+    assert weight_tag_problem('no_such_arch', 'x') == "no_such_arch has no weight tag 'x'; its tags: none"
+    assert weight_tag_problem('fgfocus_test', 'untrained') is None
+
+
+def _with_backbone_cfg(**cfg):
+    return SimpleNamespace(backbone=SimpleNamespace(pretrained_cfg=cfg))
+
+
+def test_backbone_weights_cfg_takes_the_backbones_source_and_data_and_keeps_the_variants_rest():
+    variant = timm.get_pretrained_cfg('fgfocus_test').to_dict()
+    cfg = backbone_weights_cfg(_with_backbone_cfg(
+        hf_hub_id='timm/other.tag', url='', mean=(0.1, 0.2, 0.3), std=None, crop_pct=0.95, license='mit',
+        first_conv='stem.conv', num_classes=21843, tag='tag', input_size=(3, 999, 999)), 'fgfocus_test', None)
+    assert cfg['hf_hub_id'] == 'timm/other.tag' and cfg['url'] == '' and cfg['file'] is None
+    assert cfg['mean'] == (0.1, 0.2, 0.3) and cfg['std'] == variant['std']  # a None keeps the variant's
+    assert cfg['crop_pct'] == 0.95 and cfg['license'] == 'mit' and cfg['interpolation'] == variant['interpolation']
+    assert cfg['first_conv'] == 'backbone.stem.conv' and cfg['num_classes'] == 21843 and cfg['tag'] is None
+    assert cfg['input_size'] == variant['input_size'] and cfg['architecture'] == 'fgfocus_test'
+    assert cfg['classifier'] == variant['classifier']
+
+
+def test_backbone_weights_cfg_of_two_stems_no_first_conv_no_classes_and_an_overlay():
+    two = backbone_weights_cfg(_with_backbone_cfg(first_conv=('patch_embed.0.proj', 'patch_embed.1.proj')),
+                               'fgfocus_test', None)
+    assert two['first_conv'] == ('backbone.patch_embed.0.proj', 'backbone.patch_embed.1.proj')
+    assert two['num_classes'] == 0 and two['hf_hub_id'] is None  # headless backbone; no weights named
+    bare = backbone_weights_cfg(_with_backbone_cfg(), 'fgfocus_test', {'mean': (0.5,) * 3, 'tag': 'mine'})
+    assert bare['first_conv'] == 'backbone.conv1.0'  # the variant's, when the backbone names none
+    assert bare['mean'] == (0.5,) * 3 and bare['tag'] == 'mine'  # the overlay wins
 
 
 @pytest.mark.parametrize('pretrained', ['--pretrained', '--no-pretrained'])
