@@ -28,13 +28,14 @@ def one_process_group():
     dist.destroy_process_group()
 
 
-def test_unwrap_model_of_a_plain_and_a_compiled_model():
+def test_unwrap_model_of_a_plain_and_an_optimized_model():
+    # (no 'compile' in these names: the mutation selection deselects it, for tests that trace)
     model = nn.Linear(2, 3)
     assert unwrap_model(model) is model
     assert unwrap_model(torch.compile(model)) is model  # compile wraps lazily: nothing is traced here
 
 
-def test_unwrap_model_of_ddp_and_of_compiled_ddp(one_process_group):
+def test_unwrap_model_of_ddp_and_of_optimized_ddp(one_process_group):
     model = nn.Linear(2, 3)
     ddp = DistributedDataParallel(model)
     assert unwrap_model(ddp) is model
@@ -379,11 +380,19 @@ def test_under_ddp_the_sums_are_all_reduced_once_and_averaged_over_all_images(mo
         assert m[key] == pytest.approx(single[key], rel=1e-9)
 
 
-def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys):
+def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys, monkeypatch):
+    bars = []
+
+    def recording_bar(*a):
+        bars.append(_progress_bar(*a))
+        return bars[-1]
+
+    monkeypatch.setattr(loops, '_progress_bar', recording_bar)
     run = _train_run(progress=True, epochs=9)
     m = train_one_epoch(run, 4)
     err = capsys.readouterr().err
     assert 'epoch 5/9' in err
+    assert bars[0].n == 3 and bars[0].total == 3  # the loop iterates the bar, which knows the batch count
     last = err.replace('\r', '\n').strip().splitlines()[-1]
     assert f'loss={m["train_loss"]:.3f}' in last and f'acc={m["train_top1"]:.1f}' in last and 'img_s=' in last
 
