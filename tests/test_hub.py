@@ -298,7 +298,63 @@ def test_hub_error_never_shows_the_token():
         assert TOKEN not in out and ': token ***' in out, out  # the server's message kept, the token masked
 
 
+@pytest.mark.parametrize('ckpt,use_ema,single_pass,expected', [
+    (dict(arch='fgfocus_test', metrics=dict(epoch=4), epoch=9), False, False,
+     'Add fgfocus_test weights (epoch 5) with hf_upload'),  # the metrics' epoch, the best one, printed from 1
+    (dict(arch='fgfocus_test', epoch=9), True, False, 'Add fgfocus_test EMA weights (epoch 10) with hf_upload'),
+    (dict(arch='fgfocus_test', metrics=None, epoch=0), False, True,
+     'Add fgfocus_test single-pass weights (epoch 1) with hf_upload'),
+    (dict(arch='fgfocus_test', metrics=dict(top1=3.0)), True, True,
+     'Add fgfocus_test single-pass EMA weights with hf_upload'),  # no epoch recorded
+])
+def test_default_commit_message_names_the_weights_and_their_epoch(ckpt, use_ema, single_pass, expected):
+    from timm_fgfocus.hub import _default_message
+    assert _default_message(ckpt, use_ema, single_pass) == expected
+
+
+def test_default_commit_message_is_of_the_full_model_unless_asked():
+    from timm_fgfocus.hub import _default_message
+    assert _default_message(dict(arch='a', epoch=1), False) == 'Add a weights (epoch 2) with hf_upload'
+
+
 # --- loading --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('case,expected', [
+    ('no-folder', 'local-dir:{d}/absent: no such folder (expected a folder with config.json and '
+                  'model.safetensors, e.g. written by hf_upload --dry-run)'),
+    ('no-config', 'local-dir:{d} has no config.json (expected config.json and model.safetensors, e.g. written by '
+                  'hf_upload --dry-run)'),
+    ('not-json', '{d}/config.json is not a readable JSON file: Expecting property name enclosed in double quotes: '
+                 'line 1 column 2 (char 1)'),
+    ('binary', "{d}/config.json is not a readable JSON file: 'utf-8' codec can't decode byte 0xff in position 0: "
+               'invalid start byte'),
+    ('list', '{d}/config.json holds a JSON list, not an object with "architecture" and "pretrained_cfg" '
+             '(a timm model config)'),
+    ('no-architecture', '{d}/config.json names no "architecture" (a timm model config starts with it)'),
+    ('empty-architecture', '{d}/config.json names no "architecture" (a timm model config starts with it)'),
+    ('model-args-list', '{d}/config.json: "model_args" is a JSON list, not an object'),
+])
+def test_check_local_dir_names_the_folder_or_file_and_what_is_wrong(tmp_path, case, expected):
+    from timm_fgfocus.hub import HubConfigError, check_local_dir
+    config = tmp_path / 'config.json'
+    content = {'not-json': b'{,', 'binary': b'\xff\xfe{}', 'list': b'[1]', 'no-architecture': b'{"num_classes": 3}',
+               'empty-architecture': b'{"architecture": ""}',
+               'model-args-list': b'{"architecture": "fgfocus_test", "model_args": [1]}'}.get(case)
+    if content is not None:
+        config.write_bytes(content)
+    folder = tmp_path / 'absent' if case == 'no-folder' else tmp_path
+    with pytest.raises(HubConfigError) as e:
+        check_local_dir(f'local-dir:{folder}')
+    assert str(e.value) == expected.format(d=tmp_path)
+
+
+def test_check_local_dir_passes_a_good_folder_and_other_model_names(tmp_path):
+    from timm_fgfocus.hub import check_local_dir
+    (tmp_path / 'config.json').write_text('{"architecture": "fgfocus_test", "pretrained_cfg": {}, "model_args": {}}')
+    check_local_dir(f'local-dir:{tmp_path}')
+    for name in ('fgfocus_test', f'hf-hub:{REPO}', 'resnet18.a1_in1k'):
+        check_local_dir(name)  # not a local-dir: name, nothing to check here
+
 
 def test_offline_from_preseeded_cache(published, hub_env, run_dir, monkeypatch):
     from huggingface_hub import constants, hf_hub_download
