@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from timm_fgfocus.errors import TrainError
 from timm_fgfocus.evaluation import EvalContext
 from timm_fgfocus.training import loops
-from timm_fgfocus.training.loops import _progress_bar, evaluate_epoch, seed_epoch, train_one_epoch, unwrap_model
+from timm_fgfocus.training.loops import _progress_bar, _reads_back, evaluate_epoch, seed_epoch, train_one_epoch, unwrap_model
 
 
 @pytest.fixture
@@ -380,7 +380,7 @@ def test_under_ddp_the_sums_are_all_reduced_once_and_averaged_over_all_images(mo
         assert m[key] == pytest.approx(single[key], rel=1e-9)
 
 
-def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys, monkeypatch):
+def _record_bars(monkeypatch):
     bars = []
 
     def recording_bar(*a):
@@ -388,6 +388,11 @@ def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys, monk
         return bars[-1]
 
     monkeypatch.setattr(loops, '_progress_bar', recording_bar)
+    return bars
+
+
+def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys, monkeypatch):
+    bars = _record_bars(monkeypatch)
     run = _train_run(progress=True, epochs=9)
     m = train_one_epoch(run, 4)
     err = capsys.readouterr().err
@@ -395,6 +400,52 @@ def test_the_progress_bar_shows_the_running_loss_accuracy_and_speed(capsys, monk
     assert bars[0].n == 3 and bars[0].total == 3  # the loop iterates the bar, which knows the batch count
     last = err.replace('\r', '\n').strip().splitlines()[-1]
     assert f'loss={m["train_loss"]:.3f}' in last and f'acc={m["train_top1"]:.1f}' in last and 'img_s=' in last
+
+
+@pytest.mark.parametrize('log_interval,steps', [(3, [2, 5, 6]), (1, [0, 1, 2, 3, 4, 5, 6]), (0, list(range(7))),
+                                               (7, [6]), (50, [6]), (2, [1, 3, 5, 6])])
+def test_on_a_gpu_the_sums_are_read_back_every_log_interval_steps_and_at_the_last(log_interval, steps):
+    cuda = torch.device('cuda')  # a device object only: nothing runs on it
+    assert [i for i in range(7) if _reads_back(i, 7, log_interval, cuda)] == steps
+    assert all(_reads_back(i, 7, log_interval, torch.device('cpu')) for i in range(7))
+
+
+class OneHead(nn.Module):
+    """A plain classifier (a ``--baseline`` model): one logits tensor ``[B, 3]``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class OneTerm(nn.Module):
+    weights = {'ce': 1.0}
+
+    def terms(self, out, y):
+        return {'ce': _soft_ce(out, y)}
+
+
+def test_a_single_logits_tensor_is_its_own_prediction():
+    run = _train_run(model=OneHead())
+    run.loss_fn = OneTerm()
+    m = train_one_epoch(run, 0)
+    ref = OneHead()
+    with torch.no_grad():
+        hits = sum((ref(x).argmax(1) == y).sum().item() for x, y in _batches())
+    assert m['train_top1'] == pytest.approx(100 * hits / 9) and set(m) == {
+        'train_loss', 'train_loss_ce', 'train_top1', 'train_images'}
+
+
+def test_the_progress_bar_speed_is_images_of_all_ranks_per_second(monkeypatch):
+    bars = _record_bars(monkeypatch)
+    clock = iter([100.0] + [104.0] * 10)  # the epoch's start, then 4 s later at every reading
+    monkeypatch.setattr(loops, 'time', SimpleNamespace(time=lambda: next(clock)))
+    m = train_one_epoch(_train_run(progress=True, world_size=2), 0)
+    assert bars[0].postfix == f'acc={m["train_top1"]:.1f}, img_s=4.5, loss={m["train_loss"]:.3f}'  # 9 x 2 ranks / 4 s
 
 
 # --- the epoch's evaluation ------------------------------------------------------------------------------------

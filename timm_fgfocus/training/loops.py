@@ -89,7 +89,7 @@ def train_one_epoch(run, epoch: int) -> Dict[str, Any]:
                 totals[key] = totals.get(key, 0) + value.detach().double() * b
             prediction = out[0] if isinstance(out, (tuple, list)) else out
             correct += (prediction.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
-        if device.type == 'cpu' or (i + 1) % max(1, args.log_interval) == 0 or i + 1 == n_batches:
+        if _reads_back(i, n_batches, args.log_interval, device):
             loss_so_far = totals['loss'].item()
             if not math.isfinite(loss_so_far):
                 raise TrainError(f'loss is not finite at epoch {epoch + 1} (by batch {i + 1}): lower --lr '
@@ -107,6 +107,12 @@ def train_one_epoch(run, epoch: int) -> Dict[str, Any]:
     metrics = {f'train_{k}': v / n for k, v in zip(keys, sums)}
     metrics.update(train_top1=100 * sums[-2] / n, train_images=int(n))
     return metrics
+
+
+def _reads_back(i: int, n_batches: int, log_interval: int, device: torch.device) -> bool:
+    """Whether step ``i`` (from 0) of ``n_batches`` reads the running sums back from ``device``: every step
+    on the CPU (nothing to wait for), else every ``log_interval`` steps and at the last."""
+    return device.type == 'cpu' or (i + 1) % max(1, log_interval) == 0 or i + 1 == n_batches
 
 
 def _backward_and_step(run, loss: torch.Tensor, need_update: bool) -> None:
