@@ -55,6 +55,7 @@ class HubServer:
 
     Attributes:
         requests: ``(method, path, authorization header or None)`` of every request, in order.
+        user_agents: the ``User-Agent`` header of every request, in the same order.
     """
 
     def __init__(self, token: str, user: str = 'tester', orgs: Tuple[str, ...] = ('timm-fgfocus',)):
@@ -63,6 +64,7 @@ class HubServer:
         self.orgs = tuple(orgs)
         self.repos: Dict[str, _Repo] = {}
         self.requests: List[Tuple[str, str, Optional[str]]] = []
+        self.user_agents: List[Optional[str]] = []
         self._lock = threading.Lock()
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -186,6 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         path = urlsplit(self.path).path
         self.hub.requests.append((method, path, self.headers.get('Authorization')))
+        self.hub.user_agents.append(self.headers.get('User-Agent'))
         parts = [unquote(p) for p in path.strip('/').split('/')]
         head = method == 'HEAD'
         try:

@@ -626,8 +626,15 @@ def test_push_to_hub_api_pushes_what_save_for_hub_writes(hub_env, tmp_path, monk
     with pytest.raises(HubUploadError, match='no Hugging Face token found'):
         push_to_hub(model, repo, class_names=classes)
     assert repo not in hub_env.repos
+    first = len(hub_env.requests)
     info = push_to_hub(model, repo, token=TOKEN, private=True, revision='dev', class_names=classes)
     assert info.commit_message == 'Add fgfocus_test weights (hf_upload)'
+    # every request of the push carries the token and tells the Hub the library (it counts by library);
+    # huggingface_hub's own anonymous lookup of /api/agent-harnesses is not ours
+    ours = [(r, agent) for r, agent in zip(hub_env.requests[first:], hub_env.user_agents[first:])
+            if r[1] != '/api/agent-harnesses']
+    assert [r[1] for r, _ in ours[:2]] == ['/api/whoami-v2', '/api/repos/create']
+    assert all(auth == f'Bearer {TOKEN}' and f'timm/{timm.__version__}' in agent for (_, _, auth), agent in ours)
     assert hub_env.repos[repo].private and 'model.safetensors' not in hub_env.files(repo)  # only on the branch
     local = save_for_hub(model, tmp_path / 'local', repo, class_names=classes, revision='dev')
     pushed = {k: v for k, v in hub_env.files(repo, 'dev').items() if k != '.gitattributes'}  # the new repo's own
@@ -639,6 +646,9 @@ def test_push_to_hub_api_pushes_what_save_for_hub_writes(hub_env, tmp_path, monk
     assert info.commit_message == 'second'
     assert all(hub_env.files(repo)[p.name] == p.read_bytes() for p in on_main.iterdir())
     assert hub_env.repos[repo].private  # an existing repo keeps its visibility
+    push_to_hub(model, repo, token=TOKEN, revision='dev', class_names=classes)  # the branch exists now
+    push_to_hub(model, repo, token=TOKEN, revision='main')  # main is no branch to create
+    assert sorted(hub_env.repos[repo].branches) == ['dev', 'main']
 
 
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
