@@ -24,7 +24,8 @@ from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_che
 from timm_fgfocus.fgfocus import PretrainedWeightsError
 from timm_fgfocus.integrity import digest
 from hf_upload import main
-from timm_fgfocus.hub import HubUploadError, export_model_args, push_to_hub, save_for_hub
+from timm_fgfocus.hub import (HubUploadError, export_model_args, push_checkpoint_to_hub, push_to_hub,
+                              save_checkpoint_for_hub, save_for_hub)
 
 from hub_server import HubServer
 
@@ -623,8 +624,10 @@ def test_push_to_hub_api_pushes_what_save_for_hub_writes(hub_env, tmp_path, monk
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3)
     repo, classes = 'timm-fgfocus/api-push', ['a', 'b', 'c']
-    with pytest.raises(HubUploadError, match='no Hugging Face token found'):
+    with pytest.raises(HubUploadError) as e:
         push_to_hub(model, repo, class_names=classes)
+    assert str(e.value) == ('no Hugging Face token found: set HF_TOKEN or run `hf auth login` (`huggingface-cli '
+                            'login`); or write the folder only with --dry-run DIR')
     assert repo not in hub_env.repos
     first = len(hub_env.requests)
     info = push_to_hub(model, repo, token=TOKEN, private=True, revision='dev', class_names=classes)
@@ -649,6 +652,49 @@ def test_push_to_hub_api_pushes_what_save_for_hub_writes(hub_env, tmp_path, monk
     push_to_hub(model, repo, token=TOKEN, revision='dev', class_names=classes)  # the branch exists now
     push_to_hub(model, repo, token=TOKEN, revision='main')  # main is no branch to create
     assert sorted(hub_env.repos[repo].branches) == ['dev', 'main']
+
+
+@pytest.mark.parametrize('options,message', [
+    (dict(), 'Add fgfocus_test weights (epoch 3) with hf_upload'),  # the checkpoint's epoch 2, printed from 1
+    (dict(use_ema=True, revision='dev', license='mit', private=True, commit_message='mine'), 'mine'),
+    (dict(use_ema=True, single_pass=True), 'Add fgfocus_test single-pass EMA weights (epoch 3) with hf_upload'),
+])
+def test_push_checkpoint_to_hub_api_pushes_what_save_checkpoint_for_hub_writes(hub_env, run_dir, tmp_path, monkeypatch,
+                                                                               options, message):
+    monkeypatch.delenv('HF_TOKEN')  # the token given as an argument, nothing else
+    repo = f'timm-fgfocus/api-checkpoint-{len(options)}'
+    summary = tmp_path / 'other.csv'
+    summary.write_text('epoch,train_loss,eval_top1\n0,2.5,12.25\n1,1.5,55.75\n')
+    info = push_checkpoint_to_hub(run_dir / 'last.pth', repo, token=TOKEN, summary_csv=summary, **options)
+    assert info.commit_message == message
+    assert hub_env.repos[repo].private == options.get('private', False)
+    written = {k: v for k, v in options.items() if k in ('use_ema', 'revision', 'license', 'single_pass')}
+    local, _ = save_checkpoint_for_hub(run_dir / 'last.pth', tmp_path / 'local', repo, summary_csv=summary, **written)
+    pushed = hub_env.files(repo, options.get('revision', 'main'))
+    assert sorted(p.name for p in local.iterdir()) == sorted(set(pushed) - {'.gitattributes'})
+    assert all(pushed[p.name] == p.read_bytes() for p in local.iterdir())
+    assert '55.75' in pushed['README.md'].decode()  # the summary given, not the one beside the checkpoint
+
+
+def test_save_single_pass_for_hub_api_defaults(tmp_path, monkeypatch):
+    """Defaults: the model's own architecture named, not EMA weights, loaded back to check, nothing replaced."""
+    from timm_fgfocus import hub
+    verified = []
+    real_verify = hub._verify_plain_folder
+    monkeypatch.setattr(hub, '_verify_plain_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    folder = hub.save_single_pass_for_hub(model, tmp_path / 'plain', 'timm-fgfocus/plain-api')
+    assert verified == [folder]
+    card = (folder / 'README.md').read_text()
+    assert 'FgFocus model (`fgfocus_test`)' in card and 'These are the raw (non-EMA) weights' in card
+    # no data set recorded: said as such, never "trained on not recorded"
+    assert 'trained on a data set that was not recorded:' in card and 'split of a data set that was not recorded' in card
+    assert ' on not recorded' not in card and 'of not recorded' not in card
+    with pytest.raises(HubUploadError, match='not empty'):
+        hub.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api')
+    hub.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api', ema=True, verify=False, overwrite=True)
+    assert verified == [folder] and 'These are the EMA weights' in (folder / 'README.md').read_text()
 
 
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):

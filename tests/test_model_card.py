@@ -130,6 +130,7 @@ def test_dataset_line_and_model_index_name_the_same_data(tmp_path, dataset, titl
         atomic_save(raw, ckpt)
     card = dry_run(ckpt, tmp_path / 'repo')
     assert f'- **Dataset:** {title}\n' in card
+    assert ' on not recorded' not in card and ' of not recorded' not in card  # a field value, never prose
     names = {result['dataset']['name'] for entry in front_matter(card)['model-index'] for result in entry['results']}
     assert names == {title}
 
@@ -213,3 +214,15 @@ def test_timm_still_loads_the_folder(published):
     assert (model.num_regions, model.num_hybrid_regions, model.crop_size) == (3, 2, 32)
     assert re.search(r"pipeline\('image-classification', model='timm-fgfocus/fgfocus_test\.card'\)",
                      (folder / 'README.md').read_text())
+
+
+@pytest.mark.parametrize('metrics,train_args,ema,first', [
+    ({'eval_top1': 50.0, 'epoch': 2}, {'val_split': 'val'}, False,
+     'Accuracy (%) on the val split of a data set that was not recorded, measured after epoch 3 by `train_fg.py`:'),
+    ({'eval_top1': 50.0}, {'dataset': 'cub200'}, True,
+     'Accuracy (%) on CUB-200-2011 by `train_fg.py` (the published weights are the EMA ones):'),
+])
+def test_a_baseline_cards_results_sentence_names_the_data_in_prose(metrics, train_args, ema, first):
+    from timm_fgfocus.plain_cards import _baseline_results
+    lines = _baseline_results(metrics, train_args, 10, ema)
+    assert lines[0] == first and lines[-2:] == ['| top-1 | 50.00 |', '']

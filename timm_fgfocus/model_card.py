@@ -117,6 +117,11 @@ def _dataset_title(dataset: Optional[str], demo: bool = False) -> Tuple[str, str
     return title or (DEMO_TITLE if demo else 'image folders'), hub_id
 
 
+def _in_prose(title: str) -> str:
+    """A data set's title inside a sentence ("trained on ..."): 'not recorded' reads as a name there."""
+    return 'a data set that was not recorded' if title == 'not recorded' else title
+
+
 def _trained_on(train_args: Dict[str, Any], evaluation: Optional[Dict[str, Any]]) -> Optional[str]:
     """The ``--dataset`` of the training run (from its arguments, else from the evaluation report)."""
     if 'dataset' in train_args:
@@ -396,8 +401,8 @@ def _results_from_report(evaluation, l: int, demo: bool, num_classes) -> List[st
     header = ['head'] + labels + ([f'{k} TTA' for k in labels] if tta else [])
     out = ['### Evaluation report', '',
            f'Every head of these weights on the {split or "evaluation"} split of '
-           f'{_dataset_title(dataset, demo)[0]} ({ev.get("num_samples")} images), from the evaluation report of '
-           f'this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '',
+           f'{_in_prose(_dataset_title(dataset, demo)[0])} ({ev.get("num_samples")} images), from the evaluation '
+           f'report of this checkpoint (`eval/` beside it, written by `train_fg.py`, {meta.get("created", "")}):', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for h, acc in heads.items():
         if not h.endswith('_tta'):

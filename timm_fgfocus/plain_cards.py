@@ -16,7 +16,7 @@ import torch
 
 from .evaluation.page import percent
 from .model_card import (
-    CITATION, PAPER_TITLE, PAPER_URL, _dataset_title, _epoch, _eval_result, _evaluated_on, _num, _recipe,
+    CITATION, PAPER_TITLE, PAPER_URL, _dataset_title, _epoch, _eval_result, _in_prose, _evaluated_on, _num, _recipe,
     _results_from_report, _top5_note, _top5_trivial, _trained_on, _training_log, model_card_data,
     transformers_snippet, usage_snippet,
 )
@@ -34,7 +34,7 @@ def _baseline_results(metrics: Dict[str, Any], train_args: Dict[str, Any], num_c
     split = train_args.get('val_split')
     title = _dataset_title(_trained_on(train_args, None), bool(train_args.get('demo')))[0]
     epoch = _num(metrics.get('epoch'))
-    out = ['Accuracy (%) on ' + (f'the {split} split of ' if split else '') + title
+    out = ['Accuracy (%) on ' + (f'the {split} split of ' if split else '') + _in_prose(title)
            + (f', measured after epoch {_epoch(epoch)}' if epoch is not None else '') + ' by `train_fg.py`'
            + (' (the published weights are the EMA ones)' if ema else '') + ':', '', '| metric | value |', '|---|---|']
     return out + [f'| {label} | {v} |' for label, v in measured] + ['']
@@ -182,7 +182,7 @@ def _single_pass_results(source: SinglePassSource, accuracy: Dict[str, Dict[str,
              f'2 (the image, then {m.num_hybrid_regions} crops of {m.crop_size} px)', '1')]
     out = ['## Results', '',
            f'Accuracy (%) of both paths of the FgFocus checkpoint on the {split or "evaluation"} split of '
-           f'{data_title}' + (f' ({int(_num(num_images))} images)' if _num(num_images) else '')
+           f'{_in_prose(data_title)}' + (f' ({int(_num(num_images))} images)' if _num(num_images) else '')
            + f', from {where}; an empty cell was not measured. The forward cost is analytic, relative to the full '
            'model: `1 / (1 + l (crop / input)^2)`, the backbone\'s compute taken as proportional to its pixels.', '',
            '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -201,11 +201,12 @@ def _single_pass_about(name: str, config: Dict[str, Any], source: SinglePassSour
     m, arch, pcfg = source.model, config['architecture'], config.get('pretrained_cfg', {})
     return [
         f'# Model card for {name}', '',
-        f'A plain timm `{arch}` image classifier for {config.get("num_classes")} classes, trained on {title}: the '
-        f'single-pass path of an FgFocus model ({origin}), its backbone and its image-level head. It runs one '
-        'backbone pass on the image, with no attention map, no regions and no crops, and needs timm only, not '
-        f'timm-fgfocus. The FgFocus model ("{PAPER_TITLE}", Feng, Fu and Zhao, ICIP 2019) also zooms into its '
-        f'best {m.num_hybrid_regions} regions and predicts from the image and those regions together.', '',
+        f'A plain timm `{arch}` image classifier for {config.get("num_classes")} classes, trained on '
+        f'{_in_prose(title)}: the single-pass path of an FgFocus model ({origin}), its backbone and its '
+        'image-level head. It runs one backbone pass on the image, with no attention map, no regions and no '
+        'crops, and needs timm only, not timm-fgfocus. The FgFocus model '
+        f'("{PAPER_TITLE}", Feng, Fu and Zhao, ICIP 2019) also zooms into its best {m.num_hybrid_regions} '
+        'regions and predicts from the image and those regions together.', '',
         _distillation(train_args), '',
         f'These are the {"EMA" if ema else "raw (non-EMA)"} weights of that checkpoint.', '',
         '## Model Details', '- **Model Type:** fine-grained image classification',
