@@ -179,6 +179,18 @@ def test_train_one_epoch_puts_the_model_in_train_mode_and_leaves_no_gradients():
     assert all(p.grad is None for p in run.train_model.parameters())
 
 
+def test_a_parameter_outside_the_graph_is_not_moved_by_stale_gradients():
+    # gradients left from before the epoch are dropped (None), not zeroed: an optimizer skips a None gradient,
+    # while a zero one would still take its weight-decay step
+    model = TwoHeads()
+    model.unused = nn.Parameter(torch.ones(3))
+    model.unused.grad = torch.ones(3)
+    run = _train_run(model=model)
+    run.optimizer = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=0.1)
+    train_one_epoch(run, 0)
+    assert torch.equal(model.unused.detach(), torch.ones(3)) and model.unused.grad is None
+
+
 def _reference_weights(groups, lr, accum, clip=None, batches=None):
     """SGD on the summed gradients of ``loss / accum`` over each group of batches, clipped per update."""
     model = TwoHeads()
