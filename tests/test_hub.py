@@ -697,6 +697,31 @@ def test_save_single_pass_for_hub_api_defaults(tmp_path, monkeypatch):
     assert verified == [folder] and 'These are the EMA weights' in (folder / 'README.md').read_text()
 
 
+@pytest.mark.parametrize('given,in_cfg,expected', [(None, 'mit', 'mit'), ('cc-by-4.0', 'mit', 'cc-by-4.0'),
+                                                 (None, None, 'apache-2.0')])
+def test_save_single_pass_for_hub_api_licence_and_what_the_card_is_given(tmp_path, given, in_cfg, expected):
+    from timm_fgfocus.hub import save_single_pass_for_hub
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_resnet18', num_classes=3, pretrained_cfg_overlay=dict(license=in_cfg),
+                              backbone='test_resnet')
+    assert model.pretrained_cfg.get('license') == in_cfg
+    folder = save_single_pass_for_hub(
+        model, tmp_path / 'plain', 'timm-fgfocus/plain-api', arch='fgfocus_test.some_tag', class_names=['a', 'b', 'c'],
+        source=dict(checkpoint='best.pth', sha256='ab' * 32), metrics=dict(eval_top1_image=61.0, epoch=4),
+        train_args=dict(dataset='cub200', distill=0.5, distill_temp=2.0, val_split='test'),
+        summary=[dict(epoch='0', train_loss='2.5', eval_top1='12.25')], revision='dev', license=given)
+    config = json.loads((folder / 'config.json').read_text())
+    card = (folder / 'README.md').read_text()
+    assert config['pretrained_cfg']['license'] == expected and f'license: {expected}\n' in card
+    assert config['model_args'] == {'in_chans': 3, 'global_pool': 'avg'} and config['label_names'] == ['a', 'b', 'c']
+    # the architecture given (its tag dropped), the source checkpoint, the metrics' epoch printed from 1
+    assert '**Exported from:** `fgfocus_test`, checkpoint `best.pth` (SHA-256 `abababababababab...`), epoch 5:' in card
+    assert '| distill | `0.5` |' in card and 'CUB-200-2011' in card and '12.25' in card  # recipe, data, log
+    assert "hf-hub:timm-fgfocus/plain-api@dev" in card  # the revision in the usage snippet
+    n = sum(p.numel() for p in timm.create_model('test_resnet', num_classes=3).parameters())
+    assert f'**Params (M):** {n / 1e6:.1f}' in card
+
+
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
     folder = tmp_path / 'repo'
     assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
