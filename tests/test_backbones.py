@@ -616,3 +616,71 @@ def test_new_variants_default_cfgs_describe_the_model(variant):
     assert cfg['first_conv'] + '.weight' in sd and cfg['first_conv'] == 'backbone.' + m.backbone.pretrained_cfg['first_conv']
     assert m.num_features == m.head_hidden_size == 5 * m.backbone.num_features
     assert tuple(cfg['mean']) == tuple(timm.get_pretrained_cfg(cfg['hf_hub_id'].split('/')[1]).mean)
+
+
+# --- how a backbone is recognised, on stand-ins ------------------------------------------------------------
+
+class _StandIn(torch.nn.Module):
+    def __init__(self, **attrs):
+        super().__init__()
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+
+@pytest.mark.parametrize('attrs,family', [
+    (dict(num_prefix_tokens=1, forward_intermediates=lambda *a: None), 'tokens'),
+    (dict(output_fmt='NHWC'), 'nhwc'),
+    (dict(output_fmt='NHWC', feature_info=[{'reduction': 32}]), 'nhwc'),
+    (dict(feature_info=[{'reduction': 32}]), 'nchw'),  # no output_fmt: NCHW
+    (dict(output_fmt='NCHW', feature_info=[{}, {}, {'reduction': 32}]), 'nchw'),  # the last level's reduction
+])
+def test_backbone_family_from_its_attributes(attrs, family):
+    from timm_fgfocus.backbones import _family
+    assert _family(_StandIn(**attrs), 'b') == family
+
+
+@pytest.mark.parametrize('attrs', [
+    dict(),  # no feature_info at all
+    dict(output_fmt='NCHW'),
+    dict(feature_info=[{'num_chs': 8}]),  # no reduction
+    dict(feature_info=[]),
+    dict(feature_info=[{'reduction': 4}, {'reduction': 8}, {'num_chs': 8}]),  # not on the last level
+    dict(output_fmt='NLC', feature_info=[{'reduction': 16}]),  # a token sequence, not a map
+    dict(num_prefix_tokens=1),  # tokens without forward_intermediates
+])
+def test_a_backbone_without_a_spatial_map_is_refused_in_one_line(attrs):
+    from timm_fgfocus.backbones import _family
+    with pytest.raises(ValueError) as e:
+        _family(_StandIn(**attrs), 'mine')
+    assert str(e.value) == (
+        "backbone 'mine' (_StandIn) cannot give fgfocus a spatial feature map: it has no feature_info with a "
+        "reduction, no NHWC output_fmt and no prefix-token forward_intermediates")
+
+
+def test_pool_norm_of_a_token_backbone_without_fc_norm_is_none():
+    from timm_fgfocus.backbones import _pool_norm
+    assert _pool_norm(_StandIn(), 'tokens') is None
+    assert _pool_norm(_StandIn(fc_norm=torch.nn.Identity()), 'tokens') is None
+    assert _pool_norm(_StandIn(fc_norm=torch.nn.LayerNorm(4)), 'tokens') == 'fc_norm'
+
+
+def test_the_meta_copy_is_frozen_on_meta_and_leaves_the_backbone_alone():
+    from timm_fgfocus.backbones import _meta_copy
+    backbone = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3)).train()
+    copy = _meta_copy(backbone)
+    assert not copy.training and backbone.training
+    assert isinstance(copy[0].weight, torch.nn.Parameter) and not copy[0].weight.requires_grad
+    assert copy[0].weight.device.type == 'meta' and copy[1].running_mean.device.type == 'meta'
+    assert not isinstance(copy[1].running_mean, torch.nn.Parameter)  # a buffer stays a buffer
+    assert 'running_mean' in dict(copy[1].named_buffers()) and 'weight' in dict(copy[1].named_parameters())
+    assert backbone[0].weight.requires_grad and backbone[0].weight.device.type == 'cpu'
+
+
+@pytest.mark.parametrize('height,width,expected', [(100, 33, (7, 3)), (16, 17, (1, 2)), (1, 1, (1, 1))])
+def test_feat_size_of_a_size_the_backbone_cannot_run_is_the_input_over_the_stride_rounded_up(height, width, expected):
+    from types import SimpleNamespace
+    from timm_fgfocus.backbones import BackboneAdapter
+    cannot = SimpleNamespace(run_size=lambda h, w: 'RuntimeError: too small', stride=16)
+    assert BackboneAdapter.feat_size(cannot, height, width) == expected
+    can = SimpleNamespace(run_size=lambda h, w: (5, 6), stride=16)
+    assert BackboneAdapter.feat_size(can, height, width) == (5, 6)  # what the backbone computes
