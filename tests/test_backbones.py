@@ -684,3 +684,17 @@ def test_feat_size_of_a_size_the_backbone_cannot_run_is_the_input_over_the_strid
     assert BackboneAdapter.feat_size(cannot, height, width) == expected
     can = SimpleNamespace(run_size=lambda h, w: (5, 6), stride=16)
     assert BackboneAdapter.feat_size(can, height, width) == (5, 6)  # what the backbone computes
+
+
+@pytest.mark.parametrize('height,width', [(96, 160), (160, 64)])
+def test_the_meta_run_gives_height_and_width_of_a_non_square_map(height, width):
+    from timm_fgfocus.backbones import _run_on_meta
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    assert _run_on_meta(model.adapter, height, width) == (height // 32, width // 32)
+
+
+def test_map_of_features_refuses_a_token_backbone():
+    model = timm.create_model('fgfocus_test', num_classes=3, backbone='test_vit')
+    assert model.adapter.family == 'tokens'
+    with pytest.raises(ValueError, match=r"^a token backbone's Z comes from forward_intermediates: use feature_map$"):
+        model.adapter.map_of_features(model.backbone, torch.zeros(1, 4, 8))

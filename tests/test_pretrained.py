@@ -334,3 +334,12 @@ def test_an_unreadable_weights_file_is_one_line_naming_variant_and_file(tmp_path
         timm.create_model('fgfocus_test', pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)))
     message = str(e.value)
     assert message.startswith(f'fgfocus_test: cannot load pretrained weights from file {bad}: ') and '\n' not in message
+
+
+def test_check_weights_fit_of_a_model_without_recorded_model_args():
+    model = timm.create_model('test_resnet')
+    del model.pretrained_model_args  # as a model built without timm's factory, which records them
+    sd = {k: v for k, v in model.state_dict().items() if k != 'bn1.weight'}
+    with pytest.raises(PretrainedWeightsError, match=r'^test_resnet: the weights in .* do not fit the model built: '
+                                                      r'1 tensors missing \(bn1\.weight\)'):
+        check_weights_fit(sd, model)
