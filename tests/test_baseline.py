@@ -24,6 +24,7 @@ from timm_fgfocus.baseline import (
     BaselineLoss, cam_source, classifier_name, create_baseline, plain_forward, set_cam_source,
 )
 from timm_fgfocus.checkpoint import load_checkpoint, model_from_checkpoint
+from timm_fgfocus.hub import HubUploadError
 from timm_fgfocus.errors import EvaluationError
 from timm_fgfocus.evaluation import build_report
 from timm_fgfocus.evaluation.collect import Predictions
@@ -447,6 +448,31 @@ def test_published_baseline_keeps_its_backbone_weights_licence(baseline_run, tmp
         folder = save_baseline_for_hub(model, ckpt, tmp_path / str(license), 'me/b', license=license)
         front = (folder / 'README.md').read_text().split('---')[1]
         assert f'license: {want}' in front.splitlines()
+
+
+def test_save_baseline_for_hub_api_gives_the_card_and_config_what_the_checkpoint_holds(baseline_run, tmp_path):
+    from timm_fgfocus.hub import save_baseline_for_hub
+    model, ckpt = model_from_checkpoint(baseline_run / 'best.pth')
+    ckpt = dict(ckpt, model_args=dict(ckpt['model_args'], drop_rate=0.3, drop_path_rate=0.1),
+                metrics=dict(ckpt['metrics'], eval_top1=43.25, epoch=6), args=dict(ckpt['args'], lr=0.0123))
+    summary = [dict(epoch='0', train_loss='2.5', eval_top1='12.75')]
+    folder = save_baseline_for_hub(model, ckpt, tmp_path / 'a', 'me/b', summary=summary, revision='dev')
+    config = json.loads((folder / 'config.json').read_text())
+    # the run's model_args without its regularisation (a training choice, not part of the architecture)
+    assert config['model_args'] == {'in_chans': 3, 'output_stride': 16, 'global_pool': 'avg'}
+    assert config['architecture'] == 'test_resnet'
+    assert config['pretrained_cfg']['license'] == model.pretrained_cfg.get('license', 'apache-2.0')
+    card = (folder / 'README.md').read_text()
+    assert '43.25' in card and 'measured after epoch 7' in card  # the metrics
+    assert '0.0123' in card and '12.75' in card  # the recipe and the training log
+    assert 'hf-hub:me/b@dev' in card and 'raw (non-EMA) weights of epoch 7' in card
+    assert '- **Architecture:** `test_resnet` (timm), matched to `fgfocus_test`' in card
+    n = sum(p.numel() for p in model.parameters())
+    assert f'**Params (M):** {n / 1e6:.1f}' in card
+    with pytest.raises(HubUploadError, match='not empty'):  # nothing replaced unless asked
+        save_baseline_for_hub(model, ckpt, folder, 'me/b')
+    save_baseline_for_hub(model, ckpt, folder, 'me/b', ema=True, overwrite=True)
+    assert 'EMA (exponential moving average) weights' in (folder / 'README.md').read_text()
 
 
 # --- bad input -----------------------------------------------------------------------------------
