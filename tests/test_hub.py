@@ -722,6 +722,25 @@ def test_save_single_pass_for_hub_api_licence_and_what_the_card_is_given(tmp_pat
     assert f'**Params (M):** {n / 1e6:.1f}' in card
 
 
+@pytest.mark.parametrize('key,value', [('input_size', [3, 96, 96]), ('mean', [0.1, 0.2, 0.3]), ('std', [0.9, 0.9, 0.9]),
+                                       ('crop_pct', 0.5), ('interpolation', 'nearest')])
+def test_the_check_after_writing_a_plain_folder_names_a_data_config_that_differs(tmp_path, key, value):
+    from timm_fgfocus.hub import _data_config, _verify_plain_folder, save_single_pass_for_hub
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    folder = save_single_pass_for_hub(model, tmp_path / 'plain', 'timm-fgfocus/plain-api')
+    module, data_config = timm.create_model(f'local-dir:{folder}', pretrained=True), _data_config(model)
+    _verify_plain_folder(folder, module, data_config)  # as written: the same
+    config = json.loads((folder / 'config.json').read_text())
+    config['pretrained_cfg'][key] = value
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(HubUploadError) as e:
+        _verify_plain_folder(folder, module, data_config)
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).pretrained_cfg[key]
+    assert str(e.value) == f'the written folder {folder} gives {key}={loaded!r}, the run used {data_config[key]!r}'
+    _verify_plain_folder(folder, module, {k: v for k, v in data_config.items() if k != key})  # not asked: not checked
+
+
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
     folder = tmp_path / 'repo'
     assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
