@@ -741,6 +741,35 @@ def test_the_check_after_writing_a_plain_folder_names_a_data_config_that_differs
     _verify_plain_folder(folder, module, {k: v for k, v in data_config.items() if k != key})  # not asked: not checked
 
 
+def test_export_model_args_drops_loading_options_and_training_rates_and_keeps_the_rest():
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    dropped = dict(pretrained=True, pretrained_cfg='x', pretrained_cfg_overlay={}, checkpoint_path='p', cache_dir='c',
+                   device='cpu', dtype='float32', pretrained_model_args={}, drop_rate=0.1, drop_path_rate=0.1,
+                   drop_block_rate=0.1, attn_drop_rate=0.2, proj_drop_rate=0.3)
+    assert export_model_args(model, 'fgfocus_test', dict(dropped, keep_me=5)) == dict(keep_me=5, num_classes=3)
+    model._model_args = dict(dropped, keep_me=7)  # what timm.create_model recorded, when nothing is given
+    assert export_model_args(model, 'fgfocus_test') == dict(keep_me=7, num_classes=3)
+    assert export_model_args(model, 'fgfocus_test', {}) == dict(num_classes=3)  # given, even empty, wins
+    del model._model_args
+    assert export_model_args(model, 'fgfocus_test') == dict(num_classes=3)
+
+
+@pytest.mark.parametrize('name,value', [('nms_iou', 0.7), ('smooth_sigma', 2.5), ('attention_mode', 'mean')])
+def test_the_check_after_writing_names_a_hyperparameter_the_folder_rebuilds_differently(tmp_path, name, value):
+    from timm_fgfocus.hub import _verify_folder
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3, nms_iou=0.5)
+    folder = save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/x')
+    _verify_folder(folder, model)  # as written: the same
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'][name] = value  # a hyperparameter without weights of its own: the tensors still load
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(HubUploadError) as e:
+        _verify_folder(folder, model)
+    assert str(e.value) == (f'the written folder {folder} rebuilds {name}={value!r}, the model has '
+                            f'{model.cfg.to_dict()[name]!r}: config.json model_args are incomplete')
+
+
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
     folder = tmp_path / 'repo'
     assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
