@@ -752,6 +752,8 @@ def test_export_model_args_drops_loading_options_and_training_rates_and_keeps_th
     assert export_model_args(model, 'fgfocus_test', {}) == dict(num_classes=3)  # given, even empty, wins
     del model._model_args
     assert export_model_args(model, 'fgfocus_test') == dict(num_classes=3)
+    other = timm.create_model('fgfocus_test', num_classes=3, backbone='test_convnext')  # not the variant's own
+    assert export_model_args(other, 'fgfocus_test', {})['backbone'] == 'test_convnext'
 
 
 @pytest.mark.parametrize('name,value', [('nms_iou', 0.7), ('smooth_sigma', 2.5), ('attention_mode', 'mean')])
