@@ -698,3 +698,12 @@ def test_map_of_features_refuses_a_token_backbone():
     assert model.adapter.family == 'tokens'
     with pytest.raises(ValueError, match=r"^a token backbone's Z comes from forward_intermediates: use feature_map$"):
         model.adapter.map_of_features(model.backbone, torch.zeros(1, 4, 8))
+
+
+def test_fixed_size_of_stand_ins():
+    from timm_fgfocus.backbones import _fixed_size
+    assert _fixed_size(_StandIn()) is None  # no pretrained cfg at all
+    assert _fixed_size(_StandIn(pretrained_cfg={'fixed_input_size': False, 'input_size': (3, 9, 9)})) is None
+    fixed = {'fixed_input_size': True, 'input_size': (3, 96, 80)}
+    assert tuple(_fixed_size(_StandIn(pretrained_cfg=fixed))) == (96, 80)
+    assert _fixed_size(_StandIn(pretrained_cfg=fixed, dynamic_img_size=True)) is None  # it adapts
