@@ -772,6 +772,27 @@ def test_the_check_after_writing_names_a_hyperparameter_the_folder_rebuilds_diff
                             f'{model.cfg.to_dict()[name]!r}: config.json model_args are incomplete')
 
 
+@pytest.mark.parametrize('given,in_cfg,expected', [(None, 'mit', 'mit'), ('cc-by-4.0', 'mit', 'cc-by-4.0'),
+                                                 (None, None, 'apache-2.0')])
+def test_save_for_hub_api_licence_architecture_model_args_and_defaults(tmp_path, monkeypatch, given, in_cfg, expected):
+    from timm_fgfocus import hub
+    verified = []
+    real_verify = hub._verify_folder
+    monkeypatch.setattr(hub, '_verify_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3, pretrained_cfg_overlay=dict(license=in_cfg))
+    folder = save_for_hub(model, tmp_path / 'a', 'timm-fgfocus/x', arch='fgfocus_test.some_tag', license=given,
+                          model_args=dict(nms_iou=0.25, drop_rate=0.2))
+    config = json.loads((folder / 'config.json').read_text())
+    card = (folder / 'README.md').read_text()
+    assert config['pretrained_cfg']['license'] == expected and f'license: {expected}\n' in card
+    assert config['architecture'] == 'fgfocus_test'  # the tag dropped
+    assert config['model_args'] == dict(nms_iou=0.25, in_chans=3, global_pool='avg')  # given (a default kept), no rates
+    assert verified == [folder] and 'raw (non-EMA)' in card
+    n = sum(p.numel() for p in model.parameters())
+    assert f'**Params (M):** {n / 1e6:.1f}' in card
+
+
 def test_published_files_are_readable_by_others_like_any_file_the_user_writes(run_dir, tmp_path, capsys):
     folder = tmp_path / 'repo'
     assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
