@@ -16,8 +16,8 @@ import torch
 
 from .evaluation.page import percent
 from .model_card import (
-    CITATION, PAPER_TITLE, PAPER_URL, _dataset_title, _epoch, _eval_result, _in_prose, _evaluated_on, _num, _recipe,
-    _results_from_report, _top5_note, _top5_trivial, _trained_on, _training_log, model_card_data,
+    CITATION, PAPER_TITLE, PAPER_URL, _dataset_title, _epoch, _eval_result, _evaluated_on, _in_prose, _num,
+    _recipe, _results_from_report, _top5_note, _top5_trivial, _trained_on, _training_log, model_card_data,
     transformers_snippet, usage_snippet,
 )
 
