@@ -24,8 +24,11 @@ from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_che
 from timm_fgfocus.fgfocus import PretrainedWeightsError
 from timm_fgfocus.integrity import digest
 from hf_upload import main
-from timm_fgfocus.hub import (HubUploadError, export_model_args, push_checkpoint_to_hub, push_to_hub,
-                              save_checkpoint_for_hub, save_for_hub)
+from timm_fgfocus import hub as hub_module
+from timm_fgfocus.hub import (HubConfigError, HubUploadError, _data_config, _default_message, _hub_error,
+                              _verify_folder, _verify_plain_folder, check_local_dir, export_model_args,
+                              push_checkpoint_to_hub, push_to_hub, save_checkpoint_for_hub, save_for_hub,
+                              save_single_pass_for_hub)
 
 from hub_server import HubServer
 
@@ -286,13 +289,11 @@ class _HubHttpError(Exception):
     (TimeoutError(), 'pushing to org/name on http://hub failed: TimeoutError: TimeoutError'),
 ])
 def test_hub_errors_are_one_line_by_status(error, expected):
-    from timm_fgfocus.hub import _hub_error
     out = _hub_error(error, 'org/name', 'http://hub', TOKEN)
     assert isinstance(out, HubUploadError) and str(out) == expected
 
 
 def test_hub_error_never_shows_the_token():
-    from timm_fgfocus.hub import _hub_error
     for status in (401, 403, 500):
         out = str(_hub_error(_HubHttpError(f'bad header Bearer {TOKEN}', status, server_message=f'token {TOKEN}'),
                              'org/name', 'http://hub', TOKEN))
@@ -309,12 +310,10 @@ def test_hub_error_never_shows_the_token():
      'Add fgfocus_test single-pass EMA weights with hf_upload'),  # no epoch recorded
 ])
 def test_default_commit_message_names_the_weights_and_their_epoch(ckpt, use_ema, single_pass, expected):
-    from timm_fgfocus.hub import _default_message
     assert _default_message(ckpt, use_ema, single_pass) == expected
 
 
 def test_default_commit_message_is_of_the_full_model_unless_asked():
-    from timm_fgfocus.hub import _default_message
     assert _default_message(dict(arch='a', epoch=1), False) == 'Add a weights (epoch 2) with hf_upload'
 
 
@@ -336,7 +335,6 @@ def test_default_commit_message_is_of_the_full_model_unless_asked():
     ('model-args-list', '{d}/config.json: "model_args" is a JSON list, not an object'),
 ])
 def test_check_local_dir_names_the_folder_or_file_and_what_is_wrong(tmp_path, case, expected):
-    from timm_fgfocus.hub import HubConfigError, check_local_dir
     config = tmp_path / 'config.json'
     content = {'not-json': b'{,', 'binary': b'\xff\xfe{}', 'list': b'[1]', 'no-architecture': b'{"num_classes": 3}',
                'empty-architecture': b'{"architecture": ""}',
@@ -350,7 +348,6 @@ def test_check_local_dir_names_the_folder_or_file_and_what_is_wrong(tmp_path, ca
 
 
 def test_check_local_dir_passes_a_good_folder_and_other_model_names(tmp_path):
-    from timm_fgfocus.hub import check_local_dir
     (tmp_path / 'config.json').write_text('{"architecture": "fgfocus_test", "pretrained_cfg": {}, "model_args": {}}')
     check_local_dir(f'local-dir:{tmp_path}')
     for name in ('fgfocus_test', f'hf-hub:{REPO}', 'resnet18.a1_in1k'):
@@ -678,13 +675,12 @@ def test_push_checkpoint_to_hub_api_pushes_what_save_checkpoint_for_hub_writes(h
 
 def test_save_single_pass_for_hub_api_defaults(tmp_path, monkeypatch):
     """Defaults: the model's own architecture named, not EMA weights, loaded back to check, nothing replaced."""
-    from timm_fgfocus import hub
     verified = []
-    real_verify = hub._verify_plain_folder
-    monkeypatch.setattr(hub, '_verify_plain_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
+    real_verify = hub_module._verify_plain_folder
+    monkeypatch.setattr(hub_module, '_verify_plain_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3)
-    folder = hub.save_single_pass_for_hub(model, tmp_path / 'plain', 'timm-fgfocus/plain-api')
+    folder = hub_module.save_single_pass_for_hub(model, tmp_path / 'plain', 'timm-fgfocus/plain-api')
     assert verified == [folder]
     card = (folder / 'README.md').read_text()
     assert 'FgFocus model (`fgfocus_test`)' in card and 'These are the raw (non-EMA) weights' in card
@@ -692,15 +688,14 @@ def test_save_single_pass_for_hub_api_defaults(tmp_path, monkeypatch):
     assert 'trained on a data set that was not recorded:' in card and 'split of a data set that was not recorded' in card
     assert ' on not recorded' not in card and 'of not recorded' not in card
     with pytest.raises(HubUploadError, match='not empty'):
-        hub.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api')
-    hub.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api', ema=True, verify=False, overwrite=True)
+        hub_module.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api')
+    hub_module.save_single_pass_for_hub(model, folder, 'timm-fgfocus/plain-api', ema=True, verify=False, overwrite=True)
     assert verified == [folder] and 'These are the EMA weights' in (folder / 'README.md').read_text()
 
 
 @pytest.mark.parametrize('given,in_cfg,expected', [(None, 'mit', 'mit'), ('cc-by-4.0', 'mit', 'cc-by-4.0'),
                                                  (None, None, 'apache-2.0')])
 def test_save_single_pass_for_hub_api_licence_and_what_the_card_is_given(tmp_path, given, in_cfg, expected):
-    from timm_fgfocus.hub import save_single_pass_for_hub
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_resnet18', num_classes=3, pretrained_cfg_overlay=dict(license=in_cfg),
                               backbone='test_resnet')
@@ -725,7 +720,6 @@ def test_save_single_pass_for_hub_api_licence_and_what_the_card_is_given(tmp_pat
 @pytest.mark.parametrize('key,value', [('input_size', [3, 96, 96]), ('mean', [0.1, 0.2, 0.3]), ('std', [0.9, 0.9, 0.9]),
                                        ('crop_pct', 0.5), ('interpolation', 'nearest')])
 def test_the_check_after_writing_a_plain_folder_names_a_data_config_that_differs(tmp_path, key, value):
-    from timm_fgfocus.hub import _data_config, _verify_plain_folder, save_single_pass_for_hub
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3)
     folder = save_single_pass_for_hub(model, tmp_path / 'plain', 'timm-fgfocus/plain-api')
@@ -758,7 +752,6 @@ def test_export_model_args_drops_loading_options_and_training_rates_and_keeps_th
 
 @pytest.mark.parametrize('name,value', [('nms_iou', 0.7), ('smooth_sigma', 2.5), ('attention_mode', 'mean')])
 def test_the_check_after_writing_names_a_hyperparameter_the_folder_rebuilds_differently(tmp_path, name, value):
-    from timm_fgfocus.hub import _verify_folder
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3, nms_iou=0.5)
     folder = save_for_hub(model, tmp_path / 'repo', 'timm-fgfocus/x')
@@ -775,10 +768,9 @@ def test_the_check_after_writing_names_a_hyperparameter_the_folder_rebuilds_diff
 @pytest.mark.parametrize('given,in_cfg,expected', [(None, 'mit', 'mit'), ('cc-by-4.0', 'mit', 'cc-by-4.0'),
                                                  (None, None, 'apache-2.0')])
 def test_save_for_hub_api_licence_architecture_model_args_and_defaults(tmp_path, monkeypatch, given, in_cfg, expected):
-    from timm_fgfocus import hub
     verified = []
-    real_verify = hub._verify_folder
-    monkeypatch.setattr(hub, '_verify_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
+    real_verify = hub_module._verify_folder
+    monkeypatch.setattr(hub_module, '_verify_folder', lambda *a: (verified.append(a[0]), real_verify(*a)))
     torch.manual_seed(0)
     model = timm.create_model('fgfocus_test', num_classes=3, pretrained_cfg_overlay=dict(license=in_cfg))
     folder = save_for_hub(model, tmp_path / 'a', 'timm-fgfocus/x', arch='fgfocus_test.some_tag', license=given,
@@ -829,8 +821,7 @@ def test_dry_run_into_a_read_only_folder(run_dir, tmp_path, monkeypatch, capsys)
 
     def denied(*args, **kwargs):
         raise PermissionError(13, 'Permission denied')
-    import timm_fgfocus.hub as hub
-    monkeypatch.setattr(hub.tempfile, 'mkdtemp', denied)  # as a read-only folder answers, also for root
+    monkeypatch.setattr(hub_module.tempfile, 'mkdtemp', denied)  # as a read-only folder answers, also for root
     rc, _, err = _cli(_dry_run_args(run_dir, folder), capsys)
     assert rc == 1 and err == f'hf_upload: cannot write into {folder}: Permission denied'
     assert folder.is_dir() and not any(folder.iterdir())
@@ -853,12 +844,11 @@ def test_failed_write_changes_nothing(run_dir, tmp_path, monkeypatch, capsys):
     folder = tmp_path / 'repo'
     assert _cli(_dry_run_args(run_dir, folder), capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    import timm_fgfocus.hub as hub
 
     def full_disk(model, directory, **kwargs):
         (Path(directory) / 'model.safetensors').write_bytes(b'half')
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(hub, 'save_for_hf', full_disk)
+    monkeypatch.setattr(hub_module, 'save_for_hf', full_disk)
     rc, _, err = _cli(_dry_run_args(run_dir, folder, '--overwrite'), capsys)
     assert rc == 1 and len(err.splitlines()) == 1 and 'No space left on device' in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # hidden staging folder gone too
