@@ -8,6 +8,7 @@ independent recomputation from the backbone's own ``forward_features`` (not the
 """
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -678,7 +679,6 @@ def test_the_meta_copy_is_frozen_on_meta_and_leaves_the_backbone_alone():
 
 @pytest.mark.parametrize('height,width,expected', [(100, 33, (7, 3)), (16, 17, (1, 2)), (1, 1, (1, 1))])
 def test_feat_size_of_a_size_the_backbone_cannot_run_is_the_input_over_the_stride_rounded_up(height, width, expected):
-    from types import SimpleNamespace
     from timm_fgfocus.backbones import BackboneAdapter
     cannot = SimpleNamespace(run_size=lambda h, w: 'RuntimeError: too small', stride=16)
     assert BackboneAdapter.feat_size(cannot, height, width) == expected
@@ -707,3 +707,114 @@ def test_fixed_size_of_stand_ins():
     fixed = {'fixed_input_size': True, 'input_size': (3, 96, 80)}
     assert tuple(_fixed_size(_StandIn(pretrained_cfg=fixed))) == (96, 80)
     assert _fixed_size(_StandIn(pretrained_cfg=fixed, dynamic_img_size=True)) is None  # it adapts
+
+
+# --- building a backbone and its adapter -------------------------------------------------------------------
+
+@pytest.mark.parametrize('dynamic', [False, True])
+def test_create_backbone_keeps_a_dynamic_img_size_the_user_set(dynamic):
+    from timm_fgfocus.backbones import create_backbone
+    backbone, adapter = create_backbone('test_vit', backbone_args={'dynamic_img_size': dynamic})
+    assert backbone.dynamic_img_size is dynamic and backbone.num_classes == 0
+    assert adapter.name == 'test_vit' and adapter.family == 'tokens' and adapter.stride == 16
+    # without dynamic_img_size, test_vit takes only the size it was built for (its position embedding)
+    assert (adapter.size_error(96, 96) is None) is dynamic
+
+
+def test_create_backbone_defaults_and_factory_kwargs():
+    from timm_fgfocus.backbones import create_backbone
+    backbone, adapter = create_backbone('test_resnet', dtype=torch.float64)
+    assert adapter.in_chans == 3 and backbone.conv1[0].in_channels == 3  # three input channels by default
+    assert all(p.dtype == torch.float64 for p in backbone.parameters())  # the factory kwargs reach timm
+    assert not hasattr(backbone, 'fc') or isinstance(backbone.fc, torch.nn.Identity)
+    vit, _ = create_backbone('test_vit')
+    assert vit.dynamic_img_size  # set when the user did not
+
+
+def test_the_size_cache_tells_backbones_built_with_other_args_apart():
+    """Two test_vit backbones with other patch sizes: each size is answered for its own architecture."""
+    from timm_fgfocus.backbones import create_backbone
+    _, coarse = create_backbone('test_vit')
+    _, fine = create_backbone('test_vit', backbone_args={'patch_size': 8})
+    assert coarse.stride == 16 and fine.stride == 8
+    assert coarse.feat_size(64, 48) == (4, 3)
+    assert fine.feat_size(64, 48) == (8, 6)  # not the cached answer of the other
+    assert coarse.arch_key != fine.arch_key
+
+
+def test_the_size_cache_key_names_the_class():
+    from timm_fgfocus.backbones import adapter_for
+    a = adapter_for(_StandIn(feature_info=[{'reduction': 8}], num_features=4), 'same')
+    b = adapter_for(_Other(feature_info=[{'reduction': 8}], num_features=4), 'same')
+    assert '_StandIn' in a.arch_key and '_Other' in b.arch_key and a.arch_key != b.arch_key
+    assert a.in_chans == 3  # three input channels by default
+
+
+class _Other(_StandIn):
+    pass
+
+
+def _token_stand_in(**attrs):
+    return _StandIn(num_prefix_tokens=1, forward_intermediates=lambda *a, **k: None, num_features=4,
+                    patch_embed=SimpleNamespace(patch_size=(14, 7)), **attrs)
+
+
+def test_a_token_backbone_without_a_reduction_takes_the_stride_of_its_patches():
+    from timm_fgfocus.backbones import adapter_for
+    assert adapter_for(_token_stand_in(), 'tok').stride == 14  # the patch height
+    assert adapter_for(_token_stand_in(feature_info=[{'num_chs': 4}]), 'tok').stride == 14
+    # a reduction the backbone states wins over its patch size
+    assert adapter_for(_token_stand_in(feature_info=[{'reduction': 16}]), 'tok').stride == 16
+
+
+def test_a_map_backbone_without_a_reduction_is_refused_naming_it():
+    from timm_fgfocus.backbones import adapter_for
+    with pytest.raises(ValueError) as e:
+        adapter_for(_StandIn(output_fmt='NHWC', num_features=4), 'mine')
+    assert str(e.value) == "backbone 'mine' (_StandIn): cannot tell the stride of its feature map"
+    with pytest.raises(ValueError, match=r"^backbone 'named' \(_StandIn\) cannot give fgfocus a spatial feature map"):
+        adapter_for(_StandIn(num_features=4), 'named')
+
+
+def test_run_size_without_a_meta_copy_or_while_capturing_is_the_input_over_the_stride(monkeypatch):
+    from timm_fgfocus import backbones
+    adapter = backbones.BackboneAdapter(name='x', family='nchw', num_features=4, stride=16)
+    assert adapter.meta_backbone is None
+    assert adapter.run_size(100, 33) == (7, 3)
+    _, real = backbones.create_backbone('test_resnet')
+
+    def no_meta_run(*a):
+        raise AssertionError('the meta copy ran while a graph was captured')
+    monkeypatch.setattr(backbones, '_run_on_meta', no_meta_run)
+    monkeypatch.setattr(backbones, '_capturing', lambda: True)
+    assert real.run_size(97, 31) == (4, 1)  # rounded up, nothing run
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace` is deprecated')
+def test_capturing_under_dynamo_and_jit_tracing(monkeypatch):
+    from timm_fgfocus.backbones import _capturing
+    assert _capturing() is False
+    seen = []
+
+    def f(x):
+        seen.append(_capturing())
+        return x * 2
+    torch.jit.trace(f, torch.ones(2), check_trace=False)
+    assert seen == [True]
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert _capturing() is True
+
+
+def test_size_error_names_each_side_and_its_nearest_sides():
+    """A stand-in backbone that runs only even heights and widths of 40 or more."""
+    from timm_fgfocus.backbones import BackboneAdapter
+
+    class Refusing(BackboneAdapter):
+        def run_size(self, h, w):
+            return (h // 4, w // 4) if h % 2 == 0 and w >= 40 else 'RuntimeError: no'
+    adapter = Refusing(name='b', family='nchw', num_features=4, stride=4)
+    assert adapter.size_error(64, 48) is None
+    assert adapter.size_error(63, 48) == ('b cannot run 63x48 inputs (RuntimeError: no); nearest sides it runs: '
+                                          'height 62 or 64, width 48')
+    assert adapter.size_error(64, 38) == ('b cannot run 64x38 inputs (RuntimeError: no); nearest sides it runs: '
+                                          'height 64, width 40')

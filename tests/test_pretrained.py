@@ -343,3 +343,43 @@ def test_check_weights_fit_of_a_model_without_recorded_model_args():
     with pytest.raises(PretrainedWeightsError, match=r'^test_resnet: the weights in .* do not fit the model built: '
                                                       r'1 tensors missing \(bn1\.weight\)'):
         check_weights_fit(sd, model)
+
+
+def test_load_pretrained_weights_hands_timms_loader_the_models_cfg_and_options(monkeypatch):
+    """One Hub check with the cache folder, then timm's load_pretrained with the model's own pretrained cfg,
+    its classes and channels, the filter, strict (True by default) and the cache folder."""
+    from timm_fgfocus import pretrained
+    model = timm.create_model('fgfocus_test', num_classes=4)
+    calls = []
+    monkeypatch.setattr(pretrained, 'hub_unreachable', lambda cfg, cache_dir=None: calls.append(('hub', cfg, cache_dir)))
+    monkeypatch.setattr(pretrained, 'load_pretrained', lambda m, **kw: calls.append(('load', m, kw)))
+    pretrained.load_pretrained_weights(model, 'fgfocus_test', checkpoint_filter_fn)
+    pretrained.load_pretrained_weights(model, 'fgfocus_test', checkpoint_filter_fn, strict=False, cache_dir='/c')
+    cfg = model.pretrained_cfg
+    assert calls[0] == ('hub', cfg, None) and calls[2] == ('hub', cfg, '/c')
+    for (_, m, kw), strict, cache_dir in ((calls[1], True, None), (calls[3], False, '/c')):
+        assert m is model and kw.pop('pretrained_cfg') is cfg
+        assert kw == dict(num_classes=4, in_chans=3, filter_fn=checkpoint_filter_fn, strict=strict, cache_dir=cache_dir)
+
+
+def test_an_error_of_timms_loader_is_one_line_with_its_type_and_first_line(monkeypatch):
+    from timm_fgfocus import pretrained
+    model = timm.create_model('fgfocus_test', num_classes=4, pretrained_cfg_overlay=dict(file='/w/model.pth'))
+    monkeypatch.setattr(pretrained, 'hub_unreachable', lambda cfg, cache_dir=None: None)
+
+    def fails(m, **kw):
+        raise RuntimeError('no such tensor\nsecond line')
+    monkeypatch.setattr(pretrained, 'load_pretrained', fails)
+    with pytest.raises(PretrainedWeightsError) as e:
+        pretrained.load_pretrained_weights(model, 'fgfocus_test', checkpoint_filter_fn)
+    assert str(e.value) == "fgfocus_test: cannot load pretrained weights from file /w/model.pth: RuntimeError: no such tensor"
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_a_plain_checkpoint_whose_backbone_cfg_names_no_classifier_maps_fc_to_the_image_head():
+    torch.manual_seed(0)
+    m = timm.create_model('fgfocus_test', num_classes=7)
+    m.backbone.pretrained_cfg = {k: v for k, v in m.backbone.pretrained_cfg.items() if k != 'classifier'}
+    plain = timm.create_model('test_resnet', num_classes=7).state_dict()
+    out = checkpoint_filter_fn(plain, m)
+    assert torch.equal(out['fc.weight'], plain['fc.weight']) and 'backbone.fc.weight' not in out
