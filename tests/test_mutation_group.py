@@ -39,3 +39,15 @@ def test_a_table_without_the_lists_and_a_folder_that_is_not_a_checkout_are_one_l
     with pytest.raises(SystemExit, match=rf'^--dir {tmp_path} exists and is not a checkout: give another folder$'):
         mutation_group.main(['ops', '--dir', str(tmp_path)])
     assert [p.name for p in tmp_path.iterdir()] == ['notes.txt']
+
+
+@pytest.mark.parametrize('argv', [
+    ['hub', '--dir', 'd', '--max-children', '2', '--', 'a.x_f__mutmut_1', 'a.x_g__mutmut_2'],
+    ['hub', '--', 'a.x_f__mutmut_1', 'a.x_g__mutmut_2'],
+    ['--max-children', '2', 'hub', 'a.x_f__mutmut_1', 'a.x_g__mutmut_2', '--dir', 'd'],
+])
+def test_mutant_names_may_follow_the_options(argv):
+    args = mutation_group.parse_args(argv)
+    assert args.group == 'hub' and args.mutants == ['a.x_f__mutmut_1', 'a.x_g__mutmut_2']
+    assert args.max_children == (2 if '--max-children' in argv else 1)
+    assert args.dir == (Path('d') if '--dir' in argv else None)

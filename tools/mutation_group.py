@@ -69,13 +69,19 @@ def group_config(pyproject: str, group: str) -> str:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('group', choices=sorted(GROUPS))
     p.add_argument('--dir', type=Path, default=None, help='worktree (default: ../fgfocus-mutation-GROUP)')
     p.add_argument('--max-children', type=int, default=1, help="mutmut's parallel mutants (default 1)")
     p.add_argument('mutants', nargs='*', help='mutant names or patterns to run (after --; default: the group)')
-    args = p.parse_args(argv)
+    # intermixed: mutant names may follow the options (``hub --dir D -- NAME ...``); plain parse_args gives
+    # the names' slot to the group and then refuses them
+    return p.parse_intermixed_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
     folder = (args.dir or REPO.parent / f'fgfocus-mutation-{args.group}').resolve()
     if not folder.exists():
         subprocess.run(['git', '-C', str(REPO), 'worktree', 'add', '--detach', str(folder), 'HEAD'], check=True)
