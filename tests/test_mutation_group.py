@@ -51,3 +51,14 @@ def test_mutant_names_may_follow_the_options(argv):
     assert args.group == 'hub' and args.mutants == ['a.x_f__mutmut_1', 'a.x_g__mutmut_2']
     assert args.max_children == (2 if '--max-children' in argv else 1)
     assert args.dir == (Path('d') if '--dir' in argv else None)
+
+
+def test_a_worktree_can_be_given_another_group_or_the_same_again():
+    text = (REPO / 'pyproject.toml').read_text()
+    once = mutation_group.group_config(text, 'hub')
+    again = mutation_group.group_config(once, 'hub')
+    assert again == once
+    other = tomllib.loads(mutation_group.group_config(once, 'loops'))['tool']['mutmut']
+    assert other['only_mutate'] == ['timm_fgfocus/training/loops.py']
+    assert other['pytest_add_cli_args_test_selection'][2:-2] == ['tests/test_loops.py']
+    assert tomllib.loads(again)['tool']['mutmut']['timeout_constant'] == 10.0  # the rest kept

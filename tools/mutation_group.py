@@ -63,7 +63,10 @@ def group_config(pyproject: str, group: str) -> str:
     selection = ['-m', 'not slow', *tests, '-k', EXCLUDED]
     out = pyproject
     for key, value in (('only_mutate', modules), ('pytest_add_cli_args_test_selection', selection)):
-        out, n = re.subn(rf'^{key} = \[.*?^\]', f'{key} = {_toml_list(value)}', out, flags=re.S | re.M)
+        # the list as the project writes it (one item a line, with comments) or as this function wrote it
+        # (one line), so a worktree can be given another group or run again
+        out, n = re.subn(rf'^{key} = \[(?:"[^"]*"|#[^\n]*|[^\]"#])*\]', f'{key} = {_toml_list(value)}', out,
+                         flags=re.M)
         if n != 1:
             raise SystemExit(f'pyproject.toml: no "{key} = [...]" list in [tool.mutmut] to replace')
     return out
