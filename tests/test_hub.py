@@ -997,7 +997,6 @@ def test_non_finite_model_is_not_published(tmp_path):
 
 
 def test_save_checkpoint_for_hub_api_requires_the_summary_it_is_given(run_dir, tmp_path):
-    from timm_fgfocus.hub import save_checkpoint_for_hub
     with pytest.raises(HubUploadError, match=re.escape(f'training log {tmp_path / "nope.csv"} does not exist')):
         save_checkpoint_for_hub(run_dir / 'last.pth', tmp_path / 'repo', REPO, summary_csv=tmp_path / 'nope.csv')
     assert not (tmp_path / 'repo').exists()
@@ -1015,3 +1014,52 @@ def test_predict_names_a_garbage_hub_config(published, hub_env, tmp_path, capsys
     assert predict([str(tmp_path / 'a.png'), '--model', f'hf-hub:{repo}']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f'hf-hub:{repo}' in err and 'config.json is not valid JSON' in err
+
+
+@pytest.mark.parametrize('kind', ['fgfocus', 'single_pass', 'baseline'])
+def test_save_checkpoint_for_hub_hands_its_options_to_the_writer_of_its_kind(kind, run_dir, tmp_path, monkeypatch):
+    """Each kind of checkpoint goes to its own writer with the checkpoint's entries and every option given;
+    the defaults: the full model, its own weights (not the EMA), the summary.csv beside it, no overwrite."""
+    from timm_fgfocus.files import file_sha256
+    calls = []
+    for name in ('save_for_hub', 'save_single_pass_for_hub', 'save_baseline_for_hub'):
+        monkeypatch.setattr(hub_module, name, lambda *a, _name=name, **kw: calls.append((_name, a, kw)) or tmp_path)
+    monkeypatch.setattr(hub_module, 'read_evaluation', lambda path, use_ema: ('evaluation', Path(path), use_ema))
+    path = run_dir / 'last.pth'
+    if kind == 'baseline':  # a --baseline checkpoint, as model_from_checkpoint reads it
+        monkeypatch.setattr(hub_module, 'model_from_checkpoint', lambda p, use_ema: (
+            ('model', p, use_ema), dict(torch.load(p, weights_only=True), baseline={'backbone': 'test_resnet'})))
+    summary = run_dir / 'summary.csv'
+    read = hub_module.read_summary(summary)
+    folder, ckpt = save_checkpoint_for_hub(path, tmp_path / 'out', REPO, use_ema=True, summary_csv=summary,
+                                           revision='v2', license='mit', overwrite=True,
+                                           single_pass=kind == 'single_pass')
+    assert folder == tmp_path and ckpt['arch'] == 'fgfocus_test' and len(calls) == 1
+    name, args, kw = calls.pop()
+    options = dict(summary=read, ema=True, revision='v2', license='mit', overwrite=True,
+                   evaluation=('evaluation', path, True))
+    if kind == 'baseline':
+        assert name == 'save_baseline_for_hub' and args[0] == ('model', path, True) and args[1] is ckpt
+        assert args[2:] == (tmp_path / 'out', REPO) and kw == options
+        with pytest.raises(HubUploadError) as e:
+            save_checkpoint_for_hub(path, tmp_path / 'sp', REPO, single_pass=True)
+        assert str(e.value) == (f'{path} is a --baseline checkpoint, already a plain single-pass timm model: '
+                                'leave out --single-pass')
+        return
+    model = args[0]
+    assert args[1:] == (tmp_path / 'out', REPO)
+    ema = ckpt['state_dict_ema']
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())  # the EMA weights
+    common = dict(options, arch='fgfocus_test', class_names=CLASSES, metrics=ckpt['metrics'], train_args=ckpt['args'])
+    if kind == 'single_pass':
+        assert name == 'save_single_pass_for_hub'
+        assert kw == dict(common, source=dict(checkpoint='last.pth', sha256=file_sha256(path)))
+    else:
+        assert name == 'save_for_hub' and kw == dict(common, model_args=MODEL_ARGS)
+    # the defaults
+    save_checkpoint_for_hub(path, tmp_path / 'out2', REPO)
+    name, args, kw = calls.pop()
+    assert name == 'save_for_hub' and kw['ema'] is False and kw['overwrite'] is False
+    assert kw['summary'] == read and kw['evaluation'] == ('evaluation', path, False)
+    own = ckpt['state_dict']
+    assert all(torch.equal(v, own[k]) for k, v in args[0].state_dict().items())
