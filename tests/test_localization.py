@@ -709,3 +709,31 @@ def test_a_frame_without_pixels_is_refused(frame):
 
 def test_a_one_pixel_frame_is_a_frame():
     assert normalize_score_maps(np.arange(16.0).reshape(1, 4, 4), (1, 1)).shape == (1, 1, 1)
+
+
+def test_contour_boxes_refuses_bad_stacks_and_thresholds_in_one_line():
+    ok = np.zeros((1, 4, 5))
+    with pytest.raises(ValueError) as e:
+        contour_boxes(np.zeros((4, 5)), np.array([0.5]))
+    assert str(e.value) == 'score_maps must be [N, H, W], got shape (4, 5)'
+    bad = 'thresholds must be a strictly increasing 1-D array of 1 to 32767 values, got shape {}'
+    for thresholds in (np.zeros((1, 2)), np.zeros(0), np.linspace(0, 1, 2 ** 15), np.array([0.2, 0.2]),
+                       np.array([0.5, 0.4])):
+        with pytest.raises(ValueError) as e:
+            contour_boxes(ok, thresholds)
+        assert str(e.value) == bad.format(thresholds.shape)
+    assert contour_boxes(ok, np.linspace(0, 1, 2 ** 15 - 1)).boxes.shape == (0, 4)  # the most thresholds taken
+    assert contour_boxes(ok, np.array([-1.0])).boxes.tolist() == [[0, 0, 5, 4]]  # one threshold: the whole map
+    for value in (np.nan, np.inf, -np.inf):
+        maps = ok.copy()
+        maps[0, 1, 2] = value
+        with pytest.raises(ValueError) as e:
+            contour_boxes(maps, np.array([0.5]))
+        assert str(e.value) == 'score_maps must be finite (normalize_score_maps zeroes maps that are not)'
+
+
+def test_contour_boxes_refuses_a_stack_of_2_to_the_32_padded_pixels():
+    """2**29 maps of 0x2 pixels are 2**32 pixels once each is framed by one pixel (no memory: no pixel is stored)."""
+    with pytest.raises(ValueError) as e:
+        contour_boxes(np.zeros((2 ** 29, 0, 2)), np.array([0.5]))
+    assert str(e.value) == '536870912 maps of 0x2 are too many pixels at once: pass at most 536870912 maps per call'
