@@ -661,6 +661,10 @@ def test_model_traits_and_attributes_timm_reads():
         assert m.drop_rate == m.head_drop.p == 0.25 and m.grad_checkpointing is False
     paper = fgfocus.FgFocus(device='meta')
     assert paper.backbone_name == 'resnet50' and paper.num_classes == 1000 and paper.backbone_num_features == 2048
+    # a backbone whose cfg names more than one input conv: each under backbone.
+    two = dict(pretrained_cfg_overlay=dict(first_conv=('conv1.0', 'conv1.3')))
+    m = timm.create_model('fgfocus_test', num_classes=3, backbone_args=two)
+    assert get_model_traits(m)['first_conv'] == ('backbone.conv1.0', 'backbone.conv1.3')
 
 
 def test_no_classes_gives_features_from_every_head():
