@@ -163,6 +163,7 @@ def test_contour_boxes_name_nested_blob_hole_and_border_blob():
     assert sorted(ring.boxes[:2].astype(int).tolist()) == [[3, 3, 17, 17], [9, 9, 12, 11]]
     assert ring.boxes[2].tolist() == [5, 5, 15, 15]  # the hole (6..13) grown by one pixel
     assert ring.hole.tolist() == [False, False, True]  # outer contours first, then holes
+    assert ring.hole.dtype == bool and ring.image.dtype == np.int64 and ring.boxes.dtype == np.float64
     blobs = contour_boxes(blobs_map()[None], np.array([0.8]))
     assert blobs.boxes.tolist() == [[0, 0, 5, 4]]
     diagonal = contour_boxes(diagonal_map()[None], np.array([0.5]))
