@@ -1063,3 +1063,127 @@ def test_save_checkpoint_for_hub_hands_its_options_to_the_writer_of_its_kind(kin
     assert kw['summary'] == read and kw['evaluation'] == ('evaluation', path, False)
     own = ckpt['state_dict']
     assert all(torch.equal(v, own[k]) for k, v in args[0].state_dict().items())
+
+
+# --- the checks and the folder writer, called directly ----------------------------------------------
+
+@pytest.mark.parametrize('repo_id', [None, 'name', 'a/b/c', '/name', 'org/', 3])
+def test_check_repo_id_wants_org_slash_name(repo_id):
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_repo_id(repo_id)
+    assert str(e.value) == f'--repo-id must be ORG/NAME, got {repo_id!r}'
+
+
+@pytest.mark.parametrize('repo_id', ['org/na me', 'org/' + 'x' * 200, 'org/a..b'])
+def test_check_repo_id_gives_the_hubs_own_reason_once(repo_id):
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+    with pytest.raises(HFValidationError) as theirs:
+        validate_repo_id(repo_id)
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_repo_id(repo_id)
+    reason = str(theirs.value).split(': ')[0]
+    assert str(e.value) == f'--repo-id {repo_id[:100]!r} is not a valid Hub repo id: {reason}'
+    hub_module.check_repo_id('timm-fgfocus/fgfocus_resnet50.cub200')  # a valid id passes
+
+
+def test_check_folder_takes_new_empty_or_overwritten_folders_only(tmp_path):
+    hub_module.check_folder(tmp_path / 'new', overwrite=False)
+    (tmp_path / 'empty').mkdir()
+    hub_module.check_folder(tmp_path / 'empty', overwrite=False)
+    (tmp_path / 'file').write_text('mine')
+    for overwrite in (False, True):
+        with pytest.raises(HubUploadError) as e:
+            hub_module.check_folder(tmp_path / 'file', overwrite)
+        assert str(e.value) == f'{tmp_path / "file"} is a file, not a folder: name a new or empty folder for the repo files'
+    full = tmp_path / 'full'
+    full.mkdir()
+    for name in ('d', 'c', 'b', 'a'):
+        (full / name).write_text(name)
+    tail = ('; nothing was written. Name a new or empty folder, or pass --overwrite (overwrite=True) to replace '
+            'README.md, config.json, model.safetensors in it (other files are kept)')
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_folder(full, overwrite=False)
+    assert str(e.value) == f'{full} is not empty (a, b, c, d)' + tail
+    (full / 'e').write_text('e')
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_folder(full, overwrite=False)
+    assert str(e.value) == f'{full} is not empty (a, b, c, d, ... (5 entries))' + tail
+    hub_module.check_folder(full, overwrite=True)
+
+
+def test_check_checkpoint_file_names_the_checkpoints_in_a_folder(tmp_path):
+    hub_module.check_checkpoint_file(tmp_path / 'missing.pth')  # left to the loader's own message
+    (tmp_path / 'ckpt.pth').write_bytes(b'x')
+    hub_module.check_checkpoint_file(tmp_path / 'ckpt.pth')
+    head = f'--checkpoint {tmp_path} is a folder, not a checkpoint file: '
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_checkpoint_file(tmp_path)
+    assert str(e.value) == head + 'pass the checkpoint file train_fg.py wrote (best.pth or last.pth); there is none in it'
+    (tmp_path / 'last.pth').write_bytes(b'x')
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_checkpoint_file(str(tmp_path))
+    assert str(e.value) == head + f'pass --checkpoint {tmp_path / "last.pth"}'
+    (tmp_path / 'best.pth').write_bytes(b'x')
+    with pytest.raises(HubUploadError) as e:
+        hub_module.check_checkpoint_file(tmp_path)
+    assert str(e.value) == head + f'pass --checkpoint {tmp_path / "best.pth"} (or {tmp_path / "last.pth"})'
+
+
+def test_write_folder_moves_what_was_written_and_keeps_the_rest(tmp_path):
+    folder = tmp_path / 'repo'
+    folder.mkdir()
+    (folder / 'README.md').write_text('old card')
+    (folder / 'notes.txt').write_text('mine')
+
+    def write(staging):
+        assert staging.parent == folder and staging.name.startswith('.hf_upload-')
+        (staging / 'README.md').write_text('new card')
+        (staging / 'config.json').write_text('{}')
+    hub_module._write_folder(folder, write)
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'notes.txt']
+    assert (folder / 'README.md').read_text() == 'new card' and (folder / 'notes.txt').read_text() == 'mine'
+    nested = tmp_path / 'a' / 'b'
+    hub_module._write_folder(nested, lambda s: (s / 'x').write_text('x'))  # parents made
+    assert [p.name for p in nested.iterdir()] == ['x']
+
+
+@pytest.mark.parametrize('existed', [True, False])
+def test_write_folder_changes_nothing_on_an_error(tmp_path, existed):
+    folder = tmp_path / 'repo'
+    if existed:
+        folder.mkdir()
+        (folder / 'README.md').write_text('old card')
+
+    def fails(staging):
+        (staging / 'README.md').write_text('half')
+        raise OSError(28, 'No space left on device')
+    with pytest.raises(HubUploadError) as e:
+        hub_module._write_folder(folder, fails)
+    assert str(e.value) == f'cannot write into {folder}: No space left on device; nothing in it was changed'
+    if existed:
+        assert [p.name for p in folder.iterdir()] == ['README.md'] and (folder / 'README.md').read_text() == 'old card'
+    else:
+        assert not folder.exists()  # made by the call, removed again
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(HubUploadError) as e:
+        hub_module._write_folder(tmp_path / 'file' / 'repo', lambda s: None)
+    assert str(e.value) == f'cannot write into {tmp_path / "file" / "repo"}: Not a directory'
+
+
+def test_model_config_records_weights_file_licence_digest_and_class_names():
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    config = hub_module._model_config(model, ['a', 2, 'c'], 'mit')
+    assert config == {'pretrained_cfg': {'hf_hub_filename': 'model.safetensors', 'license': 'mit'},
+                      'weights_digest': digest(model.state_dict()), 'label_names': ['a', '2', 'c']}
+    assert 'label_names' not in hub_module._model_config(model, None, 'apache-2.0')
+    with pytest.raises(HubUploadError) as e:
+        hub_module._model_config(model, ['a', 'b'], 'mit')
+    assert str(e.value) == '2 class names for a model with 3 classes'
+
+
+def test_read_summary_errors_are_hub_upload_errors(tmp_path):
+    assert hub_module.read_summary(tmp_path / 'none.csv') == []
+    with pytest.raises(HubUploadError) as e:
+        hub_module.read_summary(tmp_path / 'none.csv', required=True)
+    assert str(e.value) == f'training log {tmp_path / "none.csv"} does not exist' and e.value.__suppress_context__
