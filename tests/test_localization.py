@@ -725,6 +725,9 @@ def test_contour_boxes_refuses_bad_stacks_and_thresholds_in_one_line():
         assert str(e.value) == bad.format(thresholds.shape)
     assert contour_boxes(ok, np.linspace(0, 1, 2 ** 15 - 1)).boxes.shape == (0, 4)  # the most thresholds taken
     assert contour_boxes(ok, np.array([-1.0])).boxes.tolist() == [[0, 0, 5, 4]]  # one threshold: the whole map
+    for empty in (np.zeros((0, 4, 5)), np.zeros((2, 0, 5))):  # no map, or maps without pixels: no contour
+        found = contour_boxes(empty, np.array([-1.0, 0.5]))
+        assert found.boxes.shape == (0, 4) and found.image.shape == found.threshold.shape == found.hole.shape == (0,)
     for value in (np.nan, np.inf, -np.inf):
         maps = ok.copy()
         maps[0, 1, 2] = value
