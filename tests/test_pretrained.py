@@ -367,13 +367,19 @@ def test_an_error_of_timms_loader_is_one_line_with_its_type_and_first_line(monke
     model = timm.create_model('fgfocus_test', num_classes=4, pretrained_cfg_overlay=dict(file='/w/model.pth'))
     monkeypatch.setattr(pretrained, 'hub_unreachable', lambda cfg, cache_dir=None: None)
 
+    error = {'text': 'no such tensor\nsecond line'}
+
     def fails(m, **kw):
-        raise RuntimeError('no such tensor\nsecond line')
+        raise RuntimeError(error['text'])
     monkeypatch.setattr(pretrained, 'load_pretrained', fails)
     with pytest.raises(PretrainedWeightsError) as e:
         pretrained.load_pretrained_weights(model, 'fgfocus_test', checkpoint_filter_fn)
     assert str(e.value) == "fgfocus_test: cannot load pretrained weights from file /w/model.pth: RuntimeError: no such tensor"
     assert isinstance(e.value.__cause__, RuntimeError)
+    error['text'] = 'y' * 1500  # a long first line (a key list): cut at 1000 characters, not at first_line's 300
+    with pytest.raises(PretrainedWeightsError) as e:
+        pretrained.load_pretrained_weights(model, 'fgfocus_test', checkpoint_filter_fn)
+    assert str(e.value).endswith('RuntimeError: ' + 'y' * 1000)
 
 
 def test_a_plain_checkpoint_whose_backbone_cfg_names_no_classifier_maps_fc_to_the_image_head():
