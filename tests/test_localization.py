@@ -757,3 +757,14 @@ def test_threshold_levels_of_an_even_grid_not_from_zero_and_of_scores_far_outsid
     levels = contours.threshold_levels(scores[None, None], thresholds)[0, 0]
     assert levels.dtype == np.int16
     assert np.array_equal(levels, np.searchsorted(thresholds, scores, side='left'))
+
+
+def test_contour_boxes_of_integer_and_float32_maps_equal_those_of_float64():
+    """A binary mask given as integers (a segmentation), or float32 scores: read as float64."""
+    mask = (blobs_map() > 0.5).astype(np.int64)[None]
+    want = contour_boxes(mask.astype(np.float64), np.array([0.5]))
+    for maps, thresholds in ((mask, [0.5]), (mask.astype(np.uint8), np.array([0.5], np.float32)),
+                             (mask.astype(np.float32), (0.5,))):
+        got = contour_boxes(maps, thresholds)
+        assert np.array_equal(got.boxes, want.boxes) and np.array_equal(got.hole, want.hole)
+    assert want.boxes.tolist() == [[0.0, 0.0, 5.0, 4.0], [9.0, 8.0, 16.0, 12.0]]
