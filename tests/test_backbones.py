@@ -742,16 +742,16 @@ def test_the_size_cache_tells_backbones_built_with_other_args_apart():
     assert coarse.arch_key != fine.arch_key
 
 
+class _Other(_StandIn):  # another class of the same attributes
+    pass
+
+
 def test_the_size_cache_key_names_the_class():
     from timm_fgfocus.backbones import adapter_for
     a = adapter_for(_StandIn(feature_info=[{'reduction': 8}], num_features=4), 'same')
     b = adapter_for(_Other(feature_info=[{'reduction': 8}], num_features=4), 'same')
     assert '_StandIn' in a.arch_key and '_Other' in b.arch_key and a.arch_key != b.arch_key
     assert a.in_chans == 3  # three input channels by default
-
-
-class _Other(_StandIn):
-    pass
 
 
 def _token_stand_in(**attrs):
