@@ -48,8 +48,9 @@ GROUPS: Dict[str, Tuple[List[str], List[str]]] = {
     # test_loops.py runs the epoch on a hand-made run in milliseconds; whole train_fg runs (test_run_steps.py,
     # test_train_*.py) cost one to two minutes per surviving mutant, so they are left to the test suite
     'loops': (['timm_fgfocus/training/loops.py'], ['tests/test_loops.py']),
-    'hub': (['timm_fgfocus/hub.py'], ['tests/test_hub.py', 'tests/test_publish_single_pass.py',
-                                      'tests/test_model_card.py', 'tests/test_baseline.py']),
+    'hub': (['timm_fgfocus/hub.py'], ['tests/test_hub.py', 'tests/test_hub_folder.py',
+                                      'tests/test_publish_single_pass.py', 'tests/test_model_card.py',
+                                      'tests/test_baseline.py']),
 }
 
 

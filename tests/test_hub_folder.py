@@ -1,0 +1,263 @@
+"""The small steps of writing and pushing a Hub folder (timm_fgfocus.hub), each called directly.
+
+test_hub.py runs them end to end through the stand-in Hub; here each step's own contract is checked
+with exact values and messages: the repo name's tag, the published pretrained_cfg and architecture,
+the folder's last touches, the token check of the written files, the calls made to ``HfApi`` and the
+load-back check.
+"""
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+import huggingface_hub
+import timm
+import timm_fgfocus  # noqa: F401
+from timm_fgfocus import hub as hub_module
+from timm_fgfocus.hub import (HubUploadError, _check_no_secret, _export_cfg, _finish_folder, _loaded_back,
+                              _published_arch, _repo_tag, _upload_folder, save_for_hub)
+
+TOKEN = 'hf_' + 'x' * 32
+
+
+# --- the repo name's tag and the published pretrained_cfg -------------------------------------------
+
+@pytest.mark.parametrize('repo_id, tag', [
+    ('org/fgfocus_test.cub200', 'cub200'),
+    ('org/fgfocus_test.cub200.v2', 'cub200.v2'),  # only the first dot splits the tag off
+    ('org/fgfocus_test', None),
+    ('org.with.dots/fgfocus_test', None),  # dots in the organisation are no tag
+    ('fgfocus_test.cars', 'cars'),  # no organisation
+])
+def test_repo_tag_is_what_follows_the_first_dot_of_the_repo_name(repo_id, tag):
+    assert _repo_tag(repo_id) == tag
+
+
+def test_export_cfg_drops_the_source_weights_and_takes_the_repo_names_tag_and_the_architecture():
+    source = dict(tag='a1_in1k', hf_hub_id='timm/resnet50.a1_in1k', url='http://x/w.pth', file='/w.pth',
+                  architecture='fgfocus_resnet50.a1_in1k', mean=(0.5, 0.5, 0.5), input_size=(3, 448, 448))
+    out = _export_cfg(source, 'org/fgfocus_resnet50.cub200.v2', 'fgfocus_resnet50')
+    assert out == dict(tag='cub200.v2', architecture='fgfocus_resnet50', mean=(0.5, 0.5, 0.5),
+                       input_size=(3, 448, 448))
+    assert source['tag'] == 'a1_in1k' and 'url' in source  # the model's own cfg is not changed
+    # no tag in the repo name: no tag at all (not the source's)
+    assert _export_cfg(source, 'org/fgfocus_resnet50', 'fgfocus_resnet50') == dict(
+        architecture='fgfocus_resnet50', mean=(0.5, 0.5, 0.5), input_size=(3, 448, 448))
+
+
+class _Cfg(torch.nn.Module):
+    def __init__(self, architecture=None):
+        super().__init__()
+        self.pretrained_cfg = {} if architecture is None else dict(architecture=architecture)
+
+
+@pytest.mark.parametrize('model_arch, arch, expected', [
+    ('fgfocus_resnet50.tv_in1k', None, 'fgfocus_resnet50'),  # the weight tag dropped
+    ('fgfocus_resnet50', None, 'fgfocus_resnet50'),
+    ('fgfocus_resnet50', 'fgfocus_test.x', 'fgfocus_test'),  # the argument wins over the model's cfg
+    (None, 'fgfocus_test', 'fgfocus_test'),
+])
+def test_published_arch_is_the_registered_fgfocus_name_without_its_tag(model_arch, arch, expected):
+    assert _published_arch(_Cfg(model_arch), arch) == expected
+
+
+@pytest.mark.parametrize('model_arch, arch, shown', [
+    ('resnet50.a1_in1k', None, "'resnet50'"),
+    (None, None, 'None'),
+    ('', None, "''"),
+    ('fgfocus_test', 'convnext_atto', "'convnext_atto'"),
+])
+def test_published_arch_refuses_what_is_no_fgfocus_model(model_arch, arch, shown):
+    with pytest.raises(HubUploadError) as e:
+        _published_arch(_Cfg(model_arch), arch)
+    assert str(e.value) == f'hf_upload publishes fgfocus models; got architecture {shown}'
+
+
+# --- the folder's last touches ----------------------------------------------------------------------
+
+def _staging(tmp_path, config, weights_mode=0o600):
+    staging = tmp_path / 'staging'
+    staging.mkdir(parents=True)
+    (staging / 'config.json').write_text(json.dumps(config))
+    weights = staging / 'model.safetensors'
+    weights.write_bytes(b'weights')
+    weights.chmod(weights_mode)
+    return staging
+
+
+def test_finish_folder_drops_the_repeated_num_classes_and_writes_the_card_from_the_config(tmp_path):
+    staging = _staging(tmp_path, dict(architecture='fgfocus_test', num_classes=3,
+                                      model_args=dict(num_classes=3, num_regions=4)))
+    seen = []
+    _finish_folder(staging, lambda config: (seen.append(config), f'card of {config["architecture"]}')[1])
+    written = json.loads((staging / 'config.json').read_text())
+    assert written == dict(architecture='fgfocus_test', num_classes=3, model_args=dict(num_regions=4))
+    assert seen == [written]  # the card sees the config as written
+    assert (staging / 'README.md').read_text() == 'card of fgfocus_test'
+    assert sorted(p.name for p in staging.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+
+
+def test_finish_folder_leaves_a_config_without_the_repeat_as_timm_wrote_it(tmp_path):
+    config = dict(architecture='fgfocus_test', num_classes=3, model_args=dict(num_regions=4))
+    staging = _staging(tmp_path, config)
+    (staging / 'config.json').write_text('{"architecture": "fgfocus_test", "num_classes": 3,\n'
+                                         ' "model_args": {"num_regions": 4}}')
+    before = (staging / 'config.json').read_text()
+    _finish_folder(staging, lambda c: 'card')
+    assert (staging / 'config.json').read_text() == before
+    # a config with no model_args at all
+    staging2 = _staging(tmp_path / 'b', dict(architecture='fgfocus_test', num_classes=3))
+    _finish_folder(staging2, lambda c: 'card')
+    assert json.loads((staging2 / 'config.json').read_text()) == dict(architecture='fgfocus_test', num_classes=3)
+
+
+def test_finish_folder_gives_every_file_the_cards_mode(tmp_path):
+    staging = _staging(tmp_path, dict(architecture='fgfocus_test', model_args={}), weights_mode=0o600)
+    (staging / 'config.json').chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        _finish_folder(staging, lambda c: 'card')
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in staging.iterdir()}
+    assert modes == {'README.md': 0o644, 'config.json': 0o644, 'model.safetensors': 0o644}
+
+
+def test_finish_folder_refuses_a_file_timm_was_not_expected_to_write(tmp_path):
+    staging = _staging(tmp_path, dict(architecture='fgfocus_test', model_args={}))
+    (staging / 'pytorch_model.bin').write_bytes(b'x')
+    with pytest.raises(HubUploadError) as e:
+        _finish_folder(staging, lambda c: 'card')
+    assert str(e.value) == ("timm's save_for_hf wrote ['README.md', 'config.json', 'model.safetensors', "
+                            "'pytorch_model.bin'], expected ['README.md', 'config.json', 'model.safetensors']")
+
+
+def test_check_no_secret_names_the_file_holding_the_token_and_reads_only_files(tmp_path):
+    (tmp_path / 'config.json').write_text('{"a": 1}')
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'sub' / 'notes').write_text(TOKEN)  # a folder is not published: not read
+    _check_no_secret(tmp_path, TOKEN)
+    (tmp_path / 'README.md').write_bytes(b'\x00binary ' + TOKEN.encode() + b' more')
+    with pytest.raises(HubUploadError) as e:
+        _check_no_secret(tmp_path, TOKEN)
+    assert str(e.value) == 'README.md would publish the Hugging Face token; nothing was pushed'
+
+
+# --- the calls made to the Hub --------------------------------------------------------------------
+
+class _Api:
+    """A stand-in ``huggingface_hub.HfApi`` recording its calls (``fail``: the method that raises)."""
+    calls: list = []
+    fail: str = ''
+    endpoint = 'http://hub.test'
+
+    def __init__(self, **kwargs):
+        self.calls.append(('init', kwargs))
+
+    def _call(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        if name == self.fail:
+            raise ConnectionError(f'{name} refused for {TOKEN}')
+
+    def whoami(self, **kwargs):
+        self._call('whoami', **kwargs)
+
+    def create_repo(self, *args, **kwargs):
+        self._call('create_repo', *args, **kwargs)
+        return type('RepoUrl', (), dict(repo_id='real-org/name'))()
+
+    def create_branch(self, *args, **kwargs):
+        self._call('create_branch', *args, **kwargs)
+
+    def upload_folder(self, **kwargs):
+        self._call('upload_folder', **kwargs)
+        return 'commit-info'
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.setattr(_Api, 'calls', [])
+    monkeypatch.setattr(_Api, 'fail', '')
+    monkeypatch.setattr(huggingface_hub, 'HfApi', _Api)
+    return _Api
+
+
+@pytest.mark.parametrize('revision, branch', [(None, False), ('main', False), ('v2', True)])
+def test_upload_folder_checks_the_token_makes_the_repo_and_branch_then_uploads_three_files(
+        api, tmp_path, revision, branch):
+    out = _upload_folder(tmp_path, 'org/name', token=TOKEN, private=True, revision=revision, commit_message='msg')
+    assert out == 'commit-info'
+    expected = [
+        ('init', dict(token=TOKEN, library_name='timm', library_version=timm.__version__)),
+        ('whoami', (), dict(token=TOKEN)),
+        ('create_repo', ('org/name',), dict(private=True, exist_ok=True, token=TOKEN)),
+    ]
+    if branch:  # the repo id the Hub answered with (its canonical spelling)
+        expected.append(('create_branch', ('real-org/name',), dict(branch='v2', exist_ok=True, token=TOKEN)))
+    expected.append(('upload_folder', (), dict(
+        repo_id='real-org/name', folder_path=tmp_path, revision=revision, commit_message='msg', token=TOKEN,
+        allow_patterns=['README.md', 'config.json', 'model.safetensors'])))
+    assert api.calls == expected
+
+
+@pytest.mark.parametrize('fail', ['whoami', 'create_repo', 'create_branch', 'upload_folder'])
+def test_upload_folder_turns_any_hub_error_into_one_line_without_the_token(api, tmp_path, fail):
+    api.fail = fail
+    with pytest.raises(HubUploadError) as e:
+        _upload_folder(tmp_path, 'org/name', token=TOKEN, private=False, revision='v2', commit_message='m')
+    repo = 'org/name' if fail in ('whoami', 'create_repo') else 'real-org/name'
+    assert str(e.value) == (f'pushing to {repo} on http://hub.test failed: ConnectionError: {fail} refused for ***')
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no chained traceback with the token
+    assert [c[0] for c in api.calls][-1] == fail  # nothing called after the failure
+
+
+# --- the load-back check --------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def written(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    folder = save_for_hub(model, tmp_path_factory.mktemp('hub') / 'repo', 'org/fgfocus_test.x', verify=False)
+    return model, folder
+
+
+def test_loaded_back_is_the_folder_loaded_with_timm_and_equal_to_the_model(written):
+    model, folder = written
+    loaded = _loaded_back(folder, model)
+    assert type(loaded) is type(model) and loaded is not model
+    assert loaded.pretrained_cfg['architecture'] == 'fgfocus_test' and loaded.pretrained_cfg['tag'] == 'x'
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_loaded_back_refuses_other_weights_another_class_and_other_names(written):
+    model, folder = written
+    message = f'the written folder {folder} loads other weights than the model (model_args?)'
+    changed = timm.create_model('fgfocus_test', num_classes=3)
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        next(iter(changed.parameters())).view(-1)[-1] += 1  # one number of one tensor
+    extra = timm.create_model('fgfocus_test', num_classes=3)
+    extra.load_state_dict(model.state_dict())
+    extra.register_buffer('extra', torch.zeros(1))
+
+    class Sub(type(model)):
+        pass
+    other_class = Sub.__new__(Sub)
+    other_class.__dict__.update(model.__dict__)
+    for other in (changed, extra, other_class):
+        with pytest.raises(HubUploadError) as e:
+            _loaded_back(folder, other)
+        assert str(e.value) == message
+
+
+def test_loaded_back_names_the_folder_and_the_loading_error(tmp_path, written):
+    model, _ = written
+    (tmp_path / 'config.json').write_text(json.dumps(dict(architecture='fgfocus_test', num_classes=3)))
+    with pytest.raises(HubUploadError) as e:
+        _loaded_back(tmp_path, model)
+    assert str(e.value).startswith(f'the written folder {tmp_path} does not load back: ')
+    assert isinstance(e.value.__cause__, Exception)  # the loader's error kept for a debugger
+    assert str(e.value).split(': ', 1)[1].startswith(type(e.value.__cause__).__name__ + ': ')
