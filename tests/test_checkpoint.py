@@ -397,3 +397,56 @@ def test_load_checkpoint_maps_the_tensors_with_map_location(tmp_path):
         return storage
     ckpt = load_checkpoint(path, map_location=to_cpu)
     assert seen and set(seen) == {'cpu'} and ckpt['state_dict']['fc.weight'].shape == (3, 2)
+
+
+# --- a --baseline run's checkpoint: the plain model gets how its attention map is made ---------------
+
+def _baseline_checkpoint(path, info, in_chans=1, record_in_chans=True):
+    from timm_fgfocus.baseline import create_baseline
+    torch.manual_seed(0)
+    fg = timm.create_model('fgfocus_test', num_classes=3, in_chans=in_chans)
+    plain, arch, model_args = create_baseline(fg)
+    if not record_in_chans:  # as an older run recorded it
+        del model_args['in_chans']
+    ckpt = checkpoint_dict(plain, arch, model_args, ['a', 'b', 'c'], baseline=info)
+    ckpt['pretrained_cfg'] = dict(ckpt['pretrained_cfg'], input_size=[in_chans, 160, 96])
+    atomic_save(ckpt, path)
+    return plain
+
+
+def test_baseline_checkpoint_loads_its_plain_model_with_the_runs_attention_map_settings(tmp_path):
+    from timm_fgfocus.baseline import cam_source, plain_forward
+    info = {'fgfocus_model': 'fgfocus_test', 'backbone': 'test_resnet.r160_in1k', 'smooth_sigma': 0.75}
+    plain = _baseline_checkpoint(tmp_path / 'best.pth', info)
+    model, ckpt = model_from_checkpoint(tmp_path / 'best.pth')
+    assert type(model) is type(plain) and ckpt['arch'] == 'test_resnet'
+    source = cam_source(model)
+    assert (source.smooth_sigma, source.matched_to) == (0.75, 'fgfocus_test')
+    adapter = source.adapter
+    assert (adapter.name, adapter.in_chans, adapter.stride, adapter.family) == ('test_resnet.r160_in1k', 1, 32, 'nchw')
+    assert adapter.arch_key == repr(('ResNet', 'test_resnet.r160_in1k', 1, []))  # no num_classes or in_chans in it
+    assert tuple(model.pretrained_cfg['pool_size']) == (5, 3)  # the map at the 160 x 96 input trained with
+    x = torch.randn(2, 1, 64, 96)  # one input channel, as built
+    logits, attention = plain_forward(model, x, attention=True)
+    assert logits.shape == (2, 3) and attention.shape == (2, 2, 3)
+    torch.testing.assert_close(logits, plain.eval()(x))
+
+
+def test_baseline_checkpoint_defaults_and_a_bad_entry(tmp_path):
+    from timm_fgfocus.baseline import cam_source
+    _baseline_checkpoint(tmp_path / 'a.pth', {}, in_chans=3, record_in_chans=False)  # an older run: the defaults
+    model, _ = model_from_checkpoint(tmp_path / 'a.pth')
+    source = cam_source(model)
+    assert (source.smooth_sigma, source.matched_to, source.adapter.name, source.adapter.in_chans) == (
+        1.0, None, 'test_resnet', 3)  # the checkpoint's architecture, three channels
+    _baseline_checkpoint(tmp_path / 'b.pth', {'smooth_sigma': 'wide'})
+    with pytest.raises(CheckpointError) as e:
+        model_from_checkpoint(tmp_path / 'b.pth')
+    assert str(e.value) == (f"checkpoint {tmp_path / 'b.pth'}: its baseline entry {{'smooth_sigma': 'wide'}} does "
+                            f"not describe test_resnet: could not convert string to float: 'wide'")
+    _baseline_checkpoint(tmp_path / 'c.pth', {'smooth_sigma': None})
+    with pytest.raises(CheckpointError) as e:
+        model_from_checkpoint(tmp_path / 'c.pth')
+    assert str(e.value) == (f"checkpoint {tmp_path / 'c.pth'}: its baseline entry {{'smooth_sigma': None}} does "
+                            f"not describe test_resnet: float() argument must be a string or a real number, not "
+                            f"'NoneType'")
