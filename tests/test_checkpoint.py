@@ -450,3 +450,66 @@ def test_baseline_checkpoint_defaults_and_a_bad_entry(tmp_path):
     assert str(e.value) == (f"checkpoint {tmp_path / 'c.pth'}: its baseline entry {{'smooth_sigma': None}} does "
                             f"not describe test_resnet: float() argument must be a string or a real number, not "
                             f"'NoneType'")
+
+
+def test_an_unreadable_file_is_named_with_torchs_own_reason(tmp_path):
+    path = _bad_file(tmp_path, 'truncated')
+    with pytest.raises(Exception) as torch_error:
+        torch.load(path, weights_only=True)
+    reason = str(torch_error.value).strip().splitlines()[0][:300]  # its first line, at most 300 characters
+    assert len(reason) == 300
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f'checkpoint {path} cannot be read (truncated or not a torch file): {reason}'
+
+
+def test_atomic_save_seals_checkpoints_only(tmp_path):
+    atomic_save({'w': torch.arange(3), 'format': 'other'}, tmp_path / 'plain.pth')
+    assert set(torch.load(tmp_path / 'plain.pth', weights_only=True)) == {'w', 'format'}  # written as given
+    atomic_save([torch.arange(2)], tmp_path / 'list.pth')
+    assert torch.equal(torch.load(tmp_path / 'list.pth', weights_only=True)[0], torch.arange(2))
+    atomic_save(checkpoint_dict(_Tiny(), 'tiny', {}), tmp_path / 'c.pth')
+    assert 'digests' in torch.load(tmp_path / 'c.pth', weights_only=True)
+
+
+def test_corrupt_digests_are_named_one_or_several_entries(tmp_path):
+    path = tmp_path / 'c.pth'
+    ckpt = seal_checkpoint(checkpoint_dict(_Tiny(), 'tiny', {}, epoch=1))
+    torch.save(dict(ckpt, digests=['not', 'a', 'dict']), path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"checkpoint {path} is corrupt: its 'digests' entry is not a dict"
+    torch.save(dict(ckpt, epoch=2, arch='other'), path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == (f"checkpoint {path} is corrupt: 'arch', 'epoch' do not match the digest written with it "
+                            f"(the file changed after it was saved: disk, copy or transfer error); use another copy "
+                            f"(best.pth and last.pth are separate files) or a backup")
+    torch.save(dict(ckpt, epoch=2), path)
+    with pytest.raises(CheckpointError, match=r"^checkpoint .* is corrupt: 'epoch' does not match the digest "):
+        load_checkpoint(path)
+
+
+def test_model_from_checkpoint_hands_map_location_to_the_loader(tmp_path, monkeypatch):
+    from timm_fgfocus import checkpoint as checkpoint_module
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(), path)
+    seen = []
+    real = checkpoint_module.load_checkpoint
+    monkeypatch.setattr(checkpoint_module, 'load_checkpoint', lambda p, m='default': (seen.append(m), real(p, m))[1])
+    device = torch.device('cpu')
+    model_from_checkpoint(path, map_location=device)
+    model_from_checkpoint(path)
+    assert seen[0] is device and seen[1] == 'cpu'
+
+
+def test_weights_torch_cannot_copy_are_one_line(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth'
+    atomic_save(_training_checkpoint(), path)
+
+    def refuse(self, state_dict, strict=True, assign=False):
+        raise RuntimeError('Error(s) in loading state_dict for FgFocus:\n\tcopying a param with dtype ...')
+    monkeypatch.setattr(torch.nn.Module, 'load_state_dict', refuse)
+    with pytest.raises(CheckpointError) as e:
+        model_from_checkpoint(path)
+    assert str(e.value) == f'checkpoint {path} does not fit fgfocus_test: Error(s) in loading state_dict for FgFocus:'

@@ -1,14 +1,15 @@
 """Published weights checked against the digest of the config.json they came with (``integrity``): where that
 file is found (a local-dir folder, the Hugging Face cache), what counts as a digest, the errors' wording.
 (The round trips through hf_upload and timm's loader are in test_hub.py.)"""
+import hashlib
 import json
 
 import pytest
 import torch
 
 from timm_fgfocus.integrity import (
-    WEIGHTS_DIGEST_KEY, WeightsIntegrityError, _config_file, describe_nonfinite, digest, published_digest,
-    verify_published_weights)
+    WEIGHTS_DIGEST_KEY, WeightsIntegrityError, _config_file, describe_nonfinite, digest, nonfinite_tensors,
+    published_digest, verify_published_weights)
 
 def _weights():
     return {'fc.weight': torch.arange(6.).reshape(2, 3), 'fc.bias': torch.zeros(2)}
@@ -133,3 +134,63 @@ def test_no_config_file_when_the_cache_records_that_the_repo_has_none(hf_cache):
     # huggingface_hub then answers with a marker object, not a path
     hf_cache.put_missing('org/bare', 'config.json')
     assert _config_file({'source': 'hf-hub', 'hf_hub_id': 'org/bare'}) is None
+
+
+# the digest of a nest (a checkpoint's optimizer state, its args) and what is not finite
+
+def _reference_digest(obj):
+    """digest()'s documented recipe, written out again: leaves of dicts and lists named by their path,
+    taken in sorted name order; each leaf its name, kind, byte count and bytes."""
+    leaves = []
+
+    def walk(value, path):
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(v, path + [str(k)])
+        elif isinstance(value, (list, tuple)) and value:
+            for i, v in enumerate(value):
+                walk(v, path + [str(i)])
+        else:
+            leaves.append(('/'.join(path), value))
+    walk(obj, [])
+    h = hashlib.sha256()
+    for name, leaf in sorted(leaves, key=lambda kv: kv[0]):
+        if isinstance(leaf, torch.Tensor):
+            data, kind = leaf.contiguous().numpy().tobytes(), f'{leaf.dtype}{list(leaf.shape)}'
+        else:
+            data, kind = repr(leaf).encode(), type(leaf).__name__
+        h.update(f'{name}\0{kind}\0{len(data)}\0'.encode() + data)
+    return 'sha256:' + h.hexdigest()
+
+
+_NEST = {
+    'optimizer': {'state': {0: {'momentum': torch.arange(4.)}, 1: {'momentum': torch.ones(2, 2)}},
+                  'param_groups': [{'lr': 0.1, 'params': [0, 1], 'nesterov': False}]},
+    'empty': torch.empty(0, 3), 'none': None, 'no_list': [], 'no_dict': {}, 'args': ('a', 2.5),
+}
+
+
+@pytest.mark.parametrize('obj', [_NEST, torch.arange(3), 7, 'text', [torch.zeros(0), (1, [2, {'x': 3}])]],
+                         ids=['nest', 'bare-tensor', 'int', 'str', 'lists'])
+def test_digest_of_nests_and_bare_values_against_the_recipe(obj):
+    assert digest(obj) == _reference_digest(obj)
+
+
+def test_digest_tells_apart_values_moved_between_places_of_a_nest():
+    nest = {'a': {'x': 1}, 'b': {'x': 2}}
+    ref = digest(nest)
+    for other in ({'a': {'x': 2}, 'b': {'x': 1}}, {'a': {'y': 1}, 'b': {'x': 2}}, {'c': {'x': 1}, 'b': {'x': 2}},
+                  {'a': [1], 'b': {'x': 2}}, {'a': {'x': 1}, 'b': [2]}):
+        assert digest(other) != ref, other
+    assert digest([[1, 2], [3]]) != digest([[1, 3], [2]]) != digest([[1], [2, 3]])
+    assert digest({'w': torch.empty(0)}) != digest({'w': torch.empty(0, dtype=torch.float16)})
+    assert digest({'w': torch.empty(0)}) != digest({'w': torch.zeros(1)})
+
+
+def test_nonfinite_tensors_counts_nan_and_inf_of_floating_tensors_only():
+    big = torch.full((4,), 60000., dtype=torch.float16)  # finite, but its sum overflows float16
+    tensors = {'ok': torch.ones(3), 'nan': torch.tensor([1., float('nan'), float('inf'), 2.]), 'ints': torch.arange(3),
+               'flag': True, 'step': 5, 'name': 'x', 'none': None, 'empty': torch.empty(0), 'big': big,
+               'cplx': torch.tensor([1 + 1j, complex(float('nan'), 0)]), 'half': torch.tensor([float('-inf')]).half()}
+    assert nonfinite_tensors(tensors) == [('nan', 2, 4), ('cplx', 1, 2), ('half', 1, 1)]
+    assert nonfinite_tensors({}) == [] and nonfinite_tensors({'big': big, 'ints': torch.arange(2)}) == []
