@@ -17,8 +17,9 @@ import huggingface_hub
 import timm
 import timm_fgfocus  # noqa: F401
 from timm_fgfocus import hub as hub_module
-from timm_fgfocus.hub import (HubUploadError, _check_no_secret, _export_cfg, _finish_folder, _loaded_back,
-                              _published_arch, _repo_tag, _upload_folder, save_for_hub)
+from timm_fgfocus.hub import (HubConfigError, HubUploadError, _check_no_secret, _export_cfg, _finish_folder,
+                              _hub_error, _loaded_back, _published_arch, _repo_tag, _upload_folder, check_local_dir,
+                              export_model_args, push_to_hub, save_for_hub)
 
 TOKEN = 'hf_' + 'x' * 32
 
@@ -96,6 +97,7 @@ def test_finish_folder_drops_the_repeated_num_classes_and_writes_the_card_from_t
     written = json.loads((staging / 'config.json').read_text())
     assert written == dict(architecture='fgfocus_test', num_classes=3, model_args=dict(num_regions=4))
     assert seen == [written]  # the card sees the config as written
+    assert (staging / 'config.json').read_text() == json.dumps(written, indent=2)  # as timm writes it: readable
     assert (staging / 'README.md').read_text() == 'card of fgfocus_test'
     assert sorted(p.name for p in staging.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
 
@@ -261,3 +263,46 @@ def test_loaded_back_names_the_folder_and_the_loading_error(tmp_path, written):
     assert str(e.value).startswith(f'the written folder {tmp_path} does not load back: ')
     assert isinstance(e.value.__cause__, Exception)  # the loader's error kept for a debugger
     assert str(e.value).split(': ', 1)[1].startswith(type(e.value.__cause__).__name__ + ': ')
+
+
+# --- what the others leave out ----------------------------------------------------------------------
+
+def test_hub_error_of_a_response_without_a_status_and_a_long_message():
+    error = ConnectionError('x' * 1500)
+    error.response = object()  # a response object that carries no status_code
+    out = str(_hub_error(error, 'org/name', 'http://hub', TOKEN))
+    assert out == 'pushing to org/name on http://hub failed: ConnectionError: ' + 'x' * 1000  # cut at 1000
+
+
+def test_check_local_dir_names_a_pretrained_cfg_that_is_no_object(tmp_path):
+    (tmp_path / 'config.json').write_text('{"architecture": "fgfocus_test", "pretrained_cfg": "resnet50"}')
+    with pytest.raises(HubConfigError) as e:
+        check_local_dir(f'local-dir:{tmp_path}')
+    assert str(e.value) == f'{tmp_path}/config.json: "pretrained_cfg" is a JSON str, not an object'
+
+
+def test_export_model_args_keeps_the_backbones_kwargs_and_names_the_backbone_of_an_unknown_architecture():
+    model = timm.create_model('fgfocus_test', num_classes=3, backbone_args=dict(stem_width=16, stem_type='deep'))
+    assert export_model_args(model, 'fgfocus_test', {}) == dict(
+        backbone_args=dict(stem_width=16, stem_type='deep'), num_classes=3)
+    # an architecture without registered variant arguments: every value that is not FgFocus's default is
+    # kept, and the backbone is always named
+    assert export_model_args(model, 'fgfocus_unregistered', {}) == dict(
+        crop_size=64, backbone='test_resnet', backbone_args=dict(stem_width=16, stem_type='deep'), num_classes=3)
+
+
+def test_push_to_hub_defaults_push_a_public_repo_to_main_with_a_message_naming_the_architecture(
+        tmp_path, monkeypatch):
+    pushed = []
+
+    def upload(folder, repo_id, **kwargs):
+        pushed.append((sorted(p.name for p in folder.iterdir()), repo_id, kwargs))
+        return 'commit'
+    monkeypatch.setattr(hub_module, '_upload_folder', upload)
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    assert push_to_hub(model, 'org/fgfocus_test.x', token=TOKEN, verify=False) == 'commit'
+    assert pushed == [(['README.md', 'config.json', 'model.safetensors'], 'org/fgfocus_test.x', dict(
+        token=TOKEN, private=False, revision=None, commit_message='Add fgfocus_test weights (hf_upload)'))]
+    push_to_hub(model, 'org/fgfocus_test.x', token=TOKEN, verify=False, private=True, revision='v2',
+                commit_message='mine')
+    assert pushed[1][2] == dict(token=TOKEN, private=True, revision='v2', commit_message='mine')
