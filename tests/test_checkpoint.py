@@ -401,10 +401,10 @@ def test_load_checkpoint_maps_the_tensors_with_map_location(tmp_path):
 
 # --- a --baseline run's checkpoint: the plain model gets how its attention map is made ---------------
 
-def _baseline_checkpoint(path, info, in_chans=1, record_in_chans=True):
+def _baseline_checkpoint(path, info, in_chans=1, record_in_chans=True, **backbone_args):
     from timm_fgfocus.baseline import create_baseline
     torch.manual_seed(0)
-    fg = timm.create_model('fgfocus_test', num_classes=3, in_chans=in_chans)
+    fg = timm.create_model('fgfocus_test', num_classes=3, in_chans=in_chans, backbone_args=backbone_args)
     plain, arch, model_args = create_baseline(fg)
     if not record_in_chans:  # as an older run recorded it
         del model_args['in_chans']
@@ -417,14 +417,15 @@ def _baseline_checkpoint(path, info, in_chans=1, record_in_chans=True):
 def test_baseline_checkpoint_loads_its_plain_model_with_the_runs_attention_map_settings(tmp_path):
     from timm_fgfocus.baseline import cam_source, plain_forward
     info = {'fgfocus_model': 'fgfocus_test', 'backbone': 'test_resnet.r160_in1k', 'smooth_sigma': 0.75}
-    plain = _baseline_checkpoint(tmp_path / 'best.pth', info)
+    plain = _baseline_checkpoint(tmp_path / 'best.pth', info, stem_width=16)
     model, ckpt = model_from_checkpoint(tmp_path / 'best.pth')
     assert type(model) is type(plain) and ckpt['arch'] == 'test_resnet'
     source = cam_source(model)
     assert (source.smooth_sigma, source.matched_to) == (0.75, 'fgfocus_test')
     adapter = source.adapter
     assert (adapter.name, adapter.in_chans, adapter.stride, adapter.family) == ('test_resnet.r160_in1k', 1, 32, 'nchw')
-    assert adapter.arch_key == repr(('ResNet', 'test_resnet.r160_in1k', 1, []))  # no num_classes or in_chans in it
+    # the backbone's kwargs, without num_classes or in_chans
+    assert adapter.arch_key == repr(('ResNet', 'test_resnet.r160_in1k', 1, [('stem_width', 16)]))
     assert tuple(model.pretrained_cfg['pool_size']) == (5, 3)  # the map at the 160 x 96 input trained with
     x = torch.randn(2, 1, 64, 96)  # one input channel, as built
     logits, attention = plain_forward(model, x, attention=True)
