@@ -389,3 +389,30 @@ def test_a_plain_checkpoint_whose_backbone_cfg_names_no_classifier_maps_fc_to_th
     plain = timm.create_model('test_resnet', num_classes=7).state_dict()
     out = checkpoint_filter_fn(plain, m)
     assert torch.equal(out['fc.weight'], plain['fc.weight']) and 'backbone.fc.weight' not in out
+
+
+def test_a_published_config_whose_model_args_fgfocus_refuses_names_the_variant_the_folder_and_the_arg(tmp_path):
+    (tmp_path / 'config.json').write_text(
+        '{"architecture": "fgfocus_test", "num_classes": 3, "pretrained_cfg": {"hf_hub_filename": '
+        '"model.safetensors"}, "model_args": {"nms_iou": 2.0}}')
+    (tmp_path / 'model.safetensors').write_bytes(b'never read')
+    with pytest.raises(PretrainedWeightsError) as e:
+        timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
+    assert str(e.value) == (f'fgfocus_test: cannot load pretrained weights from local-dir:{tmp_path} '
+                            f'(file model.safetensors): ValueError: nms_iou must be in (0, 1], got 2.0')
+    with pytest.raises(ValueError, match=r'^nms_iou must be in \(0, 1\], got 2\.0$'):  # a plain call: as it is
+        timm.create_model('fgfocus_test', nms_iou=2.0)
+
+
+def test_create_model_hands_the_loader_the_strictness_and_cache_folder(monkeypatch, tmp_path):
+    from timm_fgfocus import fgfocus
+    calls = []
+    monkeypatch.setattr(fgfocus, 'load_pretrained_weights', lambda *a: calls.append(a))
+    file = str(tmp_path / 'w.pth')
+    model = timm.create_model('fgfocus_test', pretrained=True, pretrained_cfg_overlay=dict(file=file))
+    assert calls == [(model, 'fgfocus_test', fgfocus._pretrained_filter_fn, True, None)]
+    model = timm.create_model('fgfocus_test', pretrained=True, pretrained_cfg_overlay=dict(file=file),
+                              pretrained_strict=False, cache_dir=str(tmp_path))
+    assert calls[1] == (model, 'fgfocus_test', fgfocus._pretrained_filter_fn, False, str(tmp_path))
+    timm.create_model('fgfocus_test', pretrained=False)
+    assert len(calls) == 2  # nothing loaded without pretrained
