@@ -306,3 +306,43 @@ def test_push_to_hub_defaults_push_a_public_repo_to_main_with_a_message_naming_t
     push_to_hub(model, 'org/fgfocus_test.x', token=TOKEN, verify=False, private=True, revision='v2',
                 commit_message='mine')
     assert pushed[1][2] == dict(token=TOKEN, private=True, revision='v2', commit_message='mine')
+
+
+# --- the plain writers: what reaches config.json and the card ----------------------------------------
+
+def test_single_pass_folder_records_its_model_args_and_hands_the_evaluation_to_the_card(tmp_path, monkeypatch):
+    model = timm.create_model('fgfocus_test', num_classes=3, in_chans=1)
+    # as the checkpoint of a 1-channel run gives it
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(1, 128, 128), mean=(0.5,), std=(0.25,))
+    cards = []
+    monkeypatch.setattr(hub_module, 'single_pass_card', lambda *a, **k: (cards.append(k), 'card')[1])
+    evaluation = object()  # handed to the card as it is (its content is the card's business: test_model_card.py)
+    folder = hub_module.save_single_pass_for_hub(model, tmp_path / 'repo', 'org/test_resnet.x', evaluation=evaluation)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet' and config['num_classes'] == 3
+    assert config['model_args'] == {'in_chans': 1, 'global_pool': 'avg'}  # loads back as a 1-channel model
+    assert cards[0]['evaluation'] is evaluation and cards[0]['license'] == 'apache-2.0'
+
+
+def _baseline_model(tmp_path, in_chans=1):
+    from timm_fgfocus.baseline import create_baseline
+    from timm_fgfocus.checkpoint import atomic_save, checkpoint_dict, model_from_checkpoint
+    fg = timm.create_model('fgfocus_test', num_classes=3, in_chans=in_chans)
+    plain, arch, model_args = create_baseline(fg)
+    info = {'fgfocus_model': 'fgfocus_test', 'backbone': 'test_resnet', 'smooth_sigma': 1.0}
+    ckpt = checkpoint_dict(plain, arch, dict(model_args, drop_rate=0.1, drop_path_rate=0.05), ['a', 'b', 'c'],
+                           baseline=info)
+    # the run's data config, as train_fg records it
+    ckpt['pretrained_cfg'].update(input_size=[in_chans, 128, 128], mean=[0.5] * in_chans, std=[0.25] * in_chans)
+    atomic_save(ckpt, tmp_path / 'best.pth')
+    return model_from_checkpoint(tmp_path / 'best.pth')
+
+
+def test_baseline_folder_keeps_the_model_args_but_the_training_rates_and_defaults_its_licence(tmp_path):
+    model, ckpt = _baseline_model(tmp_path)
+    model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != 'license'}
+    folder = hub_module.save_baseline_for_hub(model, ckpt, tmp_path / 'repo', 'org/test_resnet.baseline')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_args'] == {'in_chans': 1, 'global_pool': 'avg'}  # no drop rates; num_classes at the top only
+    assert config['pretrained_cfg']['license'] == 'apache-2.0'
+    assert 'license: apache-2.0' in (folder / 'README.md').read_text()
