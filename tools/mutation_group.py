@@ -32,8 +32,10 @@ EXCLUDED = 'not compile and not fake_cuda and not predict_and_region_pictures an
 GROUPS: Dict[str, Tuple[List[str], List[str]]] = {
     'ops': (['timm_fgfocus/ops.py'], ['tests/test_ops.py']),
     'loss': (['timm_fgfocus/loss.py'], ['tests/test_distill.py']),
+    # test_pretrained.py: _create_fgfocus's weight-loading lines (the loader's arguments, its errors)
     'model': (['timm_fgfocus/fgfocus.py'],
-              ['tests/test_model.py', 'tests/test_single_pass.py', 'tests/test_baseline.py']),
+              ['tests/test_model.py', 'tests/test_single_pass.py', 'tests/test_baseline.py',
+               'tests/test_pretrained.py']),
     'backbones': (['timm_fgfocus/backbones.py', 'timm_fgfocus/pretrained.py'],
                   ['tests/test_backbones.py', 'tests/test_pretrained.py']),
     'metrics': (['timm_fgfocus/evaluation/metrics.py'], ['tests/test_evaluation.py', 'tests/test_mcnemar.py']),
