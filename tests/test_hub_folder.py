@@ -346,3 +346,13 @@ def test_baseline_folder_keeps_the_model_args_but_the_training_rates_and_default
     assert config['model_args'] == {'in_chans': 1, 'global_pool': 'avg'}  # no drop rates; num_classes at the top only
     assert config['pretrained_cfg']['license'] == 'apache-2.0'
     assert 'license: apache-2.0' in (folder / 'README.md').read_text()
+
+
+def test_single_pass_of_a_model_whose_cfg_does_not_describe_its_input_is_one_line(tmp_path):
+    model = timm.create_model('fgfocus_test', num_classes=3, in_chans=1)  # its cfg still says 3 channels
+    with pytest.raises(HubUploadError) as e:
+        hub_module.save_single_pass_for_hub(model, tmp_path / 'repo', 'org/test_resnet.x')
+    assert str(e.value) == ("the model's pretrained_cfg does not describe its input (Requested 3 input channels, but "
+                            "the model accepts 1.): set its input_size, mean and std for in_chans=1; nothing was "
+                            "written")
+    assert not (tmp_path / 'repo').exists()

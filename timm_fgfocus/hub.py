@@ -537,8 +537,13 @@ def save_single_pass_for_hub(
     data_config = _data_config(model)
 
     def write(staging: Path) -> None:
-        save_for_hf(module, staging, model_config=model_config, model_args=plain_model.model_args,
-                    data_config=data_config, safe_serialization=True)
+        try:
+            save_for_hf(module, staging, model_config=model_config, model_args=plain_model.model_args,
+                        data_config=data_config, safe_serialization=True)
+        except ValueError as e:  # timm's check of the data config (a model built with another in_chans)
+            raise HubUploadError(f'the model\'s pretrained_cfg does not describe its input ({first_line(e)}): '
+                                 f'set its input_size, mean and std for in_chans={model.in_chans}; nothing was '
+                                 f'written') from None
         _finish_folder(staging, lambda config: single_pass_card(repo_id, config, card_source, **card_args))
 
     _write_folder(save_directory, write)
