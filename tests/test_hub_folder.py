@@ -356,3 +356,26 @@ def test_single_pass_of_a_model_whose_cfg_does_not_describe_its_input_is_one_lin
                             "the model accepts 1.): set its input_size, mean and std for in_chans=1; nothing was "
                             "written")
     assert not (tmp_path / 'repo').exists()
+
+
+def test_save_for_hub_hands_the_card_the_revision_and_publishes_the_architecture_given(tmp_path, monkeypatch):
+    cards = []
+    monkeypatch.setattr(hub_module, 'model_card', lambda *a, **k: (cards.append((a, k)), 'card')[1])
+    model = timm.create_model('fgfocus_test', num_classes=3)
+    model.pretrained_cfg = dict(model.pretrained_cfg, architecture='fgfocus_resnet18.tv_in1k')  # not what is published
+    folder = save_for_hub(model, tmp_path / 'repo', 'org/fgfocus_test.x', arch='fgfocus_test', revision='v2',
+                          verify=False)
+    assert json.loads((folder / 'config.json').read_text())['architecture'] == 'fgfocus_test'
+    (repo_id, arch, _), kwargs = cards[0]
+    assert (repo_id, arch, kwargs['revision']) == ('org/fgfocus_test.x', 'fgfocus_test', 'v2')
+
+
+def test_baseline_folder_hands_the_evaluation_to_its_card(tmp_path, monkeypatch):
+    cards = []
+    monkeypatch.setattr(hub_module, 'baseline_model_card', lambda *a, **k: (cards.append(k), 'card')[1])
+    model, ckpt = _baseline_model(tmp_path)
+    evaluation = object()
+    hub_module.save_baseline_for_hub(model, ckpt, tmp_path / 'repo', 'org/test_resnet.b', evaluation=evaluation,
+                                     revision='v3')
+    assert cards[0]['evaluation'] is evaluation and cards[0]['revision'] == 'v3'
+    assert cards[0]['baseline'] == ckpt['baseline']

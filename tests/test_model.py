@@ -727,3 +727,13 @@ def test_fits_reads_the_type_hints_as_yaml_and_literal_eval_give_values():
     with pytest.raises(TypeError, match=r'^bogus is not an argument of FgFocus; its hyper-parameters are in_chans, '
                                         r'global_pool, num_regions, '):
         FgFocusCfg().replace(bogus=1)
+
+
+def test_cfg_to_dict_gives_every_field_with_lists_for_the_sequences():
+    cfg = FgFocusCfg(region_scales=[0.5, 0.25], region_ratios=(2, 1), num_regions=3, num_hybrid_regions=1)
+    out = cfg.to_dict()
+    assert list(out) == [f.name for f in dataclasses.fields(FgFocusCfg)]
+    assert out['region_scales'] == [0.5, 0.25] and type(out['region_scales']) is list
+    assert out['region_ratios'] == [2.0, 1.0] and type(out['region_ratios']) is list
+    assert (out['num_regions'], out['num_hybrid_regions'], out['pre_nms_top_n']) == (3, 1, None)
+    assert FgFocusCfg(**out) == cfg  # the dict builds the same cfg back
